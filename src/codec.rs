@@ -1,0 +1,119 @@
+//! The stored record format, in one place. `docs/format.md` describes every
+//! byte; fixtures in `tests/fixtures/` hold encoded records of each released
+//! format and must keep decoding.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+
+use crate::error::{Error, Result};
+use crate::session::{Record, RecordHead};
+
+/// The record format this build writes, stored as the first byte of every
+/// session record.
+pub const RECORD_FORMAT: u8 = 1;
+
+/// Largest record accepted by the decoder; guards allocations against
+/// corrupt length prefixes.
+pub(crate) const MAX_RECORD_BYTES: usize = 32 * 1024 * 1024;
+
+/// The one bincode configuration of the stored format: little-endian,
+/// variable-length integers, at most `MAX_RECORD_BYTES` per record.
+fn config() -> Configuration<LittleEndian, Varint, Limit<MAX_RECORD_BYTES>> {
+    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+}
+
+/// Encodes a record: the format byte, then the bincode body.
+pub(crate) fn encode(record: &Record) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128 + record.data.size());
+    out.push(RECORD_FORMAT);
+    bincode::serde::encode_into_std_write(record, &mut out, config()).map_err(|e| {
+        Error::Corrupt {
+            what: format!("session {}", record.id),
+            problem: format!("could not be encoded: {e}"),
+        }
+    })?;
+    Ok(out)
+}
+
+fn body(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, body)) => Ok(body),
+        Some((v, _)) => Err(format!(
+            "unknown record format {v} (this build reads {RECORD_FORMAT})"
+        )),
+        None => Err("empty record".into()),
+    }
+}
+
+/// Decodes a whole record. The whole input must be consumed.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
+    let body = body(bytes)?;
+    let (record, used): (Record, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
+    if used != body.len() {
+        return Err(format!(
+            "{} trailing bytes after the record",
+            body.len() - used
+        ));
+    }
+    Ok(record)
+}
+
+/// Decodes only the leading fields a validity check needs.
+pub(crate) fn decode_head(bytes: &[u8]) -> std::result::Result<RecordHead, String> {
+    let body = body(bytes)?;
+    let (head, _): (RecordHead, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Data;
+
+    pub(crate) fn sample() -> Record {
+        let mut data = Data::new();
+        data.insert("score", &42).unwrap();
+        Record {
+            actor_id: "player-1".into(),
+            expires_at: 1_700_000_600_000,
+            app_version: Some("1.2.3".into()),
+            revision: 3,
+            id: "AAAAAAAAAAAAAAAA".into(),
+            language: "en".into(),
+            created_at: 1_700_000_000_000,
+            deadline: None,
+            node_id: Some("node-a".into()),
+            data,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_head_matches() {
+        let r = sample();
+        let bytes = encode(&r).unwrap();
+        assert_eq!(bytes[0], RECORD_FORMAT);
+        assert_eq!(decode(&bytes).unwrap(), r);
+        let head = decode_head(&bytes).unwrap();
+        assert_eq!(
+            (head.actor_id.as_str(), head.expires_at),
+            ("player-1", r.expires_at)
+        );
+        assert_eq!(head.app_version.as_deref(), Some("1.2.3"));
+    }
+
+    #[test]
+    fn rejects_unknown_format_truncation_and_trailing_bytes() {
+        let bytes = encode(&sample()).unwrap();
+        assert!(decode(&[]).is_err());
+        let mut newer = bytes.clone();
+        newer[0] = 2;
+        assert!(decode(&newer)
+            .unwrap_err()
+            .contains("unknown record format 2"));
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).unwrap_err().contains("trailing"));
+    }
+}

@@ -1,0 +1,349 @@
+//! Store configuration: a plain value with documented defaults, checked when
+//! the store opens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+
+/// Smallest accepted key length: 22 URL-safe characters carry 132 bits.
+pub const MIN_KEY_LENGTH: usize = 22;
+/// Longest accepted key length.
+pub const MAX_KEY_LENGTH: usize = 128;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// sled flushes in the background every interval. A crash loses at most
+    /// the writes acknowledged during the last interval (plus the time one
+    /// flush takes), and never leaves the store inconsistent.
+    Periodic(Duration),
+    /// A call returns only after its write is on disk (sled flush plus an
+    /// fsync of the database file). Concurrent writers share one flush.
+    Immediate,
+}
+
+impl Default for Durability {
+    /// `Periodic(500 ms)`.
+    fn default() -> Self {
+        Durability::Periodic(Duration::from_millis(500))
+    }
+}
+
+/// Parses a MAGE-style time code such as `"10m"`, `"30s"`, `"1h 30m"` or `"2d"`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(sessiondb::parse_time_code("10m").unwrap(), Duration::from_secs(600));
+/// assert!(sessiondb::parse_time_code("ten minutes").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidConfig`] (setting `ttl`) when the code does not parse or is zero.
+pub fn parse_time_code(code: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(code.trim()).map_err(|e| Error::InvalidConfig {
+        setting: "ttl",
+        problem: format!("{code:?} is not a time code like \"10m\", \"30s\" or \"1h\": {e}"),
+    })?;
+    if d.is_zero() {
+        return Err(Error::InvalidConfig {
+            setting: "ttl",
+            problem: "a time code of zero would expire every session at once".into(),
+        });
+    }
+    Ok(d)
+}
+
+/// How the store is set up. Build it with [`Config::new`] and the chained
+/// setters; values are checked by [`SessionStore::open`](crate::SessionStore::open).
+///
+/// ```
+/// use std::time::Duration;
+/// use sessiondb::{Config, Durability};
+/// let config = Config::new("./sessions")
+///     .ttl(Duration::from_secs(30 * 60))
+///     .max_sessions_per_actor(3)
+///     .durability(Durability::Immediate);
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Config {
+    pub(crate) path: PathBuf,
+    pub(crate) ttl: Duration,
+    pub(crate) ttl_code: Option<String>,
+    pub(crate) key_length: usize,
+    pub(crate) touch_interval: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) max_sessions_per_actor: usize,
+    pub(crate) app_version: Option<String>,
+    pub(crate) node_id: Option<String>,
+    pub(crate) reap_interval: Duration,
+    pub(crate) reap_batch: usize,
+    pub(crate) reaper_thread: bool,
+    pub(crate) durability: Durability,
+    pub(crate) cache_capacity: u64,
+    pub(crate) max_data_bytes: usize,
+    pub(crate) event_capacity: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// A configuration for a store in directory `path` (created if missing),
+    /// with every other setting at its default.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Config {
+            path: path.as_ref().to_path_buf(),
+            ttl: Duration::from_secs(600),
+            ttl_code: None,
+            key_length: 32,
+            touch_interval: None,
+            max_lifetime: None,
+            max_sessions_per_actor: 1,
+            app_version: None,
+            node_id: None,
+            reap_interval: Duration::from_secs(1),
+            reap_batch: 1_000,
+            reaper_thread: true,
+            durability: Durability::default(),
+            cache_capacity: 64 * 1024 * 1024,
+            max_data_bytes: 64 * 1024,
+            event_capacity: 1_024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Idle time after which a session expires; every resolve slides it
+    /// forward. Default 10 minutes. Under 60 s a warning is logged, as MAGE did.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self.ttl_code = None;
+        self
+    }
+
+    /// The TTL as a time code such as `"10m"` or `"1h"`; checked at open.
+    pub fn ttl_code(mut self, code: impl Into<String>) -> Self {
+        self.ttl_code = Some(code.into());
+        self
+    }
+
+    /// Length of the secret part of session keys, in URL-safe characters
+    /// (6 bits each). Default 32 (192 bits); at least 22 (132 bits), at most 128.
+    pub fn key_length(mut self, chars: usize) -> Self {
+        self.key_length = chars;
+        self
+    }
+
+    /// How far a resolve must move the expiry before it is written; smaller
+    /// moves are skipped so that hot sessions do not cost a write per read.
+    /// Default one tenth of the TTL. Must be below the TTL.
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.touch_interval = Some(interval);
+        self
+    }
+
+    /// An absolute cap on a session's life from its creation, whatever its
+    /// use. Default none.
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// How many sessions one actor may hold. Default 1 (MAGE's behaviour: a
+    /// new register replaces the old session). Above the cap the oldest
+    /// session is replaced.
+    pub fn max_sessions_per_actor(mut self, max: usize) -> Self {
+        self.max_sessions_per_actor = max;
+        self
+    }
+
+    /// The app's version (semver). When set, sessions record it and a key
+    /// whose session was made by a version outside the current
+    /// `major.minor.x` is rejected with `badVersion`. Default none (no check).
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
+    }
+
+    /// This node's id (MAGE's cluster id), recorded in the sessions it
+    /// creates and reported by `actor_addresses`. Default none.
+    pub fn node_id(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+
+    /// Longest time the reaper sleeps between passes. Default 1 s.
+    pub fn reap_interval(mut self, interval: Duration) -> Self {
+        self.reap_interval = interval;
+        self
+    }
+
+    /// Most sessions the reaper deletes in one transaction; foreground
+    /// writes are interleaved between batches. Default 1,000.
+    pub fn reap_batch(mut self, batch: usize) -> Self {
+        self.reap_batch = batch;
+        self
+    }
+
+    /// Whether `open` starts the background reaper thread. Default true.
+    /// With it off, call `SessionStore::reap_expired` yourself.
+    pub fn reaper_thread(mut self, enabled: bool) -> Self {
+        self.reaper_thread = enabled;
+        self
+    }
+
+    /// When writes count as done. Default `Durability::Periodic(500 ms)`.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// sled's page cache size in bytes. Default 64 MiB (sled's own default
+    /// would be 1 GiB).
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Most bytes a session's data may take, names and JSON values counted.
+    /// Default 64 KiB; at most 16 MiB.
+    pub fn max_data_bytes(mut self, bytes: usize) -> Self {
+        self.max_data_bytes = bytes;
+        self
+    }
+
+    /// How many events a subscriber's channel holds before further events
+    /// are counted as missed (see `Event::Lagged`). Default 1,024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// The clock the store reads; tests pass a [`ManualClock`](crate::ManualClock).
+    /// Default the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks every setting and returns the resolved values.
+    pub(crate) fn validate(&self) -> Result<Settings> {
+        let bad =
+            |setting: &'static str, problem: String| Error::InvalidConfig { setting, problem };
+        let ttl = match &self.ttl_code {
+            Some(code) => parse_time_code(code)?,
+            None => self.ttl,
+        };
+        if ttl.as_millis() == 0 {
+            return Err(bad("ttl", "must be at least 1 ms".into()));
+        }
+        if ttl.as_millis() > u128::from(u32::MAX) * 1000 {
+            return Err(bad("ttl", "must be under 136 years".into()));
+        }
+        if ttl < Duration::from_secs(60) {
+            log::warn!(
+                "session TTL of {ttl:?} is under 60 s; sessions may expire between requests"
+            );
+        }
+        if !(MIN_KEY_LENGTH..=MAX_KEY_LENGTH).contains(&self.key_length) {
+            return Err(bad(
+                "key_length",
+                format!(
+                    "{} characters; it must be {MIN_KEY_LENGTH}..={MAX_KEY_LENGTH} (22 characters carry 128+ bits)",
+                    self.key_length
+                ),
+            ));
+        }
+        let touch = self.touch_interval.unwrap_or(ttl / 10);
+        if touch >= ttl {
+            return Err(bad(
+                "touch_interval",
+                format!("{touch:?} must be below the TTL {ttl:?}"),
+            ));
+        }
+        if let Some(l) = self.max_lifetime {
+            if l.is_zero() {
+                return Err(bad("max_lifetime", "must be above zero".into()));
+            }
+        }
+        if self.max_sessions_per_actor == 0 || self.max_sessions_per_actor > 1_000 {
+            return Err(bad(
+                "max_sessions_per_actor",
+                format!("{} must be 1..=1000", self.max_sessions_per_actor),
+            ));
+        }
+        let app_version = match &self.app_version {
+            Some(v) => Some(semver::Version::parse(v).map_err(|e| {
+                bad(
+                    "app_version",
+                    format!("{v:?} is not a semantic version like 1.4.2: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        if let Some(node) = &self.node_id {
+            if node.is_empty() || node.len() > 255 {
+                return Err(bad("node_id", "must be 1..=255 bytes".into()));
+            }
+        }
+        if self.reap_interval.is_zero() {
+            return Err(bad("reap_interval", "must be above zero".into()));
+        }
+        if self.reap_batch == 0 || self.reap_batch > 100_000 {
+            return Err(bad(
+                "reap_batch",
+                format!("{} must be 1..=100000", self.reap_batch),
+            ));
+        }
+        if let Durability::Periodic(i) = self.durability {
+            if i.is_zero() || i > Duration::from_secs(3600) {
+                return Err(bad(
+                    "durability",
+                    "the periodic flush interval must be 1 ms..=1 h".into(),
+                ));
+            }
+        }
+        if self.cache_capacity < 1024 * 1024 {
+            return Err(bad("cache_capacity", "must be at least 1 MiB".into()));
+        }
+        if self.max_data_bytes == 0 || self.max_data_bytes > 16 * 1024 * 1024 {
+            return Err(bad(
+                "max_data_bytes",
+                format!("{} must be 1..=16 MiB", self.max_data_bytes),
+            ));
+        }
+        if self.event_capacity == 0 {
+            return Err(bad("event_capacity", "must be at least 1".into()));
+        }
+        Ok(Settings {
+            ttl_ms: millis(ttl),
+            touch_ms: millis(touch),
+            max_lifetime_ms: self.max_lifetime.map(millis),
+            max_per_actor: self.max_sessions_per_actor,
+            app_version,
+            max_data_bytes: self.max_data_bytes,
+        })
+    }
+}
+
+/// The checked, resolved settings the store works with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub ttl_ms: u64,
+    pub touch_ms: u64,
+    pub max_lifetime_ms: Option<u64>,
+    pub max_per_actor: usize,
+    pub app_version: Option<semver::Version>,
+    pub max_data_bytes: usize,
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,90 @@
+//! Key layouts of the two index trees (see `docs/format.md`).
+//!
+//! - `expiries`: `expires_at` as 8 big-endian bytes ++ digest, so a range scan
+//!   from the start up to `now` yields exactly the sessions due, oldest first.
+//! - `actors`: actor id length as 1 byte ++ actor id ++ digest, so a prefix
+//!   scan over `len ++ actor id` lists one actor's sessions and no other's.
+
+use crate::key::{Digest, DIGEST_LEN};
+
+/// Length of an `expiries` key.
+pub(crate) const EXPIRY_KEY_LEN: usize = 8 + DIGEST_LEN;
+
+pub(crate) fn expiry_key(expires_at: u64, digest: &Digest) -> [u8; EXPIRY_KEY_LEN] {
+    let mut k = [0u8; EXPIRY_KEY_LEN];
+    k[..8].copy_from_slice(&expires_at.to_be_bytes());
+    k[8..].copy_from_slice(&digest.0);
+    k
+}
+
+/// The exclusive upper bound of the scan for sessions due at `now`: every
+/// key with `expires_at <= now` sorts below it.
+pub(crate) fn expiry_scan_end(now: u64) -> [u8; 8] {
+    now.saturating_add(1).to_be_bytes()
+}
+
+pub(crate) fn parse_expiry_key(key: &[u8]) -> Option<(u64, Digest)> {
+    if key.len() != EXPIRY_KEY_LEN {
+        return None;
+    }
+    let (time, digest) = key.split_at(8);
+    Some((
+        u64::from_be_bytes(time.try_into().ok()?),
+        Digest::from_slice(digest)?,
+    ))
+}
+
+/// The prefix shared by all of one actor's `actors` keys. Actor ids are at
+/// most 255 bytes (checked on input), so the length fits one byte.
+pub(crate) fn actor_prefix(actor_id: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + actor_id.len() + DIGEST_LEN);
+    p.push(u8::try_from(actor_id.len()).unwrap_or(u8::MAX));
+    p.extend_from_slice(actor_id.as_bytes());
+    p
+}
+
+pub(crate) fn actor_key(actor_id: &str, digest: &Digest) -> Vec<u8> {
+    let mut k = actor_prefix(actor_id);
+    k.extend_from_slice(&digest.0);
+    k
+}
+
+pub(crate) fn parse_actor_key(key: &[u8]) -> Option<(String, Digest)> {
+    let (&len, rest) = key.split_first()?;
+    let len = usize::from(len);
+    if len == 0 || rest.len() != len + DIGEST_LEN {
+        return None;
+    }
+    let actor = std::str::from_utf8(&rest[..len]).ok()?.to_owned();
+    Some((actor, Digest::from_slice(&rest[len..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_keys_sort_by_time_and_round_trip() {
+        let d = Digest([7; DIGEST_LEN]);
+        let early = expiry_key(5, &d);
+        let late = expiry_key(256, &Digest([0; DIGEST_LEN]));
+        assert!(early < late);
+        assert!(early.as_slice() < expiry_scan_end(5).as_slice());
+        assert!(late.as_slice() >= expiry_scan_end(255).as_slice());
+        assert_eq!(parse_expiry_key(&early), Some((5, d)));
+        assert_eq!(parse_expiry_key(&early[1..]), None);
+    }
+
+    #[test]
+    fn actor_prefixes_do_not_overlap() {
+        let d = Digest([1; DIGEST_LEN]);
+        // "ab" must not list the sessions of "abc".
+        assert!(!actor_key("abc", &d).starts_with(&actor_prefix("ab")));
+        assert!(actor_key("ab", &d).starts_with(&actor_prefix("ab")));
+        assert_eq!(
+            parse_actor_key(&actor_key("ab", &d)),
+            Some(("ab".into(), d))
+        );
+        assert_eq!(parse_actor_key(&[3, b'a']), None);
+    }
+}

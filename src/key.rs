@@ -1,0 +1,191 @@
+//! Session keys: generating secrets, splitting full keys, and the digest
+//! under which a session is stored.
+//!
+//! A full key is `actorId:secret`. Only `digest(secret)` is ever stored, so a
+//! copy of the database holds no usable key, and lookups go by digest, so no
+//! secret is ever compared byte by byte (no timing side channel).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{clip, Error, Reason, Result};
+
+/// Length in bytes of the digest that identifies a session in storage.
+pub(crate) const DIGEST_LEN: usize = 32;
+/// Longest actor id accepted, in bytes.
+pub const MAX_ACTOR_ID_LEN: usize = 255;
+/// Longest language code accepted, in bytes.
+pub const MAX_LANGUAGE_LEN: usize = 35;
+
+/// SHA-256 of a session secret: the session's storage key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Digest(pub [u8; DIGEST_LEN]);
+
+impl Digest {
+    pub fn of_secret(secret: &str) -> Digest {
+        Digest(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Digest> {
+        bytes.try_into().ok().map(Digest)
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+fn os_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Io {
+        action: "reading the operating system's random generator for",
+        path: "a session secret".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// A fresh secret of `len` URL-safe characters, 6 random bits each.
+pub(crate) fn new_secret(len: usize) -> Result<String> {
+    let mut bytes = vec![0u8; len.div_ceil(4) * 3];
+    os_random(&mut bytes)?;
+    let mut s = URL_SAFE_NO_PAD.encode(&bytes);
+    s.truncate(len);
+    Ok(s)
+}
+
+/// A fresh public session id: 16 URL-safe characters (96 random bits), safe
+/// to log and to show other players.
+pub(crate) fn new_public_id() -> Result<String> {
+    let mut bytes = [0u8; 12];
+    os_random(&mut bytes)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A full key split into its parts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FullKey<'a> {
+    pub actor_id: &'a str,
+    pub secret: &'a str,
+}
+
+impl<'a> FullKey<'a> {
+    /// Splits `actorId:secret` at the last `:`, as MAGE does.
+    ///
+    /// Fails with `invalidSessionKey` when there is no `:`, either side is
+    /// empty, the actor id is not valid, or the secret is not URL-safe text
+    /// of a plausible length.
+    pub fn parse(full: &'a str) -> Result<FullKey<'a>> {
+        let invalid = Error::Invalid(Reason::InvalidSessionKey);
+        let (actor_id, secret) = full
+            .rsplit_once(':')
+            .ok_or(Error::Invalid(Reason::InvalidSessionKey))?;
+        if check_actor_id(actor_id).is_err()
+            || secret.is_empty()
+            || secret.len() > crate::config::MAX_KEY_LENGTH
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid);
+        }
+        Ok(FullKey { actor_id, secret })
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of_secret(self.secret)
+    }
+}
+
+/// Joins an actor id and a secret into a full key.
+pub(crate) fn full_key(actor_id: &str, secret: &str) -> String {
+    let mut s = String::with_capacity(actor_id.len() + 1 + secret.len());
+    s.push_str(actor_id);
+    s.push(':');
+    s.push_str(secret);
+    s
+}
+
+/// Actor ids: 1..=255 bytes, no control characters.
+pub(crate) fn check_actor_id(actor_id: &str) -> Result<()> {
+    let problem = if actor_id.is_empty() {
+        "must not be empty"
+    } else if actor_id.len() > MAX_ACTOR_ID_LEN {
+        "must be at most 255 bytes"
+    } else if actor_id.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidActorId {
+        actor_id: clip(actor_id),
+        problem,
+    })
+}
+
+/// Language codes: 1..=35 bytes of `[A-Za-z0-9_-]` (BCP 47 tags fit).
+pub(crate) fn check_language(language: &str) -> Result<()> {
+    let problem = if language.is_empty() {
+        "must not be empty (MAGE's default is \"en\")"
+    } else if language.len() > MAX_LANGUAGE_LEN {
+        "must be at most 35 bytes"
+    } else if !language
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        "must be letters, digits, '-' or '_' (a BCP 47 tag such as \"en\" or \"pt-BR\")"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidLanguage {
+        language: clip(language),
+        problem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_have_the_requested_length_and_alphabet() {
+        for len in [22, 23, 32, 128] {
+            let s = new_secret(len).unwrap();
+            assert_eq!(s.len(), len);
+            assert!(s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        }
+        assert_ne!(new_secret(32).unwrap(), new_secret(32).unwrap());
+    }
+
+    #[test]
+    fn full_keys_split_at_the_last_colon() {
+        let k = FullKey::parse("guild:7:abcDEF_-").unwrap();
+        assert_eq!(k.actor_id, "guild:7");
+        assert_eq!(k.secret, "abcDEF_-");
+        for bad in [
+            "",
+            "nokey",
+            ":secret",
+            "actor:",
+            "actor:sec ret",
+            "actor:séc",
+        ] {
+            assert_eq!(
+                FullKey::parse(bad).unwrap_err().reason(),
+                Some(Reason::InvalidSessionKey),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_is_sha256_of_the_secret() {
+        // SHA-256("abc"), FIPS 180-2 test vector.
+        assert_eq!(
+            Digest::of_secret("abc").hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

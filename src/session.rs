@@ -1,0 +1,262 @@
+//! The session as stored (`Record`) and as handed to callers (`Session`),
+//! and the data map a session carries.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{clip, Error, Result};
+
+/// Longest data name accepted, in bytes.
+pub const MAX_DATA_NAME_LEN: usize = 255;
+
+/// A session's data: names mapped to JSON values. Values written through the
+/// Rust API read back equal through the HTTP API and the other way round,
+/// because both store the value's JSON text.
+///
+/// ```
+/// use sessiondb::Data;
+/// let mut data = Data::new();
+/// data.insert("score", &42)?;
+/// assert_eq!(data.get::<u32>("score")?, Some(42));
+/// assert_eq!(data.get_json("score"), Some("42"));
+/// # Ok::<(), sessiondb::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Data(BTreeMap<String, String>);
+
+impl Data {
+    /// An empty map.
+    pub fn new() -> Self {
+        Data::default()
+    }
+
+    /// Sets `name` to `value` (converted to JSON), replacing any old value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDataName`] for an empty or over-long name;
+    /// [`Error::Data`] when `value` cannot be converted to JSON.
+    pub fn insert<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<&mut Self> {
+        check_data_name(name)?;
+        let json = serde_json::to_string(value).map_err(|source| Error::Data {
+            name: clip(name),
+            source,
+        })?;
+        self.0.insert(name.to_owned(), json);
+        Ok(self)
+    }
+
+    /// Sets `name` to JSON text, which is checked to be valid JSON and
+    /// stored in compact form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDataName`] for a bad name; [`Error::Data`] when `json`
+    /// is not JSON.
+    pub fn insert_json(&mut self, name: &str, json: &str) -> Result<&mut Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|source| Error::Data {
+                name: clip(name),
+                source,
+            })?;
+        self.insert(name, &value)
+    }
+
+    /// The value under `name`, converted from JSON into `T`.
+    ///
+    /// # Errors
+    /// [`Error::Data`] when the stored JSON does not fit `T`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        self.0
+            .get(name)
+            .map(|json| {
+                serde_json::from_str(json).map_err(|source| Error::Data {
+                    name: clip(name),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// The JSON text stored under `name`.
+    pub fn get_json(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Sets already-checked JSON text (from `insert`/`insert_json`).
+    pub(crate) fn set_json_unchecked(&mut self, name: &str, json: &str) {
+        self.0.insert(name.to_owned(), json.to_owned());
+    }
+
+    /// Removes `name`; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some()
+    }
+
+    /// Whether `name` is set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Names and JSON texts, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// How many names are set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no name is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The size counted against `Config::max_data_bytes`: names plus JSON texts.
+    pub fn size(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+pub(crate) fn check_data_name(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_DATA_NAME_LEN {
+        "must be at most 255 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidDataName {
+        name: clip(name),
+        problem,
+    })
+}
+
+/// A session as stored. Field order is part of the stored format
+/// (`docs/format.md`): the fields a validity check needs come first, so
+/// that they can be decoded without the data map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub actor_id: String,
+    pub expires_at: u64,
+    pub app_version: Option<String>,
+    pub revision: u64,
+    pub id: String,
+    pub language: String,
+    pub created_at: u64,
+    pub deadline: Option<u64>,
+    pub node_id: Option<String>,
+    pub data: Data,
+}
+
+/// The leading fields of a [`Record`]: enough to validate a key without
+/// decoding the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct RecordHead {
+    pub actor_id: String,
+    pub expires_at: u64,
+    pub app_version: Option<String>,
+}
+
+/// A session handed to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub(crate) key: Option<String>,
+    pub(crate) record: Record,
+}
+
+fn to_datetime(ms: u64) -> DateTime<Utc> {
+    i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl Session {
+    /// The full key `actorId:secret`, present on sessions obtained through a
+    /// key or just created (`register`, `resolve`, `restore`, `extend`,
+    /// `reassign`), absent on sessions found by actor. The store keeps only
+    /// a digest of the secret and cannot show the key again.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The public session id: not secret, fit for logs, events and other players.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The actor (player) the session belongs to.
+    pub fn actor_id(&self) -> &str {
+        &self.record.actor_id
+    }
+
+    /// The actor's language code (default `en`).
+    pub fn language(&self) -> &str {
+        &self.record.language
+    }
+
+    /// When the session was registered.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.record.created_at)
+    }
+
+    /// When the session expires unless used again (the stored expiry).
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        to_datetime(self.record.expires_at)
+    }
+
+    /// The stored expiry in Unix milliseconds.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.record.expires_at
+    }
+
+    /// The absolute deadline set by `Config::max_lifetime`, if any.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.record.deadline.map(to_datetime)
+    }
+
+    /// The app version that created the session (`Config::app_version`).
+    pub fn version(&self) -> Option<&str> {
+        self.record.app_version.as_deref()
+    }
+
+    /// The node (MAGE cluster id) that created the session.
+    pub fn node_id(&self) -> Option<&str> {
+        self.record.node_id.as_deref()
+    }
+
+    /// Bumped on every write to the session.
+    pub fn revision(&self) -> u64 {
+        self.record.revision
+    }
+
+    /// The session's data.
+    pub fn data(&self) -> &Data {
+        &self.record.data
+    }
+
+    /// The data value under `name`, converted into `T`.
+    ///
+    /// # Errors
+    /// [`Error::Data`] when the stored JSON does not fit `T`.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        self.record.data.get(name)
+    }
+}
+
+/// Where an actor can be reached: MAGE's `getActorAddresses` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorAddress {
+    /// The actor.
+    pub actor_id: String,
+    /// The node (MAGE cluster id) holding the actor's session, if known.
+    pub node_id: Option<String>,
+    /// The public id of the actor's newest live session.
+    pub session_id: String,
+    /// The actor's language.
+    pub language: String,
+}
