@@ -1,0 +1,56 @@
+//! Shared set-up for the scenario tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiondb::{Config, Event, ManualClock, SessionStore};
+use tempfile::TempDir;
+
+/// The manual clock's starting time: 2023-11-14T22:13:20Z.
+pub const T0: u64 = 1_700_000_000_000;
+
+/// A store in a fresh directory with a manual clock and no reaper thread,
+/// so that tests decide when time moves and when reaping happens.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub clock: ManualClock,
+    pub store: SessionStore,
+}
+
+pub fn config(dir: &TempDir, clock: &ManualClock) -> Config {
+    Config::new(dir.path())
+        .clock(Arc::new(clock.clone()))
+        .reaper_thread(false)
+        .ttl(Duration::from_secs(600))
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::with(|c| c)
+    }
+
+    pub fn with(tune: impl FnOnce(Config) -> Config) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = ManualClock::new(T0);
+        let store = SessionStore::open(tune(config(&dir, &clock))).expect("open");
+        Fixture { dir, clock, store }
+    }
+
+    /// Closes the store and opens it again on the same directory and clock.
+    pub fn reopen(self, tune: impl FnOnce(Config) -> Config) -> Fixture {
+        let Fixture { dir, clock, store } = self;
+        store.close().expect("close");
+        let store = SessionStore::open(tune(config(&dir, &clock))).expect("reopen");
+        Fixture { dir, clock, store }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+}
+
+/// Every event waiting on `rx`, without blocking.
+pub fn drain(rx: &crossbeam_channel::Receiver<Event>) -> Vec<Event> {
+    rx.try_iter().collect()
+}
