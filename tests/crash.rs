@@ -1,0 +1,536 @@
+//! Crash safety under SIGKILL, with real processes.
+//!
+//! The parent runs this same binary as a child (`--child`) that opens a
+//! store and hammers it from several threads, printing a line before
+//! (`B`) and after (`A`) every operation. The parent kills the child with
+//! SIGKILL at a random moment (during open, during a reaper pass, during
+//! writes), twice per round, then reopens the store and checks:
+//! - the store opens, the recovery check after the crash found no broken
+//!   invariant (transactions are atomic across trees), and `check()` is healthy;
+//! - per child thread, the store holds exactly the effect of a prefix of
+//!   that thread's operations (plus sessions the reaper legitimately ended);
+//! - immediate durability: that prefix covers every acknowledged operation;
+//! - periodic durability: the operations lost are a suffix, and the age of
+//!   the oldest lost one is reported (the loss window).
+//!
+//! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 50);
+//! `SESSIONDB_CRASH_SEED` the random seed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sessiondb::{Config, Data, Durability, ManualClock, SessionStore, UnsetReason};
+
+const THREADS: usize = 3;
+const ACTORS_PER_THREAD: usize = 5;
+const TTL: Duration = Duration::from_millis(1500);
+const PERIODIC: Duration = Duration::from_millis(100);
+const KILLS_PER_ROUND: usize = 2;
+
+/// A small deterministic generator (xorshift64*), so runs can be replayed by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn durability(name: &str) -> Durability {
+    match name {
+        "immediate" => Durability::Immediate,
+        _ => Durability::Periodic(PERIODIC),
+    }
+}
+
+fn child_config(dir: &Path, mode: &str) -> Config {
+    Config::new(dir)
+        .ttl(TTL)
+        .durability(durability(mode))
+        .reap_interval(Duration::from_millis(20))
+        .reap_batch(50)
+}
+
+// ---------------------------------------------------------------- child --
+
+/// The child: `--child DIR MODE RUN SEED`. Prints `O <problems>` once open,
+/// then `B`/`A` lines per operation, until killed.
+fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let [dir, mode, run, seed] = args else {
+        return Err("usage: --child DIR MODE RUN SEED".into());
+    };
+    let store = SessionStore::open(child_config(Path::new(dir), mode))?;
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let problems = store
+        .recovery_report()
+        .check
+        .as_ref()
+        .map_or(0, |c| c.problems());
+    say(&out, &format!("O {problems}"));
+    let seed: u64 = seed.parse()?;
+    let mut workers = Vec::new();
+    for t in 0..THREADS {
+        let (store, out, run) = (store.clone(), out.clone(), run.clone());
+        workers.push(std::thread::spawn(move || {
+            child_thread(
+                &store,
+                &out,
+                &run,
+                t,
+                seed.wrapping_add(t as u64 * 7919) | 1,
+            )
+        }));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+fn say(out: &Mutex<std::io::Stdout>, line: &str) {
+    let out = out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = out.lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn child_thread(
+    store: &SessionStore,
+    out: &Mutex<std::io::Stdout>,
+    run: &str,
+    t: usize,
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let actor = |i: usize| format!("r{run}t{t}a{i}");
+    let mut keys: Vec<Option<String>> = vec![None; ACTORS_PER_THREAD];
+    for seq in 0u64.. {
+        let a = rng.below(ACTORS_PER_THREAD as u64) as usize;
+        let b = (a + 1 + rng.below(ACTORS_PER_THREAD as u64 - 1) as usize) % ACTORS_PER_THREAD;
+        let op = match (rng.below(10), &keys[a]) {
+            (0..=2, _) | (_, None) => "register",
+            (3..=6, Some(_)) => "set",
+            (7, Some(_)) => "logout",
+            (8, Some(_)) => "expire",
+            _ => "reassign",
+        };
+        say(out, &format!("B {t} {seq} {op} {} {}", actor(a), actor(b)));
+        let key = keys[a].clone().unwrap_or_default();
+        let result = match op {
+            "register" => store.register(&actor(a), "en", Data::new()).map(Some),
+            "set" => store.set_data(&key, "n", &seq).map(|()| None),
+            "logout" => store.logout(&key).map(|()| None),
+            "expire" => store
+                .expire(&key, UnsetReason::Other("kicked".into()))
+                .map(|()| None),
+            _ => store.reassign(&actor(a), &actor(b)).map(Some),
+        };
+        match result {
+            Ok(session) => {
+                let extra = session.as_ref().map_or(String::new(), |s| {
+                    format!(" {} {}", s.id(), s.expires_at_ms())
+                });
+                match op {
+                    "register" => keys[a] = session.and_then(|s| s.key().map(str::to_owned)),
+                    "reassign" => {
+                        keys[b] = session.and_then(|s| s.key().map(str::to_owned));
+                        keys[a] = None;
+                    }
+                    "logout" | "expire" => keys[a] = None,
+                    _ => {}
+                }
+                say(out, &format!("A {t} {seq} ok{extra}"));
+            }
+            Err(e) => {
+                if matches!(op, "reassign") {
+                    keys[a] = None;
+                }
+                say(out, &format!("A {t} {seq} err {e}"));
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------- parent --
+
+/// What one actor should hold, as far as the parent knows.
+#[derive(Debug, Clone, PartialEq)]
+struct Expect {
+    /// None while the id is unknown (an operation in flight at the kill).
+    id: Option<String>,
+    data: Option<u64>,
+    /// None while unknown; such a session cannot have been reaped yet.
+    expires_at: Option<u64>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+struct Found {
+    id: String,
+    data: Option<u64>,
+    expires_at: u64,
+}
+
+/// One operation of a child thread, as printed.
+#[derive(Debug, Clone)]
+struct Step {
+    op: String,
+    a: String,
+    b: String,
+    seq: u64,
+    /// `Some(true)` ok, `Some(false)` failed, None: no answer before the kill.
+    ok: Option<bool>,
+    id: Option<String>,
+    expires_at: Option<u64>,
+    acked_at: Option<Instant>,
+}
+
+type State = HashMap<String, Option<Expect>>;
+
+fn apply(state: &mut State, step: &Step) {
+    if step.ok == Some(false) {
+        return;
+    }
+    match step.op.as_str() {
+        "register" => {
+            state.insert(
+                step.a.clone(),
+                Some(Expect {
+                    id: step.id.clone(),
+                    data: None,
+                    expires_at: step.expires_at,
+                }),
+            );
+        }
+        "set" => {
+            if let Some(Some(e)) = state.get_mut(&step.a) {
+                e.data = Some(step.seq);
+            }
+        }
+        "logout" | "expire" => {
+            state.insert(step.a.clone(), None);
+        }
+        _ => {
+            let moved = state.insert(step.a.clone(), None).flatten();
+            if let Some(mut m) = moved {
+                m.expires_at = step.expires_at;
+                state.insert(step.b.clone(), Some(m));
+            } else if step.ok.is_none() {
+                // In flight and unknown: the parent cannot say what moved.
+                state.insert(step.b.clone(), None);
+            }
+        }
+    }
+}
+
+/// Whether the stored session agrees with what is expected, allowing for
+/// the reaper having ended a session due before the kill.
+fn agrees(expected: &Option<Expect>, got: &Option<Found>, killed_at: u64) -> bool {
+    match (expected, got) {
+        (None, None) => true,
+        (Some(e), None) => e.expires_at.is_some_and(|at| at <= killed_at),
+        (None, Some(_)) => false,
+        (Some(e), Some(f)) => e.id.as_ref().is_none_or(|want| *want == f.id) && e.data == f.data,
+    }
+}
+
+struct RunLog {
+    opened: bool,
+    open_problems: Option<u64>,
+    threads: Vec<Vec<Step>>,
+    killed: Instant,
+}
+
+fn run_child(dir: &Path, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64) {
+    let exe = std::env::current_exe().expect("own executable");
+    let mut child = Command::new(exe)
+        .args([
+            "--child",
+            &dir.to_string_lossy(),
+            mode,
+            &run.to_string(),
+            &rng.next().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let reader = std::thread::spawn(move || {
+        let mut log = RunLog {
+            opened: false,
+            open_problems: None,
+            threads: vec![Vec::new(); THREADS],
+            killed: Instant::now(),
+        };
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["O", problems] => {
+                    log.opened = true;
+                    log.open_problems = problems.parse().ok();
+                }
+                ["B", t, seq, op, a, b] => {
+                    let t: usize = t.parse().expect("thread");
+                    log.threads[t].push(Step {
+                        op: (*op).into(),
+                        a: (*a).into(),
+                        b: (*b).into(),
+                        seq: seq.parse().expect("seq"),
+                        ok: None,
+                        id: None,
+                        expires_at: None,
+                        acked_at: None,
+                    });
+                }
+                ["A", t, _seq, result, rest @ ..] => {
+                    let t: usize = t.parse().expect("thread");
+                    if let Some(step) = log.threads[t].last_mut() {
+                        step.ok = Some(*result == "ok");
+                        step.acked_at = Some(Instant::now());
+                        if let (true, [id, at]) = (*result == "ok", rest) {
+                            step.id = Some((*id).into());
+                            step.expires_at = at.parse().ok();
+                        }
+                    }
+                }
+                _ => {} // a line cut by the kill
+            }
+        }
+        log
+    });
+    // One kill in four lands in the first 40 ms: during start-up, open and
+    // recovery (including the first reaper pass over sessions that expired
+    // while no process ran).
+    let delay = if rng.below(4) == 0 {
+        rng.below(40)
+    } else {
+        rng.below(700)
+    };
+    std::thread::sleep(Duration::from_millis(delay));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let killed = Instant::now();
+    let killed_at = now_ms();
+    let mut log = reader.join().expect("reader");
+    log.killed = killed;
+    (log, killed_at)
+}
+
+#[derive(Default)]
+struct Tally {
+    kills: usize,
+    kills_before_open: usize,
+    acked: usize,
+    lost: usize,
+    worst_loss: Duration,
+}
+
+/// Kills `kills` children in rounds and verifies after each round.
+fn crash_mode(mode: &str, kills: usize, seed: u64) -> Result<Tally, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut rng = Rng(seed | 1);
+    let mut known: State = HashMap::new();
+    let mut tally = Tally::default();
+    let mut run = 0;
+    while tally.kills < kills {
+        let mut logs = Vec::new();
+        let mut killed_at = 0;
+        for _ in 0..KILLS_PER_ROUND {
+            let (log, at) = run_child(dir.path(), mode, run, &mut rng);
+            run += 1;
+            tally.kills += 1;
+            killed_at = at;
+            if !log.opened {
+                tally.kills_before_open += 1;
+            }
+            if let Some(p) = log.open_problems.filter(|&p| p > 0) {
+                return Err(format!(
+                    "run {}: recovery after a kill found {p} broken invariants",
+                    run - 1
+                ));
+            }
+            logs.push(log);
+        }
+        verify(dir.path(), mode, &logs, killed_at, &mut known, &mut tally)
+            .map_err(|e| format!("{mode}, round ending at run {}: {e}", run - 1))?;
+    }
+    Ok(tally)
+}
+
+fn verify(
+    dir: &Path,
+    mode: &str,
+    logs: &[RunLog],
+    killed_at: u64,
+    known: &mut State,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    // A clock at the epoch: every stored session reads as live, so the
+    // parent sees exactly what survived.
+    let config = Config::new(dir)
+        .clock(Arc::new(ManualClock::new(0)))
+        .reaper_thread(false);
+    let store = SessionStore::open(config).map_err(|e| format!("reopen failed: {e}"))?;
+    if let Some(check) = &store.recovery_report().check {
+        if !check.is_healthy() {
+            return Err(format!(
+                "recovery after a kill found broken invariants: {check:?}"
+            ));
+        }
+    }
+    let stored = |actor: &str| -> Result<Option<Found>, String> {
+        let s = store.actor_session(actor).map_err(|e| e.to_string())?;
+        s.map(|s| {
+            Ok(Found {
+                id: s.id().to_owned(),
+                data: s.get::<u64>("n").map_err(|e| e.to_string())?,
+                expires_at: s.expires_at_ms(),
+            })
+        })
+        .transpose()
+    };
+    // Sessions of earlier rounds: unchanged, or reaped once due.
+    for (actor, expected) in known.iter() {
+        let got = stored(actor)?;
+        if !agrees(expected, &got, killed_at) {
+            return Err(format!(
+                "{actor} of an earlier round: expected {expected:?}, found {got:?}"
+            ));
+        }
+    }
+    for log in logs {
+        for steps in &log.threads {
+            let acked = steps.iter().take_while(|s| s.ok.is_some()).count();
+            let in_flight = usize::from(steps.len() > acked);
+            let actors: Vec<String> = steps
+                .iter()
+                .flat_map(|s| [s.a.clone(), s.b.clone()])
+                .collect();
+            // The states after each prefix of this thread's operations.
+            let mut state: State = actors.iter().map(|a| (a.clone(), None)).collect();
+            let mut prefixes = vec![state.clone()];
+            for step in steps {
+                apply(&mut state, step);
+                prefixes.push(state.clone());
+            }
+            let mut found = HashMap::new();
+            for a in &actors {
+                found.insert(a.clone(), stored(a)?);
+            }
+            let lowest = if mode == "immediate" { acked } else { 0 };
+            let matched = (lowest..=acked + in_flight).rev().find(|&k| {
+                prefixes[k]
+                    .iter()
+                    .all(|(a, e)| agrees(e, &found[a], killed_at))
+            });
+            let Some(k) = matched else {
+                return Err(format!(
+                    "no prefix of {} ops ({} acknowledged) explains the store: found {found:?}, \
+                     expected after all acknowledged: {:?}",
+                    steps.len(),
+                    acked,
+                    prefixes[acked]
+                ));
+            };
+            tally.acked += acked;
+            if k < acked {
+                tally.lost += acked - k;
+                if let Some(at) = steps[k].acked_at {
+                    tally.worst_loss = tally.worst_loss.max(log.killed.duration_since(at));
+                }
+            }
+            for (a, e) in &prefixes[k] {
+                // What the store holds is the truth from here on.
+                let e = e.clone().and_then(|e| {
+                    let f = found[a].as_ref()?;
+                    Some(Expect {
+                        id: Some(f.id.clone()),
+                        data: e.data,
+                        expires_at: Some(f.expires_at),
+                    })
+                });
+                known.insert(a.clone(), e);
+            }
+        }
+    }
+    let check = store.check().map_err(|e| e.to_string())?;
+    if !check.is_healthy() {
+        return Err(format!("check after recovery is not healthy: {check:?}"));
+    }
+    store.close().map_err(|e| e.to_string())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        if let Err(e) = child(&args[1..]) {
+            eprintln!("child: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    // `cargo test -- --list` and filters: this file has one test.
+    if args.iter().any(|a| a == "--list") {
+        println!("crash_under_sigkill: test");
+        return;
+    }
+    let kills: usize = std::env::var("SESSIONDB_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("SESSIONDB_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(now_ms);
+    println!(
+        "running 1 test (crash under SIGKILL: {kills} kills per durability mode, seed {seed})"
+    );
+    let started = Instant::now();
+    let mut failed = 0;
+    for mode in ["immediate", "periodic"] {
+        match crash_mode(mode, kills, seed) {
+            Ok(t) => println!(
+                "{mode}: {} kills ({} before open finished), {} acknowledged ops checked, {} lost \
+                 (oldest lost acknowledged {:?} before its kill)",
+                t.kills, t.kills_before_open, t.acked, t.lost, t.worst_loss
+            ),
+            Err(e) => {
+                println!("{mode}: FAILED: {e} (seed {seed})");
+                failed += 1;
+            }
+        }
+    }
+    let passed = 1 - failed.min(1);
+    println!(
+        "test crash_under_sigkill ... {}",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s",
+        if failed == 0 { "ok" } else { "FAILED" },
+        failed.min(1),
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
