@@ -5,6 +5,7 @@
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
 use crate::error::{Error, Result};
+use crate::key::Digest;
 use crate::session::{Record, RecordHead};
 
 /// The record format this build writes, stored as the first byte of every
@@ -55,7 +56,35 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
             body.len() - used
         ));
     }
+    // bincode also reads integers in a wider form than needed, and data
+    // names out of order or repeated; the stored format has one encoding
+    // per record, so any other is corruption.
+    if encode(&record).ok().as_deref() != Some(bytes) {
+        return Err(
+            "not in the canonical encoding (an integer wider than needed, \
+                    or data names out of order or repeated)"
+                .into(),
+        );
+    }
     Ok(record)
+}
+
+/// Decodes the record stored under `digest`, reporting a failure as
+/// corruption of that session.
+pub(crate) fn decode_stored(digest: &Digest, bytes: &[u8]) -> Result<Record> {
+    decode(bytes).map_err(|problem| corrupt(digest, problem))
+}
+
+/// As [`decode_stored`], for the leading fields only.
+pub(crate) fn decode_stored_head(digest: &Digest, bytes: &[u8]) -> Result<RecordHead> {
+    decode_head(bytes).map_err(|problem| corrupt(digest, problem))
+}
+
+fn corrupt(digest: &Digest, problem: String) -> Error {
+    Error::Corrupt {
+        what: format!("session with digest {}", digest.hex()),
+        problem,
+    }
 }
 
 /// Decodes only the leading fields a validity check needs.
@@ -86,6 +115,66 @@ mod tests {
             node_id: Some("node-a".into()),
             data,
         }
+    }
+
+    /// The worked example of `docs/format.md`, byte for byte.
+    fn documented_example() -> Record {
+        let mut data = Data::new();
+        data.insert("visits", &3).unwrap();
+        data.insert("name", "Ada").unwrap();
+        Record {
+            actor_id: "p1".into(),
+            expires_at: 1_700_000_600_000,
+            app_version: Some("1.2.0".into()),
+            revision: 300,
+            id: "AbCdEfGhIjKlMnOp".into(),
+            language: "en".into(),
+            created_at: 1_700_000_000_000,
+            deadline: None,
+            node_id: None,
+            data,
+        }
+    }
+
+    /// Hex of `documented_example()`, one field per line as in
+    /// `docs/format.md`. If this test fails, the stored format changed:
+    /// bump `RECORD_FORMAT`, keep a fixture of the old format in
+    /// `tests/fixtures/`, and update the document, in that order.
+    const DOCUMENTED_HEX: &[&str] = &[
+        "01",                                                 // RECORD_FORMAT
+        "02 70 31",                                           // actor_id "p1"
+        "fd c0 8f ee cf 8b 01 00 00",                         // expires_at 1700000600000
+        "01 05 31 2e 32 2e 30",                               // app_version Some("1.2.0")
+        "fb 2c 01",                                           // revision 300
+        "10 41 62 43 64 45 66 47 68 49 6a 4b 6c 4d 6e 4f 70", // id
+        "02 65 6e",                                           // language "en"
+        "fd 00 68 e5 cf 8b 01 00 00",                         // created_at 1700000000000
+        "00",                                                 // deadline None
+        "00",                                                 // node_id None
+        "02",                                                 // data: 2 entries
+        "04 6e 61 6d 65 05 22 41 64 61 22",                   // "name" => "\"Ada\""
+        "06 76 69 73 69 74 73 01 33",                         // "visits" => "3"
+    ];
+
+    #[test]
+    fn encodes_the_documented_example_exactly() {
+        let expected: Vec<u8> = DOCUMENTED_HEX
+            .iter()
+            .flat_map(|line| line.split_whitespace())
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let record = documented_example();
+        let bytes = encode(&record).unwrap();
+        assert_eq!(
+            bytes, expected,
+            "the stored format changed; see docs/format.md"
+        );
+        assert_eq!(bytes.len(), 75);
+        assert_eq!(decode(&expected).unwrap(), record);
+        let head = decode_head(&expected).unwrap();
+        assert_eq!(head.actor_id, "p1");
+        assert_eq!(head.expires_at, 1_700_000_600_000);
+        assert_eq!(head.app_version.as_deref(), Some("1.2.0"));
     }
 
     #[test]

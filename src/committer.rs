@@ -1,5 +1,5 @@
 //! The single writer. Callers queue operations on a channel; one named
-//! thread drains whatever is waiting (up to `MAX_BATCH`) and commits it as
+//! thread drains whatever is waiting (up to `Config::max_batch`) and commits it as
 //! one transaction, then, in immediate mode, makes it durable with one
 //! flush + fsync shared by every caller in the batch (group commit). Events
 //! are published after the commit (and flush), before callers are answered.
@@ -19,9 +19,6 @@ use crate::events::EventHub;
 use crate::rules::Rules;
 use crate::storage::Backend;
 use crate::write::{self, Op, Output};
-
-/// Most operations committed in one transaction.
-pub(crate) const MAX_BATCH: usize = 512;
 
 pub(crate) struct Request {
     pub op: Op,
@@ -49,6 +46,8 @@ pub(crate) struct CommitStats {
     pub commits: AtomicU64,
     pub ops: AtomicU64,
     pub syncs: AtomicU64,
+    /// Operations answered with `Error::Corrupt`.
+    pub corrupt: AtomicU64,
 }
 
 pub(crate) struct Committer {
@@ -58,6 +57,8 @@ pub(crate) struct Committer {
     pub stats: Arc<CommitStats>,
     /// Immediate durability: flush + fsync after every batch.
     pub sync: bool,
+    /// Most operations in one transaction (`Config::max_batch`).
+    pub max_batch: usize,
 }
 
 impl Committer {
@@ -68,7 +69,7 @@ impl Committer {
     }
 
     fn run(&self, rx: &Receiver<Msg>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Vec::with_capacity(self.max_batch);
         let mut next = rx.recv().ok();
         while let Some(msg) = next.take() {
             match msg {
@@ -76,7 +77,7 @@ impl Committer {
                 Msg::Exclusive(job) => job(self.backend.as_ref()),
                 Msg::Write(first) => {
                     batch.push(first);
-                    while batch.len() < MAX_BATCH {
+                    while batch.len() < self.max_batch {
                         match rx.try_recv() {
                             Ok(Msg::Write(r)) => batch.push(r),
                             // Shutdown or exclusive work waits for this batch.
@@ -128,7 +129,17 @@ impl Committer {
         match committed {
             Ok(()) => {
                 self.events.publish(&events.into_inner());
-                for (request, output) in batch.drain(..).zip(outputs.into_inner()) {
+                let outputs = outputs.into_inner();
+                let corrupt = outputs
+                    .iter()
+                    .filter(|o| matches!(o, Err(Error::Corrupt { .. })))
+                    .count();
+                if corrupt > 0 {
+                    self.stats
+                        .corrupt
+                        .fetch_add(corrupt as u64, Ordering::Relaxed);
+                }
+                for (request, output) in batch.drain(..).zip(outputs) {
                     // A caller that gave up waiting is no error.
                     let _ = request.reply.send(output);
                 }

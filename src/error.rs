@@ -197,7 +197,7 @@ pub enum Error {
 
     /// A stored record or index entry could not be decoded. Only the named
     /// session is affected; the rest of the store keeps working.
-    #[error("corrupt record {what}: {problem} (run `check` to quarantine it)")]
+    #[error("corrupt record {what}: {problem} (`check` reports such records, `repair` moves them to the quarantine)")]
     Corrupt {
         /// Which record: a session id where known, else the hex digest or key.
         what: String,

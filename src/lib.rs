@@ -54,6 +54,10 @@ mod committer;
 mod config;
 mod error;
 mod events;
+mod export;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod key;
 mod reaper;
@@ -69,6 +73,7 @@ pub use codec::RECORD_FORMAT;
 pub use config::{parse_time_code, Config, Durability, MAX_KEY_LENGTH, MIN_KEY_LENGTH};
 pub use error::{Error, Reason, Result, StorageError};
 pub use events::{Event, UnsetReason, MAX_REASON_LEN};
+pub use export::{ExportSummary, ImportSummary, EXPORT_FORMAT};
 pub use key::{MAX_ACTOR_ID_LEN, MAX_LANGUAGE_LEN};
 pub use recovery::{CheckReport, RecoveryReport, STORE_FORMAT};
 pub use session::{ActorAddress, Data, Session, MAX_DATA_NAME_LEN};
@@ -76,3 +81,8 @@ pub use store::{SessionStore, Stats};
 
 /// MAGE's default language for a session.
 pub const DEFAULT_LANGUAGE: &str = "en";
+
+/// Compiles and runs every Rust block of `README.md` as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

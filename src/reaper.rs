@@ -24,14 +24,16 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
             break;
         }
         match shared.submit(Op::Reap { due, now })? {
-            Output::Count(n) => total += n,
+            Output::Count(n) => {
+                shared.count_reaped(n);
+                total += n;
+            }
             other => return Err(shared.unexpected(&other)),
         }
         if !full {
             break;
         }
     }
-    shared.count_reaped(total);
     Ok(total)
 }
 

@@ -67,7 +67,7 @@ impl CheckReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecoveryReport {
-    /// The directory was new.
+    /// The store was new: the directory was missing or held no sled files.
     pub created: bool,
     /// The previous run closed the store cleanly, so the full check was skipped.
     pub clean_shutdown: bool,

@@ -119,6 +119,21 @@ impl Data {
     pub fn size(&self) -> usize {
         self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
+
+    /// Checks what `insert` checks, for data that may not have come through
+    /// it: a deserialised `Data` (or one swapped whole in `update`) can hold
+    /// any names and texts, and the store must not keep a name `insert`
+    /// refuses or a value that is not JSON.
+    pub(crate) fn check(&self) -> Result<()> {
+        for (name, json) in &self.0 {
+            check_data_name(name)?;
+            serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|source| Error::Data {
+                name: clip(name),
+                source,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn check_data_name(name: &str) -> Result<()> {

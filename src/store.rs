@@ -47,6 +47,9 @@ pub struct Stats {
     /// Resolves that did not write because the expiry moved less than the
     /// touch interval.
     pub touches_skipped: u64,
+    /// Operations that met a session record that does not decode (each
+    /// answered with `Error::Corrupt`); `check` and `repair` deal with them.
+    pub corrupt_records: u64,
 }
 
 /// What the reaper thread, the committer's callers and the API share.
@@ -61,6 +64,7 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     reaped: AtomicU64,
     touches_skipped: AtomicU64,
+    corrupt_reads: AtomicU64,
     key_length: usize,
     node_id: Option<String>,
     app_version: Option<String>,
@@ -81,11 +85,20 @@ impl Shared {
         }
     }
 
+    /// Refuses work once the store is closed. Reads check it as well as
+    /// writes: a clone kept after `close` must not go on serving a store
+    /// whose shutdown was already recorded as clean.
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Queues `op` for the committer and waits for its outcome.
     pub fn submit(&self, op: Op) -> Result<Output> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.ensure_open()?;
         let (reply, outcome) = crossbeam_channel::bounded(1);
         self.to_committer
             .send(Msg::Write(Request { op, reply }))
@@ -94,13 +107,11 @@ impl Shared {
     }
 
     /// Runs `job` on the committer thread with no write in progress.
-    fn exclusive<T: Send + 'static>(
+    pub(crate) fn exclusive<T: Send + 'static>(
         &self,
         job: impl FnOnce(&dyn Backend) -> T + Send + 'static,
     ) -> Result<T> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.ensure_open()?;
         let (reply, outcome) = crossbeam_channel::bounded(1);
         let job = Box::new(move |backend: &dyn Backend| {
             let _ = reply.send(job(backend));
@@ -125,13 +136,16 @@ impl Shared {
     fn load(&self, digest: &Digest) -> Result<Option<Record>> {
         match self.backend.get(digest)? {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes)
-                .map(Some)
-                .map_err(|problem| Error::Corrupt {
-                    what: format!("session with digest {}", digest.hex()),
-                    problem,
-                }),
+            Some(bytes) => self.counted(codec::decode_stored(digest, &bytes)).map(Some),
         }
+    }
+
+    /// Counts a corrupt record met on the read path.
+    fn counted<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(Error::Corrupt { .. }) = result {
+            self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     fn has_live(&self, actor_id: &str, now: u64) -> Result<bool> {
@@ -147,6 +161,7 @@ impl Shared {
 
     /// The session a key names, if the key is valid now; no write.
     fn read_valid(&self, key: FullKey<'_>, now: u64) -> Result<Record> {
+        self.ensure_open()?;
         let record = self.load(&key.digest())?;
         let facts = record.as_ref().map(|r| Facts {
             actor_id: &r.actor_id,
@@ -237,6 +252,22 @@ impl SessionStore {
     /// store written by a newer sessiondb; [`Error::Io`] / [`Error::Storage`]
     /// when the directory cannot be read or written.
     pub fn open(config: Config) -> Result<SessionStore> {
+        Self::start(config, false).map(|(store, _)| store)
+    }
+
+    /// As [`SessionStore::open`], with a subscription made before the reaper
+    /// starts. The reaper's first pass ends the sessions that expired while
+    /// the store was closed; only a subscription made this way hears their
+    /// `session.unset` events.
+    ///
+    /// # Errors
+    /// As [`SessionStore::open`].
+    pub fn open_subscribed(config: Config) -> Result<(SessionStore, Receiver<Event>)> {
+        Self::start(config, true)
+            .map(|(store, events)| (store, events.unwrap_or_else(|| crossbeam_channel::never())))
+    }
+
+    fn start(config: Config, subscribe: bool) -> Result<(SessionStore, Option<Receiver<Event>>)> {
         let started = Instant::now();
         let settings = config.validate()?;
         let flush_every = match config.durability {
@@ -246,6 +277,10 @@ impl SessionStore {
         let (backend, facts) = SledBackend::open(&config.path, config.cache_capacity, flush_every)?;
         let backend: Arc<dyn Backend> = Arc::new(backend);
         let recovery = recovery::recover(backend.as_ref(), facts, started)?;
+        log::info!(
+            "opened session store at {}: {recovery:?}",
+            config.path.display()
+        );
 
         let rules = Arc::new(Rules { settings });
         let events = Arc::new(EventHub::new(config.event_capacity));
@@ -262,6 +297,7 @@ impl SessionStore {
             events: events.clone(),
             stats: commit_stats.clone(),
             sync: config.durability == Durability::Immediate,
+            max_batch: config.max_batch,
         }
         .spawn(from_callers)
         .map_err(spawn_failed)?;
@@ -276,6 +312,7 @@ impl SessionStore {
             closed: AtomicBool::new(false),
             reaped: AtomicU64::new(0),
             touches_skipped: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
             key_length: config.key_length,
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),
@@ -290,6 +327,7 @@ impl SessionStore {
             })),
             recovery,
         });
+        let events = subscribe.then(|| shared.events.subscribe());
         if config.reaper_thread {
             let reaper = Reaper::spawn(shared, config.reap_interval).map_err(spawn_failed)?;
             if let Some(w) = handle
@@ -301,10 +339,10 @@ impl SessionStore {
                 w.reaper = Some(reaper);
             }
         }
-        Ok(SessionStore { handle })
+        Ok((SessionStore { handle }, events))
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared {
         &self.handle.shared
     }
 
@@ -321,10 +359,13 @@ impl SessionStore {
     ///
     /// # Errors
     /// [`Error::InvalidActorId`], [`Error::InvalidLanguage`],
-    /// [`Error::DataTooLarge`]; [`Error::Closed`] after `close`; storage errors.
+    /// [`Error::DataTooLarge`]; [`Error::InvalidDataName`] / [`Error::Data`]
+    /// for deserialised data holding a name or value `Data::insert` refuses;
+    /// [`Error::Closed`] after `close`; storage errors.
     pub fn register(&self, actor_id: &str, language: &str, data: Data) -> Result<Session> {
         key::check_actor_id(actor_id)?;
         key::check_language(language)?;
+        data.check()?;
         let shared = self.shared();
         let limit = shared.rules.settings.max_data_bytes;
         if data.size() > limit {
@@ -394,16 +435,13 @@ impl SessionStore {
     pub fn is_valid(&self, full_key: &str) -> Result<()> {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
+        shared.ensure_open()?;
         let now = shared.now();
         let bytes = shared.backend.get(&key.digest())?;
         let head = bytes
             .as_deref()
-            .map(codec::decode_head)
-            .transpose()
-            .map_err(|problem| Error::Corrupt {
-                what: format!("session with digest {}", key.digest().hex()),
-                problem,
-            })?;
+            .map(|b| shared.counted(codec::decode_stored_head(&key.digest(), b)))
+            .transpose()?;
         let facts = head.as_ref().map(|h| Facts {
             actor_id: &h.actor_id,
             expires_at: h.expires_at,
@@ -472,8 +510,9 @@ impl SessionStore {
         }
     }
 
-    /// Ends every session of `actor_id` with `reason` (an admin action);
-    /// returns how many ended.
+    /// Ends every live session of `actor_id` with `reason` (an admin action)
+    /// and returns how many; sessions that had already expired end with
+    /// `expired` and are not counted.
     ///
     /// # Errors
     /// [`Error::InvalidActorId`], [`Error::InvalidReason`]; storage errors.
@@ -482,6 +521,7 @@ impl SessionStore {
         reason.check()?;
         match self.shared().submit(Op::ExpireActor {
             actor_id: actor_id.to_owned(),
+            now: self.shared().now(),
             reason,
         })? {
             Output::Count(n) => Ok(n),
@@ -495,6 +535,7 @@ impl SessionStore {
     /// [`Error::Invalid`] when the key is not valid; [`Error::Data`] when
     /// the stored value does not fit `T`; storage errors.
     pub fn get_data<T: DeserializeOwned>(&self, full_key: &str, name: &str) -> Result<Option<T>> {
+        check_data_name(name)?;
         self.data(full_key)?.get(name)
     }
 
@@ -610,7 +651,9 @@ impl SessionStore {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Invalid`], [`Error::DataTooLarge`]; storage errors.
+    /// [`Error::Invalid`], [`Error::DataTooLarge`]; [`Error::InvalidDataName`]
+    /// / [`Error::Data`] when `f` leaves a name or value `Data::insert` refuses
+    /// (by replacing the data with a deserialised `Data`); storage errors.
     pub fn update<R>(&self, full_key: &str, mut f: impl FnMut(&mut Data) -> R) -> Result<R> {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
@@ -621,6 +664,7 @@ impl SessionStore {
             if data == record.data {
                 return Ok(result);
             }
+            data.check()?;
             let limit = shared.rules.settings.max_data_bytes;
             if data.size() > limit {
                 return Err(Error::DataTooLarge {
@@ -642,6 +686,7 @@ impl SessionStore {
     pub fn actor_session(&self, actor_id: &str) -> Result<Option<Session>> {
         key::check_actor_id(actor_id)?;
         let shared = self.shared();
+        shared.ensure_open()?;
         let now = shared.now();
         let mut records = Vec::new();
         for d in shared.backend.actor_sessions(actor_id)? {
@@ -715,15 +760,17 @@ impl SessionStore {
     /// # Errors
     /// [`Error::Closed`]; storage errors.
     pub fn reap_expired(&self) -> Result<usize> {
+        self.shared().ensure_open()?;
         reaper::pass(self.shared())
     }
 
     /// Counters describing the store.
     ///
     /// # Errors
-    /// Storage errors reading the session count.
+    /// [`Error::Closed`]; storage errors reading the session count.
     pub fn stats(&self) -> Result<Stats> {
         let s = self.shared();
+        s.ensure_open()?;
         Ok(Stats {
             sessions: s.backend.session_count()?,
             subscribers: s.events.subscriber_count(),
@@ -733,6 +780,8 @@ impl SessionStore {
             committed_ops: s.commit_stats.ops.load(Ordering::Relaxed),
             syncs: s.commit_stats.syncs.load(Ordering::Relaxed),
             touches_skipped: s.touches_skipped.load(Ordering::Relaxed),
+            corrupt_records: s.corrupt_reads.load(Ordering::Relaxed)
+                + s.commit_stats.corrupt.load(Ordering::Relaxed),
         })
     }
 
@@ -741,9 +790,7 @@ impl SessionStore {
     /// # Errors
     /// Storage and I/O errors.
     pub fn flush(&self) -> Result<()> {
-        if self.shared().closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.shared().ensure_open()?;
         self.shared().backend.flush(true)
     }
 
@@ -769,8 +816,9 @@ impl SessionStore {
     /// How many records repair has moved to the quarantine.
     ///
     /// # Errors
-    /// Storage errors.
+    /// [`Error::Closed`]; storage errors.
     pub fn quarantined(&self) -> Result<u64> {
+        self.shared().ensure_open()?;
         let mut n = 0;
         self.shared().backend.scan(Space::Quarantine, &mut |_, _| {
             n += 1;

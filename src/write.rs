@@ -53,6 +53,7 @@ pub(crate) enum Op {
     },
     ExpireActor {
         actor_id: String,
+        now: u64,
         reason: UnsetReason,
     },
     Data {
@@ -77,6 +78,14 @@ pub(crate) enum Op {
         actor_ids: Vec<String>,
         now: u64,
     },
+    /// Restores exported sessions exactly (digest, id, expiry, revision and
+    /// data kept) with all their index entries; a stored session under the
+    /// same digest is replaced. No events: no client-visible change happened.
+    /// Digests must be distinct within one op. Returns `Output::Count` of
+    /// sessions that were new.
+    Import {
+        sessions: Vec<(Digest, Record)>,
+    },
 }
 
 impl Op {
@@ -91,6 +100,9 @@ impl Op {
             Op::Reassign { from, to, .. } => (Some(from), Some(to), &[]),
             Op::Reap { .. } => (None, None, &[]),
             Op::Addresses { actor_ids, .. } => (None, None, actor_ids),
+            // Import never lists an actor's sessions; the index changes it
+            // makes keep any list another operation of the batch holds current.
+            Op::Import { .. } => (None, None, &[]),
         };
         one.into_iter()
             .chain(two)
@@ -136,12 +148,23 @@ pub(crate) fn apply(
             w.delete(digest, &record, reason.clone())?;
             Ok(Output::Done)
         }
-        Op::ExpireActor { actor_id, reason } => {
-            let sessions = w.sessions_of(actor_id)?;
-            for (d, r) in &sessions {
-                w.delete(d, r, reason.clone())?;
+        Op::ExpireActor {
+            actor_id,
+            now,
+            reason,
+        } => {
+            let mut ended = 0;
+            for (d, r) in &w.sessions_of(actor_id)? {
+                // One that has already expired ends as `expired`, as in
+                // register and reassign, and is not counted.
+                if r.expires_at <= *now {
+                    w.delete(d, r, UnsetReason::Expired)?;
+                } else {
+                    w.delete(d, r, reason.clone())?;
+                    ended += 1;
+                }
             }
-            Ok(Output::Count(sessions.len()))
+            Ok(Output::Count(ended))
         }
         Op::Data {
             digest,
@@ -158,6 +181,7 @@ pub(crate) fn apply(
         } => w.reassign(from, to, new_digest, *now),
         Op::Reap { due, now } => w.reap(due, *now),
         Op::Addresses { actor_ids, now } => w.addresses(actor_ids, *now),
+        Op::Import { sessions } => w.import(sessions),
     }
 }
 
@@ -171,12 +195,7 @@ impl Writer<'_, '_> {
     fn load(&self, digest: &Digest) -> Result<Option<Record>> {
         match self.txn.get(digest)? {
             None => Ok(None),
-            Some(bytes) => codec::decode(&bytes)
-                .map(Some)
-                .map_err(|problem| Error::Corrupt {
-                    what: format!("session with digest {}", digest.hex()),
-                    problem,
-                }),
+            Some(bytes) => codec::decode_stored(digest, &bytes).map(Some),
         }
     }
 
@@ -391,6 +410,37 @@ impl Writer<'_, '_> {
             }
         }
         Ok(Output::Count(reaped))
+    }
+
+    fn import(&mut self, sessions: &[(Digest, Record)]) -> Result<Output> {
+        // Reads and checks first, so that a refused import writes nothing.
+        let mut stored = Vec::with_capacity(sessions.len());
+        for (digest, record) in sessions {
+            let old = self.load(digest)?;
+            if let Some(old) = &old {
+                if old.actor_id != record.actor_id {
+                    return Err(Error::InvalidActorId {
+                        actor_id: crate::error::clip(&record.actor_id),
+                        problem: "the imported session's digest is stored for another actor",
+                    });
+                }
+            }
+            stored.push((codec::encode(record)?, old));
+        }
+        let mut new = 0;
+        for ((digest, record), (bytes, old)) in sessions.iter().zip(stored) {
+            match old {
+                Some(old) => self.txn.remove_expiry(old.expires_at, digest)?,
+                None => {
+                    new += 1;
+                    self.txn.add_count(1);
+                }
+            }
+            self.txn.put(digest, bytes)?;
+            self.txn.insert_expiry(record.expires_at, digest)?;
+            self.txn.insert_actor(&record.actor_id, digest)?;
+        }
+        Ok(Output::Count(new))
     }
 
     fn addresses(&self, actor_ids: &[String], now: u64) -> Result<Output> {

@@ -9,12 +9,17 @@
 //!   open fail, so `open` removes such files first;
 //! - touching a `Tree` inside a transaction closure deadlocks, so the actor
 //!   lists a batch needs are read before the transaction starts;
-//! - `cache_capacity` defaults to 1 GiB, so it is always set.
+//! - `cache_capacity` defaults to 1 GiB, so it is always set;
+//! - a page larger than a quarter segment (~128 KiB: a leaf of up to 17
+//!   large records) is written to a file under `blobs/` that sled never
+//!   fsyncs, so durable flushes fsync new blob files and their directory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
@@ -40,6 +45,9 @@ pub(crate) struct SledBackend {
     quarantine: Tree,
     /// The `db` file, fsynced by durable flushes.
     db_file: File,
+    /// The `blobs` directory and the blob files already fsynced.
+    blobs: PathBuf,
+    synced_blobs: Mutex<HashSet<OsString>>,
 }
 
 /// What `open` found on disk before sled started.
@@ -89,9 +97,13 @@ impl SledBackend {
         cache_capacity: u64,
         flush_every_ms: Option<u64>,
     ) -> Result<(SledBackend, OpenFacts)> {
-        let mut facts = OpenFacts::default();
+        // A store is new when sled has not written its config yet, whether or
+        // not the directory already existed (a tempdir, a mounted volume).
+        let mut facts = OpenFacts {
+            created: !path.join("conf").exists(),
+            ..OpenFacts::default()
+        };
         if !path.exists() {
-            facts.created = true;
             std::fs::create_dir_all(path).map_err(|source| Error::Io {
                 action: "creating store directory",
                 path: path.to_path_buf(),
@@ -134,6 +146,8 @@ impl SledBackend {
                 path: path.join("db"),
                 source,
             })?,
+            blobs: path.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
             db,
         };
         if facts.created {
@@ -141,6 +155,47 @@ impl SledBackend {
             fsync_dir(path)?;
         }
         Ok((backend, facts))
+    }
+
+    /// fsyncs blob files written since the last durable flush, and the
+    /// blobs directory when it gained files. Usually the directory is empty
+    /// and this is one `readdir`.
+    fn sync_blobs(&self) -> Result<()> {
+        let io = |action: &'static str, path: PathBuf| {
+            move |source| Error::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("reading", self.blobs.clone())(e)),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut present = HashSet::with_capacity(synced.len());
+        let mut gained = false;
+        for entry in entries {
+            let entry = entry.map_err(io("reading", self.blobs.clone()))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                File::open(entry.path())
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("fsyncing", entry.path()))?;
+                gained = true;
+            }
+            present.insert(name);
+        }
+        // Blobs sled removed are forgotten, so the set stays small.
+        *synced = present;
+        if gained {
+            fsync_dir(&self.blobs)?;
+        }
+        Ok(())
     }
 
     fn tree(&self, space: Space) -> &Tree {
@@ -262,6 +317,7 @@ impl Backend for SledBackend {
                 path: PathBuf::from("db"),
                 source,
             })?;
+            self.sync_blobs()?;
         }
         Ok(())
     }

@@ -54,3 +54,21 @@ impl Fixture {
 pub fn drain(rx: &crossbeam_channel::Receiver<Event>) -> Vec<Event> {
     rx.try_iter().collect()
 }
+
+/// The full key of a session that has one (registered, resolved, reassigned).
+pub fn key_of(session: &sessiondb::Session) -> String {
+    session
+        .key()
+        .expect("a session obtained through a key carries it")
+        .to_owned()
+}
+
+/// The validation reason of a call that must have rejected its key.
+pub fn rejected<T: std::fmt::Debug>(result: sessiondb::Result<T>) -> sessiondb::Reason {
+    match result {
+        Err(e) => e
+            .reason()
+            .unwrap_or_else(|| panic!("expected a rejected key, got the error {e:?}")),
+        Ok(v) => panic!("expected a rejected key, got Ok({v:?})"),
+    }
+}

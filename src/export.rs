@@ -1,0 +1,413 @@
+//! Whole-store access for tools: visiting every session, finding one by its
+//! public id, and moving sessions between stores as JSON lines (export and
+//! import) that carry each session's digest, so that keys handed out before
+//! an export keep working after the import.
+//!
+//! The export format (version [`EXPORT_FORMAT`]) is one JSON object per
+//! line. The first line is a header, `{"format":"sessiondb-export","version":1}`;
+//! every further line is one session:
+//!
+//! ```text
+//! {"digest":"<64 hex digits>","id":"…","actorId":"…","language":"en",
+//!  "createdAt":<ms>,"expiresAt":<ms>,"deadline":<ms>|null,
+//!  "appVersion":"…"|null,"nodeId":"…"|null,"revision":<n>,
+//!  "data":{"<name>":"<the value's JSON text>"}}
+//! ```
+//!
+//! Data values are written as the JSON *text* the store holds (a string per
+//! value) rather than as nested JSON, so that an import restores them byte
+//! for byte, whatever key order or number spelling they had.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::key::{self, Digest, DIGEST_LEN};
+use crate::session::{check_data_name, Data, Record, Session};
+use crate::storage::Space;
+use crate::store::SessionStore;
+use crate::write::{Op, Output};
+
+/// The version of the export format that [`SessionStore::export`] writes and
+/// [`SessionStore::import`] reads.
+pub const EXPORT_FORMAT: u32 = 1;
+
+const HEADER_NAME: &str = "sessiondb-export";
+
+/// Sessions sent to the committer in one import transaction.
+const IMPORT_BATCH: usize = 256;
+
+/// What [`SessionStore::export`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportSummary {
+    /// Sessions written (expired ones not yet reaped included).
+    pub sessions: u64,
+    /// Records left out because they do not decode (`check` reports them).
+    pub corrupt: u64,
+}
+
+/// What [`SessionStore::import`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportSummary {
+    /// Sessions read from the input and stored.
+    pub imported: u64,
+    /// Of those, how many replaced a stored session with the same digest.
+    pub replaced: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    version: u32,
+}
+
+/// One exported session.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Line {
+    digest: String,
+    id: String,
+    actor_id: String,
+    language: String,
+    created_at: u64,
+    expires_at: u64,
+    deadline: Option<u64>,
+    app_version: Option<String>,
+    node_id: Option<String>,
+    revision: u64,
+    data: Data,
+}
+
+impl Line {
+    fn new(digest: &Digest, r: Record) -> Line {
+        Line {
+            digest: digest.hex(),
+            id: r.id,
+            actor_id: r.actor_id,
+            language: r.language,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            deadline: r.deadline,
+            app_version: r.app_version,
+            node_id: r.node_id,
+            revision: r.revision,
+            data: r.data,
+        }
+    }
+
+    /// Checks every field as the store's own inputs are checked.
+    fn into_record(self, max_data_bytes: usize) -> std::result::Result<(Digest, Record), String> {
+        let digest = parse_hex_digest(&self.digest)
+            .ok_or_else(|| format!("digest {:?} is not 64 hex digits", clip(&self.digest)))?;
+        if self.id.is_empty()
+            || self.id.len() > 64
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "id {:?} is not 1..=64 URL-safe characters",
+                clip(&self.id)
+            ));
+        }
+        key::check_actor_id(&self.actor_id).map_err(|e| e.to_string())?;
+        key::check_language(&self.language).map_err(|e| e.to_string())?;
+        if let Some(node) = &self.node_id {
+            if node.is_empty() || node.len() > 255 {
+                return Err("nodeId must be 1..=255 bytes".into());
+            }
+        }
+        for (name, json) in self.data.iter() {
+            check_data_name(name).map_err(|e| e.to_string())?;
+            serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| {
+                format!(
+                    "data value {:?} is not JSON text: {e} (values are exported as strings holding JSON)",
+                    clip(name)
+                )
+            })?;
+        }
+        if self.data.size() > max_data_bytes {
+            return Err(Error::DataTooLarge {
+                size: self.data.size(),
+                limit: max_data_bytes,
+            }
+            .to_string());
+        }
+        Ok((
+            digest,
+            Record {
+                actor_id: self.actor_id,
+                expires_at: self.expires_at,
+                app_version: self.app_version,
+                revision: self.revision,
+                id: self.id,
+                language: self.language,
+                created_at: self.created_at,
+                deadline: self.deadline,
+                node_id: self.node_id,
+                data: self.data,
+            },
+        ))
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn parse_hex_digest(hex: &str) -> Option<Digest> {
+    if hex.len() != DIGEST_LEN * 2 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; DIGEST_LEN];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(Digest(out))
+}
+
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Digest, Record)> {
+    let digest = Digest::from_slice(key).ok_or_else(|| Error::Corrupt {
+        what: "a session key".into(),
+        problem: format!("{} bytes instead of {DIGEST_LEN}", key.len()),
+    })?;
+    let record = codec::decode(value).map_err(|problem| Error::Corrupt {
+        what: format!("session with digest {}", digest.hex()),
+        problem,
+    })?;
+    Ok((digest, record))
+}
+
+fn bad_input(line: u64, problem: impl Into<String>) -> Error {
+    Error::Io {
+        action: "importing",
+        path: PathBuf::from(format!("line {line}")),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem.into()),
+    }
+}
+
+fn write_failed(source: std::io::Error) -> Error {
+    Error::Io {
+        action: "writing the export to",
+        path: PathBuf::from("its output"),
+        source,
+    }
+}
+
+/// Writes the records arriving on `rx` as export lines.
+fn write_lines(
+    rx: &crossbeam_channel::Receiver<(Vec<u8>, Vec<u8>)>,
+    out: &mut impl Write,
+    summary: &mut ExportSummary,
+) -> Result<()> {
+    for (k, v) in rx.iter() {
+        match decode_entry(&k, &v) {
+            Ok((digest, record)) => {
+                serde_json::to_writer(&mut *out, &Line::new(&digest, record))
+                    .map_err(|e| write_failed(e.into()))?;
+                out.write_all(b"\n").map_err(write_failed)?;
+                summary.sessions += 1;
+            }
+            Err(e) => {
+                log::warn!("export leaves out a record: {e}");
+                summary.corrupt += 1;
+            }
+        }
+    }
+    out.flush().map_err(write_failed)
+}
+
+impl SessionStore {
+    /// Visits every stored session, expired ones not yet reaped included, in
+    /// storage (digest) order, until `visit` returns `false`. The sessions
+    /// carry no key. A record that does not decode is passed as
+    /// [`Error::Corrupt`] and the walk goes on. Writes made meanwhile may or
+    /// may not be seen; [`SessionStore::export`] takes a consistent snapshot.
+    ///
+    /// # Errors
+    /// Storage errors reading the store.
+    pub fn for_each_session(&self, mut visit: impl FnMut(Result<Session>) -> bool) -> Result<()> {
+        self.shared().backend.scan(Space::Sessions, &mut |k, v| {
+            Ok(visit(
+                decode_entry(k, v).map(|(_, record)| Session { key: None, record }),
+            ))
+        })
+    }
+
+    /// The stored session whose public id is `id` (expired or not), found by
+    /// walking the store: meant for tools, not for request paths.
+    ///
+    /// # Errors
+    /// Storage errors reading the store (corrupt records are skipped).
+    pub fn find_by_id(&self, id: &str) -> Result<Option<Session>> {
+        let mut found = None;
+        self.for_each_session(|s| match s {
+            Ok(s) if s.id() == id => {
+                found = Some(s);
+                false
+            }
+            _ => true,
+        })?;
+        Ok(found)
+    }
+
+    /// The earliest stored expiry (Unix milliseconds), reaped or not: when it
+    /// lies in the past, the reaper is behind by that much.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn earliest_expiry(&self) -> Result<Option<u64>> {
+        self.shared().backend.next_expiry()
+    }
+
+    /// Writes every stored session (expired ones not yet reaped included) to
+    /// `out` as JSON lines (see [`EXPORT_FORMAT`] and the module docs), with
+    /// its digest, so that [`SessionStore::import`] restores it exactly and
+    /// its key keeps working. The snapshot is consistent: writes wait while
+    /// the export runs. Records that do not decode are left out and counted.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let other = tempfile::tempdir()?;
+    /// use sessiondb::{Config, Data, SessionStore};
+    /// let store = SessionStore::open(Config::new(dir.path()))?;
+    /// let key = store.register("p1", "en", Data::new())?.key().unwrap().to_owned();
+    /// let mut lines = Vec::new();
+    /// store.export(&mut lines)?;
+    ///
+    /// let copy = SessionStore::open(Config::new(other.path()))?;
+    /// copy.import(lines.as_slice())?;
+    /// assert_eq!(copy.resolve(&key)?.actor_id(), "p1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] when writing to `out` fails; [`Error::Closed`]; storage
+    /// errors.
+    pub fn export(&self, out: impl Write) -> Result<ExportSummary> {
+        let mut out = BufWriter::new(out);
+        let header = Header {
+            format: HEADER_NAME.into(),
+            version: EXPORT_FORMAT,
+        };
+        serde_json::to_writer(&mut out, &header).map_err(|e| write_failed(e.into()))?;
+        out.write_all(b"\n").map_err(write_failed)?;
+
+        let shared = self.shared();
+        let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<u8>)>(IMPORT_BATCH);
+        std::thread::scope(|scope| {
+            // The scan runs as exclusive work on the committer thread, so no
+            // write lands in the middle of it; this thread encodes and writes
+            // meanwhile. If writing fails, dropping `rx` ends the scan.
+            let scan = scope.spawn(move || {
+                shared.exclusive(move |backend| {
+                    backend.scan(Space::Sessions, &mut |k, v| {
+                        Ok(tx.send((k.to_vec(), v.to_vec())).is_ok())
+                    })
+                })
+            });
+            let mut summary = ExportSummary::default();
+            let written = write_lines(&rx, &mut out, &mut summary);
+            drop(rx);
+            let scanned = scan
+                .join()
+                .map_err(|_| Error::WorkerFailed { worker: "export" })?;
+            written?;
+            scanned??;
+            Ok(summary)
+        })
+    }
+
+    /// Reads sessions written by [`SessionStore::export`] and stores them
+    /// exactly as they were (digest, id, expiry, revision and data), with
+    /// all their index entries, in transactions of up to 256 sessions. A
+    /// stored session with the same digest is replaced. No events are sent,
+    /// since no client-visible change happened; sessions that are already
+    /// past their expiry are reaped (with events) by the next reaper pass.
+    /// Every line is checked as the store's own inputs are; the first bad
+    /// line stops the import, and the batches before it stay imported.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the line for unreadable or invalid input (a
+    /// missing or newer header included); [`Error::InvalidActorId`] when a
+    /// digest is already stored for another actor; [`Error::Closed`];
+    /// storage errors.
+    pub fn import(&self, input: impl BufRead) -> Result<ImportSummary> {
+        let shared = self.shared();
+        let max_data_bytes = shared.rules.settings.max_data_bytes;
+        let mut summary = ImportSummary::default();
+        let mut batch: Vec<(Digest, Record)> = Vec::with_capacity(IMPORT_BATCH);
+        let flush = |batch: &mut Vec<(Digest, Record)>, summary: &mut ImportSummary| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let sessions = std::mem::take(batch);
+            let n = sessions.len() as u64;
+            match shared.submit(Op::Import { sessions })? {
+                Output::Count(new) => {
+                    summary.imported += n;
+                    summary.replaced += n - new as u64;
+                    Ok(())
+                }
+                other => Err(shared.unexpected(&other)),
+            }
+        };
+        let mut header_seen = false;
+        for (i, line) in input.lines().enumerate() {
+            let n = i as u64 + 1;
+            let line = line.map_err(|e| bad_input(n, e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if !header_seen {
+                let header: Header = serde_json::from_str(&line).map_err(|e| {
+                    bad_input(
+                        n,
+                        format!("expected the header {{\"format\":\"{HEADER_NAME}\",\"version\":{EXPORT_FORMAT}}}: {e}"),
+                    )
+                })?;
+                if header.format != HEADER_NAME {
+                    return Err(bad_input(
+                        n,
+                        format!("format {:?} is not {HEADER_NAME:?}", clip(&header.format)),
+                    ));
+                }
+                if header.version > EXPORT_FORMAT {
+                    return Err(bad_input(
+                        n,
+                        format!(
+                            "export format {} is newer than this sessiondb reads ({EXPORT_FORMAT}); upgrade sessiondb",
+                            header.version
+                        ),
+                    ));
+                }
+                header_seen = true;
+                continue;
+            }
+            let parsed: Line =
+                serde_json::from_str(&line).map_err(|e| bad_input(n, e.to_string()))?;
+            let (digest, record) = parsed
+                .into_record(max_data_bytes)
+                .map_err(|problem| bad_input(n, problem))?;
+            // One op holds distinct digests; a repeat goes into the next
+            // transaction, so the later line wins.
+            if batch.len() == IMPORT_BATCH || batch.iter().any(|(d, _)| *d == digest) {
+                flush(&mut batch, &mut summary)?;
+            }
+            batch.push((digest, record));
+        }
+        flush(&mut batch, &mut summary)?;
+        if !header_seen {
+            return Err(bad_input(1, "the input is empty (no export header)"));
+        }
+        Ok(summary)
+    }
+}

@@ -1,0 +1,40 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): thin
+//! wrappers over crate-private decoders. Not part of the API.
+
+use crate::{codec, index, key};
+
+/// Decodes `bytes` as a session record and encodes it again: `None` when it
+/// does not decode.
+pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
+    codec::encode(&codec::decode(bytes).ok()?).ok()
+}
+
+/// Whether `codec::decode_head` reads the same leading fields as
+/// `codec::decode` (true when the whole record does not decode).
+pub fn record_head_agrees(bytes: &[u8]) -> bool {
+    let head = codec::decode_head(bytes);
+    codec::decode(bytes).map_or(true, |r| {
+        head.is_ok_and(|h| {
+            (h.actor_id, h.expires_at, h.app_version) == (r.actor_id, r.expires_at, r.app_version)
+        })
+    })
+}
+
+/// Parses `bytes` as an `expiries` key and builds the key again.
+pub fn reencode_expiry_key(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (at, digest) = index::parse_expiry_key(bytes)?;
+    Some(index::expiry_key(at, &digest).to_vec())
+}
+
+/// Parses `bytes` as an `actors` key and builds the key again.
+pub fn reencode_actor_key(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (actor, digest) = index::parse_actor_key(bytes)?;
+    Some(index::actor_key(&actor, &digest))
+}
+
+/// Splits a full key into actor id and secret, as every key-taking call does.
+pub fn split_full_key(full_key: &str) -> Option<(&str, &str)> {
+    key::FullKey::parse(full_key)
+        .ok()
+        .map(|k| (k.actor_id, k.secret))
+}
