@@ -264,7 +264,7 @@ impl SessionStore {
     /// As [`SessionStore::open`].
     pub fn open_subscribed(config: Config) -> Result<(SessionStore, Receiver<Event>)> {
         Self::start(config, true)
-            .map(|(store, events)| (store, events.unwrap_or_else(|| crossbeam_channel::never())))
+            .map(|(store, events)| (store, events.unwrap_or_else(crossbeam_channel::never)))
     }
 
     fn start(config: Config, subscribe: bool) -> Result<(SessionStore, Option<Receiver<Event>>)> {
