@@ -1,0 +1,239 @@
+//! Command-line arguments (clap derive). Every serve setting can also come
+//! from the environment (`SESSIONDB_<NAME>`) and from a TOML config file;
+//! `settings` merges them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Exit codes, shown in the help text.
+const AFTER_HELP: &str = "\
+Exit codes: 0 success (for `check`: healthy), 1 `check` found problems, 2 error.
+
+Offline tools (everything but `serve`) need the store to themselves: stop the
+server first. Settings come from flags, then SESSIONDB_<NAME> environment
+variables, then the `serve --config` file, then defaults.";
+
+/// sessiondb: a persistent session store for game servers (MAGE's session
+/// module), served over HTTP, with offline tools for a stopped store.
+#[derive(Debug, Parser)]
+#[command(name = "sessiondb", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API v1 until SIGINT or SIGTERM.
+    ///
+    /// Prints `listening on <address>` on stdout once ready; logs go to
+    /// stderr. On SIGINT/SIGTERM, stops accepting connections, finishes the
+    /// requests in flight and closes the store cleanly.
+    Serve(ServeArgs),
+    /// Print counts about a stopped store: sessions (live and expired),
+    /// actors, earliest expiry, quarantined records, size on disk.
+    Stats(StatsArgs),
+    /// List the sessions of a stopped store (no keys: only digests of them
+    /// are stored).
+    List(ListArgs),
+    /// Show one session of a stopped store, found by its public id.
+    Show(ShowArgs),
+    /// End every session of an actor in a stopped store.
+    Expire(ExpireArgs),
+    /// Check a stopped store's invariants and, with --repair, fix them.
+    ///
+    /// Exits 0 when the store is healthy (after repairing, with --repair),
+    /// 1 when problems remain.
+    Check(CheckArgs),
+    /// Write every session of a stopped store as JSON lines (a consistent
+    /// snapshot, with digests, so that keys keep working after an import).
+    Export(ExportArgs),
+    /// Read JSON lines written by `export` into a stopped (or new) store.
+    ///
+    /// Sessions keep their digests, ids, expiries, revisions and data; a
+    /// stored session with the same digest is replaced.
+    Import(ImportArgs),
+    /// Rewrite a stopped store into a fresh directory, reclaiming the space
+    /// of deleted sessions. The source is left untouched.
+    Compact(CompactArgs),
+}
+
+/// When writes count as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// Flush in the background every 500 ms; a crash loses at most that.
+    Periodic,
+    /// Answer only once the write is on disk (writers share one fsync).
+    Immediate,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below as snake_case keys
+    /// (`data_dir`, `listen`, `ttl`, `durability`, `admin_token`,
+    /// `log_level`, `app_version`, `node_id`, `max_sessions_per_actor`,
+    /// `reaper`). Flags and environment variables override it.
+    #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Store directory, created if missing [default: ./sessiondb-data]
+    #[arg(long, env = "SESSIONDB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port (the real address is
+    /// printed) [default: 127.0.0.1:7420]
+    #[arg(long, env = "SESSIONDB_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Idle time after which a session expires, as a time code such as
+    /// `30s`, `10m`, `1h 30m` [default: 10m]
+    #[arg(long, env = "SESSIONDB_TTL", value_name = "TIME")]
+    pub ttl: Option<String>,
+
+    /// When a write counts as done [default: periodic]
+    #[arg(long, env = "SESSIONDB_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityArg>,
+
+    /// Token that admin routes require as `Authorization: Bearer <token>`.
+    /// Without one, admin routes (and /metrics) answer loopback clients only.
+    #[arg(
+        long,
+        env = "SESSIONDB_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// Log filter for stderr: a level (`error`, `warn`, `info`, `debug`,
+    /// `trace`) or tracing directives such as `sessiondb=debug,info`
+    /// [default: info]
+    #[arg(long, env = "SESSIONDB_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// The game's version (semver); keys of sessions made by another
+    /// `major.minor` are rejected with `badVersion` [default: none, no check]
+    #[arg(long, env = "SESSIONDB_APP_VERSION", value_name = "SEMVER")]
+    pub app_version: Option<String>,
+
+    /// This node's id (MAGE's cluster id), reported by
+    /// /v1/actors/addresses [default: none]
+    #[arg(long, env = "SESSIONDB_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// How many sessions one actor may hold; a register beyond it replaces
+    /// the oldest [default: 1, as MAGE]
+    #[arg(long, env = "SESSIONDB_MAX_SESSIONS_PER_ACTOR", value_name = "N")]
+    pub max_sessions_per_actor: Option<usize>,
+
+    /// Do not run the background reaper: expired sessions are refused on
+    /// read (`expired`) but neither deleted nor announced. For tests and
+    /// debugging (config file: `reaper = false`).
+    #[arg(long, env = "SESSIONDB_NO_REAPER")]
+    pub no_reaper: bool,
+}
+
+/// The store an offline tool works on.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Store directory
+    #[arg(
+        long,
+        env = "SESSIONDB_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./sessiondb-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only this actor's sessions.
+    #[arg(long, value_name = "ACTOR_ID")]
+    pub actor: Option<String>,
+    /// Print one JSON object per line (the HTTP API's session shape) instead
+    /// of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave out sessions past their expiry (not reaped yet).
+    #[arg(long)]
+    pub live: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The session's public id (as in events, `list` and the HTTP API);
+    /// ids may start with `-`.
+    #[arg(allow_hyphen_values = true)]
+    pub id: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The actor whose sessions end.
+    #[arg(allow_hyphen_values = true)]
+    pub actor: String,
+    /// The reason recorded: `expired`, `loggedOut`, `replaced`,
+    /// `reassigned` or a custom word (letters, digits, `_.-`).
+    #[arg(long, default_value = "expired")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Fix what the check finds: add missing index entries, remove stale
+    /// ones, fix the count, quarantine records that do not decode.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File to write; `-` for stdout.
+    #[arg(long, short, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File written by `export`; `-` for stdin.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub input: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The fresh directory to write the compacted store to; it must not
+    /// exist or be empty. Swap it in for the old one while the server is
+    /// stopped.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+}

@@ -1,0 +1,214 @@
+//! Prometheus metrics (OpenMetrics text, via the Prometheus project's
+//! `prometheus-client` crate).
+//!
+//! Counted as things happen: registers, resolves by outcome, request
+//! latency, and session ends by reason (from a store subscription of its
+//! own, so reaper expiries are counted too). Read from the store at scrape
+//! time: sessions stored, reaper lag, event backlog and misses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sessiondb::{Event, SessionStore, UnsetReason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResolveLabels {
+    /// `isValid`, `restore`, `logout` or `data`.
+    pub op: &'static str,
+    /// `ok` or MAGE's reason string.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    registers: Counter,
+    resolves: Family<ResolveLabels, Counter>,
+    ends: Family<ReasonLabels, Counter>,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    sessions: Gauge,
+    reaper_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    event_streams: Gauge,
+    event_backlog: Gauge,
+    events_missed: Counter,
+    /// Serialises scrapes, which turn store totals into counter increments.
+    scrape: Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sessiondb");
+        let m = Metrics {
+            registers: Counter::default(),
+            resolves: Family::default(),
+            ends: Family::default(),
+            requests: Family::new_with_constructor(latency_histogram),
+            sessions: Gauge::default(),
+            reaper_lag: Gauge::default(),
+            event_streams: Gauge::default(),
+            event_backlog: Gauge::default(),
+            events_missed: Counter::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "active_sessions",
+            "Sessions stored (expired ones not yet reaped included)",
+            m.sessions.clone(),
+        );
+        registry.register("registers", "Sessions registered", m.registers.clone());
+        registry.register(
+            "resolves",
+            "Session keys checked, by operation and outcome (ok or MAGE's reason)",
+            m.resolves.clone(),
+        );
+        registry.register(
+            "expiries",
+            "Sessions ended, by unset reason (custom reasons counted as `custom`)",
+            m.ends.clone(),
+        );
+        registry.register(
+            "reaper_lag_seconds",
+            "How far past due the earliest unreaped session is (0 when none is due)",
+            m.reaper_lag.clone(),
+        );
+        registry.register(
+            "event_streams",
+            "Open /v1/events streams",
+            m.event_streams.clone(),
+        );
+        registry.register(
+            "event_backlog",
+            "Events queued for /v1/events streams and not yet sent",
+            m.event_backlog.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not delivered to full subscriber channels (announced as session.lagged)",
+            m.events_missed.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency until the response head, by method, route and status",
+            m.requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn registered(&self) {
+        self.registers.inc();
+    }
+
+    pub fn resolved(&self, op: &'static str, outcome: &'static str) {
+        self.resolves
+            .get_or_create(&ResolveLabels { op, outcome })
+            .inc();
+    }
+
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status: status.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn event_streams(&self) -> &Gauge {
+        &self.event_streams
+    }
+
+    fn ended(&self, reason: &UnsetReason) {
+        let reason = match reason {
+            UnsetReason::Expired => "expired",
+            UnsetReason::LoggedOut => "loggedOut",
+            UnsetReason::Replaced => "replaced",
+            UnsetReason::Reassigned => "reassigned",
+            _ => "custom",
+        };
+        self.ends.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Reads the store's figures and renders every metric. Blocks on the
+    /// store: call it off the async runtime.
+    pub fn render(&self, store: &SessionStore, backlog: i64, now_ms: u64) -> String {
+        let _one_at_a_time = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match store.stats() {
+            Ok(stats) => {
+                self.sessions
+                    .set(i64::try_from(stats.sessions).unwrap_or(i64::MAX));
+                let missed = stats.events_missed;
+                let counted = self.events_missed.get();
+                if missed > counted {
+                    self.events_missed.inc_by(missed - counted);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: reading store stats failed"),
+        }
+        match store.earliest_expiry() {
+            Ok(earliest) => {
+                let lag_ms = earliest.map_or(0, |at| now_ms.saturating_sub(at));
+                self.reaper_lag.set(lag_ms as f64 / 1000.0);
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: reading the earliest expiry failed"),
+        }
+        self.event_backlog.set(backlog);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics: encoding failed");
+        }
+        out
+    }
+}
+
+/// Counts session ends by reason from a subscription of its own, until
+/// `stop` is set. The thread is named `sessiondb-metrics`.
+pub fn spawn_event_counter(
+    events: Receiver<Event>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sessiondb-metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match events.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Event::Unset { reason, .. }) => metrics.ended(&reason),
+                    Ok(Event::Lagged { missed }) => {
+                        tracing::warn!(missed, "metrics missed session events; counts are low");
+                    }
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+}

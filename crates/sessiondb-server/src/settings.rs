@@ -1,0 +1,167 @@
+//! The serve settings, merged from flags, environment variables (both read
+//! by clap), an optional TOML config file, and defaults, in that order.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sessiondb::{Config, Durability};
+
+use crate::cli::{DurabilityArg, ServeArgs};
+
+pub const DEFAULT_DATA_DIR: &str = "./sessiondb-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+pub const DEFAULT_TTL: &str = "10m";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// The config file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    ttl: Option<String>,
+    durability: Option<DurabilityArg>,
+    admin_token: Option<String>,
+    log_level: Option<String>,
+    app_version: Option<String>,
+    node_id: Option<String>,
+    max_sessions_per_actor: Option<usize>,
+    reaper: Option<bool>,
+}
+
+/// The resolved settings of `sessiondb serve`.
+#[derive(Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub ttl: String,
+    pub durability: DurabilityArg,
+    pub admin_token: Option<String>,
+    pub log_level: String,
+    pub app_version: Option<String>,
+    pub node_id: Option<String>,
+    pub max_sessions_per_actor: Option<usize>,
+    pub reaper: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("ttl", &self.ttl)
+            .field("durability", &self.durability)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("log_level", &self.log_level)
+            .field("app_version", &self.app_version)
+            .field("node_id", &self.node_id)
+            .field("max_sessions_per_actor", &self.max_sessions_per_actor)
+            .field("reaper", &self.reaper)
+            .finish()
+    }
+}
+
+/// A problem with the settings, reported before anything starts.
+#[derive(Debug)]
+pub enum SettingsError {
+    ConfigFile {
+        path: PathBuf,
+        problem: String,
+    },
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+}
+
+impl std::error::Error for SettingsError {}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingsError::ConfigFile { path, problem } => {
+                write!(f, "config file {}: {problem}", path.display())
+            }
+            SettingsError::Invalid { setting, problem } => write!(f, "--{setting}: {problem}"),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::ConfigFile {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| SettingsError::ConfigFile {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+impl Settings {
+    /// Merges flags and environment (already in `args`) over the config
+    /// file over the defaults, and checks what can be checked before the
+    /// store opens.
+    pub fn resolve(args: ServeArgs) -> Result<Settings, SettingsError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let settings = Settings {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            ttl: args.ttl.or(file.ttl).unwrap_or_else(|| DEFAULT_TTL.into()),
+            durability: args
+                .durability
+                .or(file.durability)
+                .unwrap_or(DurabilityArg::Periodic),
+            admin_token: args.admin_token.or(file.admin_token),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
+            app_version: args.app_version.or(file.app_version),
+            node_id: args.node_id.or(file.node_id),
+            max_sessions_per_actor: args.max_sessions_per_actor.or(file.max_sessions_per_actor),
+            reaper: !args.no_reaper && file.reaper.unwrap_or(true),
+        };
+        sessiondb::parse_time_code(&settings.ttl).map_err(|e| SettingsError::Invalid {
+            setting: "ttl",
+            problem: e.to_string(),
+        })?;
+        if settings.admin_token.as_deref() == Some("") {
+            return Err(SettingsError::Invalid {
+                setting: "admin-token",
+                problem: "must not be empty (leave it unset to serve admin routes to loopback clients only)".into(),
+            });
+        }
+        Ok(settings)
+    }
+
+    /// The library configuration these settings describe.
+    pub fn store_config(&self) -> Config {
+        let mut config = Config::new(&self.data_dir)
+            .ttl_code(self.ttl.clone())
+            .durability(match self.durability {
+                DurabilityArg::Periodic => Durability::default(),
+                DurabilityArg::Immediate => Durability::Immediate,
+            })
+            .reaper_thread(self.reaper);
+        if let Some(v) = &self.app_version {
+            config = config.app_version(v.clone());
+        }
+        if let Some(n) = &self.node_id {
+            config = config.node_id(n.clone());
+        }
+        if let Some(m) = self.max_sessions_per_actor {
+            config = config.max_sessions_per_actor(m);
+        }
+        config
+    }
+}

@@ -1,0 +1,417 @@
+//! Test harness: runs the real `sessiondb` binary on 127.0.0.1 with a
+//! temporary data directory, and talks to it with a real HTTP client.
+//! Every server is killed when its guard drops, so no test leaves one behind.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
+
+/// The environment variables the binary reads; cleared for every child so
+/// that the developer's environment cannot leak into a test.
+pub const ENV_NAMES: [&str; 11] = [
+    "SESSIONDB_CONFIG",
+    "SESSIONDB_DATA_DIR",
+    "SESSIONDB_LISTEN",
+    "SESSIONDB_TTL",
+    "SESSIONDB_DURABILITY",
+    "SESSIONDB_ADMIN_TOKEN",
+    "SESSIONDB_LOG_LEVEL",
+    "SESSIONDB_APP_VERSION",
+    "SESSIONDB_NODE_ID",
+    "SESSIONDB_MAX_SESSIONS_PER_ACTOR",
+    "SESSIONDB_NO_REAPER",
+];
+
+/// A `sessiondb` command with a clean environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for name in ENV_NAMES {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
+/// Runs an offline tool to completion.
+pub fn tool(args: &[&str]) -> Output {
+    command()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sessiondb")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running server.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `sessiondb serve --listen 127.0.0.1:0 --data-dir <dir>` with
+    /// `extra` arguments.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with(dir, extra, |_| {})
+    }
+
+    /// As `start`, letting the caller adjust the command (environment).
+    pub fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        let data_dir = dir.join("data");
+        let log = dir.join("server.log");
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = command();
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        adjust(&mut cmd);
+        Server::spawn(cmd, data_dir, log)
+    }
+
+    /// Spawns a prepared command and waits for its `listening on` line.
+    pub fn spawn(mut cmd: Command, data_dir: PathBuf, log: PathBuf) -> Server {
+        let mut child = cmd.spawn().expect("spawn sessiondb");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = Server {
+            child: Some(child),
+            addr: String::new(),
+            data_dir,
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(line)) => {
+                let addr = line
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+                assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+                server.addr = addr.to_owned();
+            }
+            other => panic!(
+                "the server did not say it was listening ({other:?}); log:\n{}",
+                server.log_text()
+            ),
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to end, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if started.elapsed() > limit {
+                panic!(
+                    "the server did not stop within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a graceful exit; returns its status.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGINT, then waits for a graceful exit.
+    pub fn interrupt(mut self) -> ExitStatus {
+        self.signal("INT");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the process dies at once.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(30));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ----- HTTP -----
+
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub www_authenticate: Option<String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts the JSON error shape with `status` and `error`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, error: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "content type {:?} for {}",
+            self.content_type,
+            self.body
+        );
+        let v = self.json();
+        assert_eq!(v["error"], error, "{}", self.body);
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {}",
+            self.body
+        );
+        assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{}", self.body);
+    }
+}
+
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+fn request(method: &str, url: &str, bearer: Option<&str>) -> ureq::http::request::Builder {
+    let mut b = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(token) = bearer {
+        b = b.header("Authorization", format!("Bearer {token}"));
+    }
+    b
+}
+
+fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+    try_finish(result).expect("HTTP request")
+}
+
+fn try_finish(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Resp, String> {
+    let mut resp = result.map_err(|e| e.to_string())?;
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let www_authenticate = header("www-authenticate");
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        content_type,
+        www_authenticate,
+        body,
+    })
+}
+
+/// A POST that may fail at the transport level (the server going away).
+pub fn try_post(url: &str, bearer: Option<&str>, body: &str) -> Result<Resp, String> {
+    let agent = agent(Duration::from_secs(30));
+    try_finish(
+        agent.run(
+            request("POST", url, bearer)
+                .header("Content-Type", "application/json")
+                .body(body.to_owned())
+                .map_err(|e| e.to_string())?,
+        ),
+    )
+}
+
+/// A PUT that may fail at the transport level.
+pub fn try_put(url: &str, bearer: Option<&str>, body: &str) -> Result<Resp, String> {
+    let agent = agent(Duration::from_secs(30));
+    try_finish(
+        agent.run(
+            request("PUT", url, bearer)
+                .body(body.to_owned())
+                .map_err(|e| e.to_string())?,
+        ),
+    )
+}
+
+/// One request; `body` is sent as is (with a JSON content type).
+pub fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {
+    let agent = agent(Duration::from_secs(30));
+    let builder = request(method, url, bearer);
+    match body {
+        Some(b) => finish(
+            agent.run(
+                builder
+                    .header("Content-Type", "application/json")
+                    .body(b.to_owned())
+                    .expect("request"),
+            ),
+        ),
+        None => finish(agent.run(builder.body(()).expect("request"))),
+    }
+}
+
+pub fn get(url: &str, bearer: Option<&str>) -> Resp {
+    call("GET", url, bearer, None)
+}
+
+pub fn post(url: &str, bearer: Option<&str>, body: &str) -> Resp {
+    call("POST", url, bearer, Some(body))
+}
+
+/// Registers `actor` through the API (no admin token); returns the 201 body.
+pub fn register(server: &Server, actor: &str) -> Value {
+    let r = post(
+        &server.url("/v1/sessions"),
+        None,
+        &serde_json::json!({ "actorId": actor }).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+pub fn key_of(session: &Value) -> String {
+    session["key"].as_str().expect("key").to_owned()
+}
+
+// ----- server-sent events -----
+
+/// One SSE event: its name and its data parsed as JSON.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub event: String,
+    pub data: Value,
+}
+
+/// Opens `GET /v1/events`; events arrive on the returned channel. The
+/// stream's reader thread ends when the server closes the stream.
+pub fn events(server: &Server, bearer: Option<&str>) -> (u16, std::sync::mpsc::Receiver<Sse>) {
+    let agent = agent(Duration::from_secs(120));
+    let resp = agent
+        .run(
+            request("GET", &server.url("/v1/events"), bearer)
+                .body(())
+                .expect("request"),
+        )
+        .expect("events request");
+    let status = resp.status().as_u16();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = resp.into_body().into_reader();
+    std::thread::spawn(move || {
+        let mut event = String::new();
+        let mut data = String::new();
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if line.is_empty() {
+                if !event.is_empty() {
+                    let parsed = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    if tx
+                        .send(Sse {
+                            event: std::mem::take(&mut event),
+                            data: parsed,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                data.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    });
+    (status, rx)
+}
+
+/// Reads a file, failing the test on error.
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    s
+}
+
+/// Opens a store, retrying while it is briefly "in use": a child process
+/// that another test forks in the instant after a close inherits the lock
+/// until it execs.
+pub fn open_with(config: sessiondb::Config) -> sessiondb::SessionStore {
+    let started = Instant::now();
+    loop {
+        match sessiondb::SessionStore::open(config.clone()) {
+            Ok(store) => return store,
+            Err(sessiondb::Error::InUse { .. }) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", config.path().display()),
+        }
+    }
+}
