@@ -55,6 +55,16 @@ fn concurrently(threads: usize, per_thread: u64, op: impl Fn(u64) + Sync) -> Dur
     started.elapsed()
 }
 
+/// Registers `iters` new sessions from `callers` threads; returns the wall time.
+fn register_from(store: &SessionStore, next: &AtomicU64, callers: usize, iters: u64) -> Duration {
+    concurrently(callers, iters.div_ceil(callers as u64), |_| {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        store
+            .register(&format!("p{n}"), "en", payload())
+            .expect("register");
+    })
+}
+
 fn writes(c: &mut Criterion) {
     let next = AtomicU64::new(0);
     let mut g = c.benchmark_group("register");
@@ -69,14 +79,7 @@ fn writes(c: &mut Criterion) {
         })
     });
     g.bench_function("8_callers", |b| {
-        b.iter_custom(|iters| {
-            concurrently(8, iters.div_ceil(8), |_| {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                store
-                    .register(&format!("p{n}"), "en", payload())
-                    .expect("register");
-            })
-        })
+        b.iter_custom(|iters| register_from(&store, &next, 8, iters))
     });
     g.finish();
 
@@ -118,14 +121,7 @@ fn batching(c: &mut Criterion) {
         let (_d, _c, store) = open(|c| c.max_batch(max_batch));
         let next = AtomicU64::new(0);
         g.bench_function(format!("register_8_callers_max_batch_{max_batch}"), |b| {
-            b.iter_custom(|iters| {
-                concurrently(8, iters.div_ceil(8), |_| {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    store
-                        .register(&format!("p{n}"), "en", payload())
-                        .expect("register");
-                })
-            })
+            b.iter_custom(|iters| register_from(&store, &next, 8, iters))
         });
         let s = store.stats().expect("stats");
         eprintln!(
@@ -208,14 +204,7 @@ fn durable(c: &mut Criterion) {
     let (_d, _c, store) = open(|c| c.durability(Durability::Immediate));
     let next = AtomicU64::new(0);
     g.bench_function("64_callers", |b| {
-        b.iter_custom(|iters| {
-            concurrently(64, iters.div_ceil(64), |_| {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                store
-                    .register(&format!("p{n}"), "en", payload())
-                    .expect("register");
-            })
-        })
+        b.iter_custom(|iters| register_from(&store, &next, 64, iters))
     });
     let s = store.stats().expect("stats");
     eprintln!(

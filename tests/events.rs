@@ -12,23 +12,6 @@ use sessiondb::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn set_event(session: &Session) -> Event {
-    Event::Set {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        language: session.language().to_owned(),
-        expires_at: session.expires_at_ms(),
-    }
-}
-
-fn unset_event(session: &Session, reason: UnsetReason) -> Event {
-    Event::Unset {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        reason,
-    }
-}
-
 #[test]
 fn every_change_a_client_must_hear_about_in_order() {
     let f = Fixture::new();

@@ -12,11 +12,7 @@ use sessiondb::*;
 const TTL_MS: u64 = 600_000;
 
 fn expired_event(session: &Session) -> Event {
-    Event::Unset {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        reason: UnsetReason::Expired,
-    }
+    unset_event(session, UnsetReason::Expired)
 }
 
 /// Events in a fixed order, for comparing sets of events whose order

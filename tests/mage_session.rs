@@ -12,23 +12,6 @@ use sessiondb::*;
 
 const TTL_MS: u64 = 600_000;
 
-fn set_event(session: &Session) -> Event {
-    Event::Set {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        language: session.language().to_owned(),
-        expires_at: session.expires_at_ms(),
-    }
-}
-
-fn unset_event(session: &Session, reason: UnsetReason) -> Event {
-    Event::Unset {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        reason,
-    }
-}
-
 #[test]
 fn register_creates_a_session_with_the_callers_language() {
     let f = Fixture::new();

@@ -8,23 +8,6 @@ use std::time::Duration;
 use common::*;
 use sessiondb::*;
 
-fn set_event(session: &Session) -> Event {
-    Event::Set {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        language: session.language().to_owned(),
-        expires_at: session.expires_at_ms(),
-    }
-}
-
-fn unset_event(session: &Session, reason: UnsetReason) -> Event {
-    Event::Unset {
-        id: session.id().to_owned(),
-        actor_id: session.actor_id().to_owned(),
-        reason,
-    }
-}
-
 fn data(name: &str, value: i64) -> Data {
     let mut d = Data::new();
     d.insert(name, &value).unwrap();

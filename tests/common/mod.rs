@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiondb::{Config, Event, ManualClock, SessionStore};
+use sessiondb::{Config, Event, ManualClock, Session, SessionStore, UnsetReason};
 use tempfile::TempDir;
 
 /// The manual clock's starting time: 2023-11-14T22:13:20Z.
@@ -70,5 +70,24 @@ pub fn rejected<T: std::fmt::Debug>(result: sessiondb::Result<T>) -> sessiondb::
             .reason()
             .unwrap_or_else(|| panic!("expected a rejected key, got the error {e:?}")),
         Ok(v) => panic!("expected a rejected key, got Ok({v:?})"),
+    }
+}
+
+/// The `session.set` event a subscriber gets for `session`.
+pub fn set_event(session: &Session) -> Event {
+    Event::Set {
+        id: session.id().to_owned(),
+        actor_id: session.actor_id().to_owned(),
+        language: session.language().to_owned(),
+        expires_at: session.expires_at_ms(),
+    }
+}
+
+/// The `session.unset` event a subscriber gets when `session` ends for `reason`.
+pub fn unset_event(session: &Session, reason: UnsetReason) -> Event {
+    Event::Unset {
+        id: session.id().to_owned(),
+        actor_id: session.actor_id().to_owned(),
+        reason,
     }
 }
