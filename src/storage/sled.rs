@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
@@ -33,6 +34,17 @@ use crate::key::Digest;
 
 fn sled_err(context: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |e| Error::Storage(StorageError::new(context, e))
+}
+
+/// How long `open` retries a directory whose lock is held before it reports
+/// `InUse`. sled's background threads can hold the lock for a moment after
+/// the last handle of a store closed in this same process is dropped, so an
+/// immediate reopen would otherwise fail now and then.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether sled failed to open because another handle holds the lock.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// A store directory opened with sled.
@@ -120,20 +132,27 @@ impl SledBackend {
             });
         }
         facts.stale_snapshots_removed = remove_stale_snapshots(path)?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
-            .flush_every_ms(flush_every_ms)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    Error::InUse {
-                        path: path.to_path_buf(),
-                        source: StorageError::new("locking the store", io),
-                    }
+        let started = Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_capacity)
+                .flush_every_ms(flush_every_ms)
+                .open();
+            match opened {
+                Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                other => Error::Storage(StorageError::new("opening the store", other)),
-            })?;
+                other => break other,
+            }
+        }
+        .map_err(|e| match e {
+            e if is_lock_conflict(&e) => Error::InUse {
+                path: path.to_path_buf(),
+                source: StorageError::new("locking the store", e),
+            },
+            other => Error::Storage(StorageError::new("opening the store", other)),
+        })?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err("opening a tree"));
         let backend = SledBackend {
             sessions: tree("sessions")?,
