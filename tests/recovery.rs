@@ -368,3 +368,16 @@ fn large_values_are_written_through_blob_files_in_immediate_mode() {
         );
     }
 }
+
+/// A second opener is refused before it touches the directory: a snapshot
+/// the holder is still writing is not taken for a crash leftover.
+#[test]
+fn a_refused_open_leaves_the_holders_files_alone() {
+    let (f, a, _) = two_sessions();
+    let in_progress = f.dir.path().join("snap.00000000000000B0.generating");
+    std::fs::write(&in_progress, b"being written").unwrap();
+    let second = SessionStore::open(config(&f.dir, &f.clock));
+    assert!(matches!(second, Err(Error::InUse { .. })), "{second:?}");
+    assert!(in_progress.exists());
+    f.store.is_valid(&a).unwrap();
+}

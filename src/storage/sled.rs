@@ -37,10 +37,58 @@ fn sled_err(context: &'static str) -> impl FnOnce(sled::Error) -> Error {
 }
 
 /// How long `open` retries a directory whose lock is held before it reports
-/// `InUse`. sled's background threads can hold the lock for a moment after
+/// `InUse`. sled's background threads can hold its lock for a moment after
 /// the last handle of a store closed in this same process is dropped, so an
 /// immediate reopen would otherwise fail now and then.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// The store's own lock file. It is taken before anything in the directory
+/// is touched (stale snapshots are removed before sled, which takes its own
+/// lock, opens), and held until the backend is dropped.
+const LOCK_FILE: &str = "sessiondb.lock";
+
+/// Retries `attempt` while it reports a held lock, for up to `LOCK_WAIT`.
+fn with_lock_wait<T, E>(
+    mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    held: impl Fn(&E) -> bool,
+) -> std::result::Result<T, E> {
+    let started = Instant::now();
+    loop {
+        match attempt() {
+            Err(e) if held(&e) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Takes the store's lock file, or reports `InUse`.
+fn lock_store(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| Error::Io {
+        action: "opening the lock file",
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match with_lock_wait(
+        || file.try_lock(),
+        |e| matches!(e, std::fs::TryLockError::WouldBlock),
+    ) {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse {
+            path: dir.to_path_buf(),
+            source: StorageError::new("locking the store", format!("{} is locked", path.display())),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
 
 /// Whether sled failed to open because another handle holds the lock.
 fn is_lock_conflict(e: &sled::Error) -> bool {
@@ -60,6 +108,9 @@ pub(crate) struct SledBackend {
     /// The `blobs` directory and the blob files already fsynced.
     blobs: PathBuf,
     synced_blobs: Mutex<HashSet<OsString>>,
+    /// Held for the backend's life; declared last so that it is released
+    /// after sled's handles are dropped.
+    _lock: File,
 }
 
 /// What `open` found on disk before sled started.
@@ -131,22 +182,16 @@ impl SledBackend {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
+        let lock = lock_store(path)?;
         facts.stale_snapshots_removed = remove_stale_snapshots(path)?;
-        let started = Instant::now();
-        let db = loop {
-            let opened = sled::Config::new()
+        let open_sled = || {
+            sled::Config::new()
                 .path(path)
                 .cache_capacity(cache_capacity)
                 .flush_every_ms(flush_every_ms)
-                .open();
-            match opened {
-                Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                other => break other,
-            }
-        }
-        .map_err(|e| match e {
+                .open()
+        };
+        let db = with_lock_wait(open_sled, is_lock_conflict).map_err(|e| match e {
             e if is_lock_conflict(&e) => Error::InUse {
                 path: path.to_path_buf(),
                 source: StorageError::new("locking the store", e),
@@ -168,6 +213,7 @@ impl SledBackend {
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
             db,
+            _lock: lock,
         };
         if facts.created {
             backend.flush(true)?;
