@@ -1,0 +1,206 @@
+//! `sessiondb-bench compare [--quick] [--json] [--chart PATH]`: measures
+//! sessiondb against sled used directly, Redis and SQLite in one run on
+//! one machine, prints a table with ratios and checks the targets of
+//! issue 6. See the crate's README for what each row means.
+
+mod bulk;
+mod chart;
+mod clock;
+mod compare;
+mod measure;
+mod plan;
+mod report;
+mod rss;
+mod shape;
+mod systems;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Compares sessiondb with sled, Redis and SQLite on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs every workload on every system and prints the table and targets.
+    Compare {
+        /// Smaller counts and shorter runs (under 3 minutes on 2 cores).
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object per row on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG chart of ops/s per workload and system here.
+        #[arg(long, value_name = "PATH")]
+        chart: Option<PathBuf>,
+        /// Run only these workloads (comma-separated), e.g. `register,reap`.
+        #[arg(long, value_delimiter = ',', value_name = "WORKLOADS")]
+        only: Option<Vec<String>>,
+        /// Run only these systems (comma-separated), e.g. `sessiondb,sled_naive`.
+        #[arg(long, value_delimiter = ',', value_name = "SYSTEMS")]
+        systems: Option<Vec<String>>,
+        /// Where the stores live during the run (a temporary directory is
+        /// made inside and removed after). Default: the system temp dir.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+    },
+    /// Draws the chart again from the rows a `compare --json` printed.
+    Chart {
+        /// JSON lines from `compare --json`.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The SVG to write.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// The chart's title.
+        #[arg(
+            long,
+            default_value = "sessiondb vs sled, Redis, SQLite (one run, one machine)"
+        )]
+        title: String,
+    },
+    /// Loads sessions into a store and reports peak RSS (run by `compare`).
+    #[command(hide = true)]
+    ChildLoad {
+        #[arg(long)]
+        system: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        t0: u64,
+        #[arg(long)]
+        threads: usize,
+    },
+    /// Holds a sessiondb store open until killed (run by `compare`).
+    #[command(hide = true)]
+    ChildHold {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        t0: u64,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("sessiondb-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Compare {
+            quick,
+            json,
+            chart,
+            only,
+            systems,
+            work_dir,
+        } => compare(quick, json, chart, only, systems, work_dir),
+        Cmd::ChildLoad {
+            system,
+            dir,
+            n,
+            t0,
+            threads,
+        } => bulk::child_load(&system, &dir, n, t0, threads),
+        Cmd::ChildHold { dir, n, t0 } => bulk::child_hold(&dir, n, t0),
+        Cmd::Chart { from, out, title } => {
+            let text = std::fs::read_to_string(&from)
+                .with_context(|| format!("reading {}", from.display()))?;
+            let rows = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<Vec<measure::Row>, _>>()
+                .with_context(|| format!("{} is not `compare --json` output", from.display()))?;
+            chart::write(&rows, &out, &title)
+        }
+    }
+}
+
+fn compare(
+    quick: bool,
+    json: bool,
+    chart: Option<PathBuf>,
+    only: Option<Vec<String>>,
+    systems: Option<Vec<String>>,
+    work_dir: Option<PathBuf>,
+) -> Result<()> {
+    if let Some(only) = &only {
+        for w in only {
+            if !plan::WORKLOADS.contains(&w.as_str()) {
+                anyhow::bail!(
+                    "unknown workload {w:?}; known: {}",
+                    plan::WORKLOADS.join(", ")
+                );
+            }
+        }
+    }
+    if let Some(systems) = &systems {
+        for s in systems {
+            if !plan::SYSTEMS.contains(&s.as_str()) {
+                anyhow::bail!("unknown system {s:?}; known: {}", plan::SYSTEMS.join(", "));
+            }
+        }
+    }
+    let plan = plan::Plan::new(quick, only, systems);
+    let parent = work_dir.unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent)?;
+    let work = tempfile::Builder::new()
+        .prefix("sessiondb-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("making a work directory in {}", parent.display()))?;
+    let mut ctx = compare::Ctx::new(plan, work.path().to_path_buf());
+    ctx.say(format!(
+        "sessiondb-bench compare{}: {} cores, work dir {}, redis-server {}",
+        if quick { " --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        work.path().display(),
+        if ctx.redis {
+            "found"
+        } else {
+            "not on PATH: Redis rows skipped"
+        }
+    ));
+    compare::run(&mut ctx)?;
+    bulk::run(&mut ctx)?;
+
+    let table = report::table(&ctx.rows);
+    let targets = report::targets_text(&report::targets(&ctx));
+    let title = if quick {
+        "sessiondb vs sled, Redis, SQLite (--quick, one run, one machine)"
+    } else {
+        "sessiondb vs sled, Redis, SQLite (one run, one machine)"
+    };
+    if json {
+        for row in report::sorted(&ctx.rows) {
+            println!("{}", serde_json::to_string(&row.rounded())?);
+        }
+        eprintln!("\n{table}\n{targets}");
+    } else {
+        println!("\n{table}\n{targets}");
+    }
+    if let Some(path) = chart {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        chart::write(&ctx.rows, &path, title)?;
+        ctx.say(format!("chart written to {}", path.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The readable table (with sessiondb ÷ other ratios), the targets of
+//! issue 6 checked against one run's figures, and the JSON lines.
+
+use std::fmt::Write as _;
+
+use crate::compare::Ctx;
+use crate::measure::Row;
+use crate::plan::{SYSTEMS, WORKLOADS};
+
+fn position(list: &[&str], x: &str) -> usize {
+    list.iter().position(|w| *w == x).unwrap_or(list.len())
+}
+
+/// Rows in table order: by workload, then client count, then system.
+pub fn sorted(rows: &[Row]) -> Vec<Row> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| {
+        (
+            position(WORKLOADS, &r.workload),
+            r.threads.unwrap_or(0),
+            position(SYSTEMS, &r.system),
+        )
+    });
+    rows
+}
+
+/// The sessiondb row a group's ratios are taken against.
+fn base_system(workload: &str) -> &'static str {
+    if workload == "durable_register" {
+        "sessiondb_immediate"
+    } else {
+        "sessiondb"
+    }
+}
+
+fn find<'a>(
+    rows: &'a [Row],
+    workload: &str,
+    system: &str,
+    threads: Option<usize>,
+) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.workload == workload && r.system == system && r.threads == threads)
+}
+
+/// sessiondb ÷ `system` on the row group's figure: ops/s where there is
+/// one, else bytes, else seconds.
+pub fn ratio(rows: &[Row], workload: &str, system: &str, threads: Option<usize>) -> Option<f64> {
+    let base = find(rows, workload, base_system(workload), threads)?;
+    let other = find(rows, workload, system, threads)?;
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    if base.ops_per_sec.is_some() {
+        div(base.ops_per_sec, other.ops_per_sec)
+    } else if base.bytes.is_some() {
+        div(base.bytes.map(|b| b as f64), other.bytes.map(|b| b as f64))
+    } else {
+        div(base.seconds, other.seconds)
+    }
+}
+
+/// A number with three significant digits and thousands separators.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    if x.abs() >= 1000.0 {
+        let s = format!("{:.0}", x);
+        let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+/// Seconds with at least three significant digits.
+fn secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3}")
+    } else if s >= 0.001 {
+        format!("{s:.4}")
+    } else {
+        format!("{s:.6}")
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or("-".into(), num)
+}
+
+/// The table: one block per workload and client count.
+pub fn table(rows: &[Row]) -> String {
+    let rows = sorted(rows);
+    let mut out = String::new();
+    let header = format!(
+        "{:<17} {:>3}  {:<20} {:>12} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
+        "workload",
+        "thr",
+        "system",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "seconds",
+        "bytes",
+        "sdb÷this",
+        "note"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.chars().count() + 20));
+    let mut last = None;
+    for r in &rows {
+        let group = (r.workload.clone(), r.threads);
+        if last.as_ref().is_some_and(|g| *g != group) {
+            let _ = writeln!(out);
+        }
+        last = Some(group);
+        let ratio = if r.system == base_system(&r.workload) {
+            "1".to_owned()
+        } else {
+            ratio(&rows, &r.workload, &r.system, r.threads)
+                .map_or("-".into(), |x| format!("{}x", num(x)))
+        };
+        let _ = writeln!(
+            out,
+            "{:<17} {:>3}  {:<20} {:>12} {:>9} {:>9} {:>9} {:>10} {:>9}  {}",
+            r.workload,
+            r.threads.map_or("-".into(), |t| t.to_string()),
+            r.system,
+            opt(r.ops_per_sec),
+            opt(r.p50_us),
+            opt(r.p99_us),
+            r.seconds.map_or("-".into(), secs),
+            r.bytes.map_or("-".into(), bytes),
+            ratio,
+            r.note.as_deref().unwrap_or(""),
+        );
+    }
+    out
+}
+
+/// One target of the issue, checked.
+pub struct Target {
+    pub what: String,
+    pub measured: Option<String>,
+    pub met: Option<bool>,
+}
+
+/// Checks the issue's targets against the run's rows.
+pub fn targets(ctx: &Ctx) -> Vec<Target> {
+    let rows = &ctx.rows;
+    let plan = &ctx.plan;
+    let mut out = Vec::new();
+    let mut at_least = |what: String, r: Option<f64>, want: f64| {
+        out.push(Target {
+            what,
+            measured: r.map(|r| format!("{}x", num(r))),
+            met: r.map(|r| r >= want),
+        });
+    };
+    for &t in &plan.write_threads {
+        at_least(
+            format!("register >= 3x sled_naive at {t} clients"),
+            ratio(rows, "register", "sled_naive", Some(t)),
+            3.0,
+        );
+    }
+    for &t in &plan.write_threads {
+        at_least(
+            format!("register >= 1x redis at {t} clients"),
+            ratio(rows, "register", "redis", Some(t)),
+            1.0,
+        );
+    }
+    for &t in &plan.read_threads {
+        at_least(
+            format!("resolve_hot >= 0.7x sled_raw_get at {t} threads"),
+            ratio(rows, "resolve_hot", "sled_raw_get", Some(t)),
+            0.7,
+        );
+    }
+    for &t in &plan.read_threads {
+        at_least(
+            format!("resolve_hot >= 5x redis at {t} threads"),
+            ratio(rows, "resolve_hot", "redis", Some(t)),
+            5.0,
+        );
+    }
+    for &t in &plan.write_threads {
+        at_least(
+            format!("extend >= 3x sled_naive at {t} clients"),
+            ratio(rows, "extend", "sled_naive", Some(t)),
+            3.0,
+        );
+    }
+    let callers = Some(plan.durable_callers);
+    out.push(Target {
+        what: "durable_register >= 20 acknowledged registers per fsync (sessiondb Immediate)"
+            .into(),
+        measured: ctx.acks_per_fsync.map(num),
+        met: ctx.acks_per_fsync.map(|a| a >= 20.0),
+    });
+    let r = ratio(rows, "durable_register", "sqlite_full", callers);
+    out.push(Target {
+        what: format!(
+            "durable_register >= 5x sqlite FULL at {} callers",
+            plan.durable_callers
+        ),
+        measured: r.map(|r| format!("{}x", num(r))),
+        met: r.map(|r| r >= 5.0),
+    });
+    let reap = find(rows, "reap", "sessiondb", Some(1));
+    let rate = reap.and_then(|r| r.ops_per_sec);
+    let p99 = reap.and_then(|r| r.p99_us);
+    out.push(Target {
+        what: "reap >= 100,000 sessions/s while foreground resolve_hot p99 < 1 ms".into(),
+        measured: rate
+            .zip(p99)
+            .map(|(r, p)| format!("{} sessions/s, p99 {} µs", num(r), num(p))),
+        met: rate.zip(p99).map(|(r, p)| r >= 100_000.0 && p < 1_000.0),
+    });
+    let r = ratio(rows, "open_clean", "sled_raw", None);
+    out.push(Target {
+        what: "open after clean close <= 1.2x raw sled open of the same data".into(),
+        measured: r.map(|r| format!("{}x", num(r))),
+        met: r.map(|r| r <= 1.2),
+    });
+    let r = ratio(rows, "disk_bytes", "sled_raw", None);
+    out.push(Target {
+        what: "disk bytes <= 1.5x raw sled holding the same records".into(),
+        measured: r.map(|r| format!("{}x", num(r))),
+        met: r.map(|r| r <= 1.5),
+    });
+    out
+}
+
+pub fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::from("targets (ratios from this run: sessiondb ÷ other)\n");
+    for t in targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<13} {:<78} {}",
+            verdict,
+            t.what,
+            t.measured.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(num(1234567.0), "1,234,567");
+        assert_eq!(num(999.4), "999");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(0.5), "0.50");
+    }
+
+    #[test]
+    fn ratios_use_the_groups_figure() {
+        let mut a = Row::new("register", "sessiondb", Some(1));
+        a.ops_per_sec = Some(300.0);
+        let mut b = Row::new("register", "sled_naive", Some(1));
+        b.ops_per_sec = Some(100.0);
+        let mut c = Row::new("disk_bytes", "sessiondb", None);
+        c.bytes = Some(150);
+        let mut d = Row::new("disk_bytes", "sled_raw", None);
+        d.bytes = Some(100);
+        let rows = vec![a, b, c, d];
+        assert_eq!(ratio(&rows, "register", "sled_naive", Some(1)), Some(3.0));
+        assert_eq!(ratio(&rows, "register", "sled_naive", Some(2)), None);
+        assert_eq!(ratio(&rows, "disk_bytes", "sled_raw", None), Some(1.5));
+    }
+}
