@@ -49,6 +49,8 @@ pub(crate) fn actor_key(actor_id: &str, digest: &Digest) -> Vec<u8> {
     k
 }
 
+// Recovery compares whole keys; parsing is for the fuzz target and tests.
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) fn parse_actor_key(key: &[u8]) -> Option<(String, Digest)> {
     let (&len, rest) = key.split_first()?;
     let len = usize::from(len);

@@ -136,75 +136,52 @@ pub(crate) fn mark_clean(backend: &dyn Backend) -> Result<()> {
 
 /// Walks every tree and checks the invariants; with `repair`, fixes what it
 /// finds. Nothing may write to the store meanwhile.
+///
+/// Each tree is read once, in key order: the sessions tree yields the index
+/// entries that must exist, which are sorted and merged with the index trees.
+/// No random reads, so a large store is checked at the speed of a scan
+/// (point reads missed the page cache and took a minute at 1,000,000
+/// sessions). Memory: one expected key per session per index.
 pub(crate) fn check(backend: &dyn Backend, repair: bool) -> Result<CheckReport> {
     let started = Instant::now();
     let mut report = CheckReport {
         repaired: repair,
         ..CheckReport::default()
     };
-
+    let mut expiries: Vec<[u8; index::EXPIRY_KEY_LEN]> = Vec::new();
+    let mut actors: Vec<Vec<u8>> = Vec::new();
+    let mut quarantine = Vec::new();
     backend.scan(Space::Sessions, &mut |key, value| {
-        let record = Digest::from_slice(key)
-            .ok_or(())
-            .and_then(|d| codec::decode(value).map(|r| (d, r)).map_err(drop));
-        let Ok((digest, record)) = record else {
-            report.corrupt += 1;
-            log::warn!("corrupt session record under key {}", hex(key));
-            if repair {
-                backend.raw_insert(Space::Quarantine, key, value)?;
-                backend.raw_remove(Space::Sessions, key)?;
+        let decoded =
+            Digest::from_slice(key).and_then(|d| codec::decode(value).ok().map(|r| (d, r)));
+        match decoded {
+            Some((digest, record)) => {
+                report.sessions += 1;
+                expiries.push(index::expiry_key(record.expires_at, &digest));
+                actors.push(index::actor_key(&record.actor_id, &digest));
             }
-            return Ok(true);
-        };
-        report.sessions += 1;
-        let expiry = index::expiry_key(record.expires_at, &digest);
-        if backend.raw_get(Space::Expiries, &expiry)?.is_none() {
-            report.missing_expiries += 1;
-            if repair {
-                backend.raw_insert(Space::Expiries, &expiry, &[])?;
-            }
-        }
-        let actor = index::actor_key(&record.actor_id, &digest);
-        if backend.raw_get(Space::Actors, &actor)?.is_none() {
-            report.missing_actors += 1;
-            if repair {
-                backend.raw_insert(Space::Actors, &actor, &[])?;
+            None => {
+                report.corrupt += 1;
+                log::warn!("corrupt session record under key {}", hex(key));
+                quarantine.push((key.to_vec(), value.to_vec()));
             }
         }
         Ok(true)
     })?;
-
-    let head_of = |digest: &Digest| -> Result<Option<crate::session::RecordHead>> {
-        Ok(backend
-            .raw_get(Space::Sessions, &digest.0)?
-            .and_then(|v| codec::decode_head(&v).ok()))
-    };
-    backend.scan(Space::Expiries, &mut |key, _| {
-        let ok = match index::parse_expiry_key(key) {
-            Some((at, d)) => head_of(&d)?.is_some_and(|h| h.expires_at == at),
-            None => false,
-        };
-        if !ok {
-            report.stale_expiries += 1;
-            if repair {
-                backend.raw_remove(Space::Expiries, key)?;
-            }
+    if repair {
+        for (key, value) in &quarantine {
+            backend.raw_insert(Space::Quarantine, key, value)?;
+            backend.raw_remove(Space::Sessions, key)?;
         }
-        Ok(true)
-    })?;
-    backend.scan(Space::Actors, &mut |key, _| {
-        let ok = match index::parse_actor_key(key) {
-            Some((actor, d)) => head_of(&d)?.is_some_and(|h| h.actor_id == actor),
-            None => false,
-        };
-        if !ok {
-            report.stale_actors += 1;
-            if repair {
-                backend.raw_remove(Space::Actors, key)?;
-            }
-        }
-        Ok(true)
-    })?;
+    }
+    expiries.sort_unstable();
+    actors.sort_unstable();
+    let (missing, stale) = merge(backend, Space::Expiries, &expiries, repair)?;
+    report.missing_expiries = missing;
+    report.stale_expiries = stale;
+    let (missing, stale) = merge(backend, Space::Actors, &actors, repair)?;
+    report.missing_actors = missing;
+    report.stale_actors = stale;
 
     let stored = decode_count(backend.raw_get(Space::Meta, META_COUNT)?.as_deref());
     if stored != report.sessions {
@@ -218,6 +195,43 @@ pub(crate) fn check(backend: &dyn Backend, repair: bool) -> Result<CheckReport> 
     }
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// Compares the index tree `space` with the sorted keys it must hold: a key
+/// only in the tree is stale, a key only in `expected` is missing. With
+/// `repair`, stale keys are removed and missing ones inserted (after the
+/// scan). Returns (missing, stale).
+fn merge<K: AsRef<[u8]>>(
+    backend: &dyn Backend,
+    space: Space,
+    expected: &[K],
+    repair: bool,
+) -> Result<(u64, u64)> {
+    let mut next = 0;
+    let mut missing = Vec::new();
+    let mut stale = Vec::new();
+    backend.scan(space, &mut |key, _| {
+        while next < expected.len() && expected[next].as_ref() < key {
+            missing.push(next);
+            next += 1;
+        }
+        if next < expected.len() && expected[next].as_ref() == key {
+            next += 1;
+        } else {
+            stale.push(key.to_vec());
+        }
+        Ok(true)
+    })?;
+    missing.extend(next..expected.len());
+    if repair {
+        for key in &stale {
+            backend.raw_remove(space, key)?;
+        }
+        for &i in &missing {
+            backend.raw_insert(space, expected[i].as_ref(), &[])?;
+        }
+    }
+    Ok((missing.len() as u64, stale.len() as u64))
 }
 
 fn hex(bytes: &[u8]) -> String {
