@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result, StorageError};
 use crate::events::EventHub;
+use crate::handoff;
 use crate::rules::Rules;
 use crate::storage::Backend;
 use crate::write::{self, Op, Output};
@@ -92,7 +93,7 @@ impl Committer {
                 }
             }
             if next.is_none() {
-                next = rx.recv().ok();
+                next = handoff::recv(rx, handoff::SPIN).ok();
             }
         }
     }

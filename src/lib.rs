@@ -54,6 +54,7 @@ mod committer;
 mod config;
 mod error;
 mod events;
+mod handoff;
 mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -1,10 +1,10 @@
 //! `SessionStore`: the public API over the committer, the reaper and the
 //! storage backend.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -16,6 +16,7 @@ use crate::committer::{CommitStats, Committer, Msg, Request};
 use crate::config::{Config, Durability};
 use crate::error::{clip, Error, Result};
 use crate::events::{Event, EventHub, UnsetReason};
+use crate::handoff;
 use crate::key::{self, Digest, FullKey};
 use crate::reaper::{self, Reaper};
 use crate::recovery::{self, CheckReport, RecoveryReport};
@@ -61,6 +62,11 @@ pub(crate) struct Shared {
     clock: Arc<dyn Clock>,
     commit_stats: Arc<CommitStats>,
     to_committer: Sender<Msg>,
+    /// Callers waiting for the committer's answer.
+    waiting: AtomicUsize,
+    /// How long a lone waiting caller polls for its answer (see `handoff`):
+    /// zero in immediate mode, where the fsync outlasts any sensible spin.
+    reply_spin: Duration,
     closed: AtomicBool,
     reaped: AtomicU64,
     touches_skipped: AtomicU64,
@@ -103,7 +109,13 @@ impl Shared {
         self.to_committer
             .send(Msg::Write(Request { op, reply }))
             .map_err(|_| self.stopped())?;
-        outcome.recv().map_err(|_| self.stopped())?
+        // Only a lone caller spins: concurrent ones are batched anyway, and
+        // their spinning would take the cores from the committer.
+        let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
+        let spin = if alone { self.reply_spin } else { Duration::ZERO };
+        let answer = handoff::recv(&outcome, spin);
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        answer.map_err(|_| self.stopped())?
     }
 
     /// Runs `job` on the committer thread with no write in progress.
@@ -309,6 +321,11 @@ impl SessionStore {
             clock: config.clock.clone(),
             commit_stats,
             to_committer,
+            waiting: AtomicUsize::new(0),
+            reply_spin: match config.durability {
+                Durability::Periodic(_) => handoff::SPIN,
+                Durability::Immediate => Duration::ZERO,
+            },
             closed: AtomicBool::new(false),
             reaped: AtomicU64::new(0),
             touches_skipped: AtomicU64::new(0),
