@@ -59,7 +59,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
     // bincode also reads integers in a wider form than needed, and data
     // names out of order or repeated; the stored format has one encoding
     // per record, so any other is corruption.
-    if encode(&record).ok().as_deref() != Some(bytes) {
+    if !encodes_to(&record, body) {
         return Err(
             "not in the canonical encoding (an integer wider than needed, \
                     or data names out of order or repeated)"
@@ -67,6 +67,29 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
         );
     }
     Ok(record)
+}
+
+/// Whether `record` encodes to exactly `body`, checked by encoding into a
+/// writer that compares as it goes: no buffer, and it stops at the first
+/// difference.
+fn encodes_to(record: &Record, body: &[u8]) -> bool {
+    struct Compare<'a> {
+        rest: &'a [u8],
+    }
+    impl bincode::enc::write::Writer for Compare<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+            match self.rest.strip_prefix(bytes) {
+                Some(rest) => {
+                    self.rest = rest;
+                    Ok(())
+                }
+                None => Err(bincode::error::EncodeError::Other("differs")),
+            }
+        }
+    }
+    let mut compare = Compare { rest: body };
+    bincode::serde::encode_into_writer(record, &mut compare, config()).is_ok()
+        && compare.rest.is_empty()
 }
 
 /// Decodes the record stored under `digest`, reporting a failure as
@@ -175,6 +198,36 @@ mod tests {
         assert_eq!(head.actor_id, "p1");
         assert_eq!(head.expires_at, 1_700_000_600_000);
         assert_eq!(head.app_version.as_deref(), Some("1.2.0"));
+    }
+
+    fn documented_bytes_with(line: usize, replacement: &str) -> Vec<u8> {
+        DOCUMENTED_HEX
+            .iter()
+            .enumerate()
+            .map(|(i, l)| if i == line { replacement } else { l })
+            .flat_map(|l| l.split_whitespace())
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rejects_encodings_that_are_not_canonical() {
+        // The id's length 16 written in the three-byte form.
+        let wide = documented_bytes_with(
+            5,
+            "fb 10 00 41 62 43 64 45 66 47 68 49 6a 4b 6c 4d 6e 4f 70",
+        );
+        // The two data entries in the wrong order.
+        let mut swapped = documented_bytes_with(11, "06 76 69 73 69 74 73 01 33");
+        swapped.truncate(swapped.len() - 9);
+        swapped.extend([
+            0x04, 0x6e, 0x61, 0x6d, 0x65, 0x05, 0x22, 0x41, 0x64, 0x61, 0x22,
+        ]);
+        // Both decode field by field, and both are refused.
+        for bytes in [wide, swapped] {
+            let problem = decode(&bytes).unwrap_err();
+            assert!(problem.contains("canonical"), "{problem}");
+        }
     }
 
     #[test]
