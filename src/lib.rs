@@ -54,11 +54,11 @@ mod committer;
 mod config;
 mod error;
 mod events;
-mod handoff;
 mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod handoff;
 mod index;
 mod key;
 mod reaper;

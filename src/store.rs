@@ -112,7 +112,11 @@ impl Shared {
         // Only a lone caller spins: concurrent ones are batched anyway, and
         // their spinning would take the cores from the committer.
         let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
-        let spin = if alone { self.reply_spin } else { Duration::ZERO };
+        let spin = if alone {
+            self.reply_spin
+        } else {
+            Duration::ZERO
+        };
         let answer = handoff::recv(&outcome, spin);
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         answer.map_err(|_| self.stopped())?

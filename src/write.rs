@@ -89,13 +89,14 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// The actors whose session lists this operation reads.
+    /// The actors whose session lists this operation always reads.
     pub fn actors(&self) -> impl Iterator<Item = &str> {
         let (one, two, many): (Option<&str>, Option<&str>, &[String]) = match self {
             Op::Register { record, .. } => (Some(&record.actor_id), None, &[]),
-            Op::Use { actor_id, .. } | Op::Expire { actor_id, .. } | Op::Data { actor_id, .. } => {
-                (Some(actor_id), None, &[])
-            }
+            // These list the actor only when the session is gone or names
+            // another actor (to tell noSession from keyMismatch); the
+            // backend lists it then and runs the batch again.
+            Op::Use { .. } | Op::Expire { .. } | Op::Data { .. } => (None, None, &[]),
             Op::ExpireActor { actor_id, .. } => (Some(actor_id), None, &[]),
             Op::Reassign { from, to, .. } => (Some(from), Some(to), &[]),
             Op::Reap { .. } => (None, None, &[]),

@@ -415,6 +415,30 @@ fn reason_no_session() {
     );
 }
 
+/// Writes through a dead key tell the same reasons as reads. The committer
+/// lists the actor's sessions only when a session is gone, so this is the
+/// path where it lists them on demand.
+#[test]
+fn writes_through_a_dead_key_tell_key_mismatch_from_no_session() {
+    let f = Fixture::new();
+    let old = f.store.register("p1", "en", Data::new()).unwrap();
+    let new = f.store.register("p1", "en", Data::new()).unwrap();
+    let old = key_of(&old);
+    assert_eq!(rejected(f.store.extend(&old)), Reason::KeyMismatch);
+    assert_eq!(rejected(f.store.restore(&old)), Reason::KeyMismatch);
+    assert_eq!(
+        rejected(f.store.set_data(&old, "a", &1)),
+        Reason::KeyMismatch
+    );
+    assert_eq!(rejected(f.store.del_data(&old, "a")), Reason::KeyMismatch);
+    assert_eq!(rejected(f.store.logout(&old)), Reason::KeyMismatch);
+    f.store.logout(&key_of(&new)).unwrap();
+    assert_eq!(rejected(f.store.extend(&old)), Reason::NoSession);
+    assert_eq!(rejected(f.store.set_data(&old, "a", &1)), Reason::NoSession);
+    assert_eq!(rejected(f.store.logout(&old)), Reason::NoSession);
+    assert_eq!(f.store.stats().unwrap().sessions, 0);
+}
+
 #[test]
 fn reason_key_mismatch_when_the_actor_holds_another_live_session() {
     let f = Fixture::new();

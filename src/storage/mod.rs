@@ -45,7 +45,7 @@ pub(crate) trait Txn {
     fn insert_expiry(&self, expires_at: u64, digest: &Digest) -> Result<()>;
     fn remove_expiry(&self, expires_at: u64, digest: &Digest) -> Result<()>;
     /// The digests of `actor_id`'s sessions as this transaction sees them.
-    /// Only actors named to `Backend::transact` can be listed.
+    /// An actor not named to `Backend::transact` ends the attempt (see there).
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
     fn insert_actor(&self, actor_id: &str, digest: &Digest) -> Result<()>;
     fn remove_actor(&self, actor_id: &str, digest: &Digest) -> Result<()>;
@@ -69,8 +69,11 @@ pub(crate) trait Backend: Send + Sync {
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// The stored session count.
     fn session_count(&self) -> Result<u64>;
-    /// Runs `body` in one atomic transaction. `actors` names every actor
-    /// whose sessions `body` will list. `body` may run more than once.
+    /// Runs `body` in one atomic transaction. `actors` names the actors
+    /// whose sessions `body` is expected to list, so they can be read up
+    /// front; listing another ends the attempt with a storage error, and the
+    /// backend runs `body` again with that actor listed too. `body` may run
+    /// more than once.
     fn transact(&self, actors: &[&str], body: &dyn Fn(&dyn Txn) -> Result<()>) -> Result<()>;
     /// Makes every committed write durable: with `sync`, also fsyncs.
     fn flush(&self, sync: bool) -> Result<()>;

@@ -272,6 +272,51 @@ impl SledBackend {
             Space::Quarantine => &self.quarantine,
         }
     }
+
+    /// One attempt at a batch: runs `body` in a sled transaction with the
+    /// actor lists read so far. When `body` lists an actor not among them,
+    /// the attempt is abandoned with that actor left in `unlisted`.
+    fn transact_with(
+        &self,
+        lists: &HashMap<String, Vec<Digest>>,
+        unlisted: &RefCell<Option<String>>,
+        body: &dyn Fn(&dyn Txn) -> Result<()>,
+    ) -> Result<()> {
+        let outcome = (&self.sessions, &self.expiries, &self.actors, &self.meta).transaction(
+            |(s, e, a, m)| {
+                let txn = SledTxn {
+                    sessions: s,
+                    expiries: e,
+                    actors: a,
+                    lists: RefCell::new(lists.clone()),
+                    unlisted,
+                    count_delta: Cell::new(0),
+                    failure: RefCell::new(None),
+                };
+                let result = body(&txn);
+                if let Some(failure) = txn.failure.take() {
+                    return Err(failure.into());
+                }
+                if let Err(e) = result {
+                    return Err(ConflictableTransactionError::Abort(e));
+                }
+                let delta = txn.count_delta.get();
+                if delta != 0 {
+                    let count = decode_count(m.get(META_COUNT)?.as_deref());
+                    let count = count.saturating_add_signed(delta);
+                    m.insert(META_COUNT, &count.to_be_bytes())?;
+                }
+                Ok(())
+            },
+        );
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => {
+                Err(Error::Storage(StorageError::new("committing a batch", e)))
+            }
+        }
+    }
 }
 
 impl Backend for SledBackend {
@@ -339,37 +384,18 @@ impl Backend for SledBackend {
                 lists.insert((*actor).to_owned(), self.actor_sessions(actor)?);
             }
         }
-        let outcome = (&self.sessions, &self.expiries, &self.actors, &self.meta).transaction(
-            |(s, e, a, m)| {
-                let txn = SledTxn {
-                    sessions: s,
-                    expiries: e,
-                    actors: a,
-                    lists: RefCell::new(lists.clone()),
-                    count_delta: Cell::new(0),
-                    failure: RefCell::new(None),
-                };
-                let result = body(&txn);
-                if let Some(failure) = txn.failure.take() {
-                    return Err(failure.into());
+        loop {
+            let unlisted = RefCell::new(None);
+            match self.transact_with(&lists, &unlisted, body) {
+                // The body asked for an actor nobody named: list it and run
+                // the batch again (rare: a session that vanished or names
+                // another actor, where the reason depends on the actor).
+                Err(_) if unlisted.borrow().is_some() => {
+                    let actor: String = unlisted.take().unwrap_or_default();
+                    let list = self.actor_sessions(&actor)?;
+                    lists.insert(actor, list);
                 }
-                if let Err(e) = result {
-                    return Err(ConflictableTransactionError::Abort(e));
-                }
-                let delta = txn.count_delta.get();
-                if delta != 0 {
-                    let count = decode_count(m.get(META_COUNT)?.as_deref());
-                    let count = count.saturating_add_signed(delta);
-                    m.insert(META_COUNT, &count.to_be_bytes())?;
-                }
-                Ok(())
-            },
-        );
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => {
-                Err(Error::Storage(StorageError::new("committing a batch", e)))
+                outcome => return outcome,
             }
         }
     }
@@ -425,6 +451,8 @@ struct SledTxn<'a> {
     actors: &'a TransactionalTree,
     /// Actor lists read before the transaction, kept current by it.
     lists: RefCell<HashMap<String, Vec<Digest>>>,
+    /// An actor the body asked to list that is not in `lists`.
+    unlisted: &'a RefCell<Option<String>>,
     count_delta: Cell<i64>,
     /// The first sled error (a conflict or an I/O failure); it decides how
     /// the transaction ends, whatever the body returns.
@@ -473,9 +501,11 @@ impl Txn for SledTxn<'_> {
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
         self.lists.borrow().get(actor_id).cloned().ok_or_else(|| {
+            *self.unlisted.borrow_mut() = Some(actor_id.to_owned());
+            // A storage error makes the committer give up this attempt.
             Error::Storage(StorageError::new(
                 "in a transaction",
-                format!("actor {actor_id:?} was not named to the transaction (a bug in sessiondb)"),
+                format!("actor {actor_id:?} must be listed first"),
             ))
         })
     }
