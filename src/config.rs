@@ -106,7 +106,7 @@ impl Config {
             app_version: None,
             node_id: None,
             reap_interval: Duration::from_secs(1),
-            reap_batch: 1_000,
+            reap_batch: 64,
             reaper_thread: true,
             durability: Durability::default(),
             cache_capacity: 64 * 1024 * 1024,
@@ -188,7 +188,9 @@ impl Config {
     }
 
     /// Most sessions the reaper deletes in one transaction; foreground
-    /// writes are interleaved between batches. Default 1,000.
+    /// writes are interleaved between batches. Default 64. sled blocks every
+    /// read while a transaction runs, so this bounds how long a resolve can
+    /// wait behind the reaper (about 1 ms at the default).
     pub fn reap_batch(mut self, batch: usize) -> Self {
         self.reap_batch = batch;
         self

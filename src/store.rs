@@ -102,13 +102,24 @@ impl Shared {
         }
     }
 
-    /// Queues `op` for the committer and waits for its outcome.
-    pub fn submit(&self, op: Op) -> Result<Output> {
+    /// Queues `op` for the committer; `wait` gives its outcome.
+    pub fn queue(&self, op: Op) -> Result<Receiver<Result<Output>>> {
         self.ensure_open()?;
         let (reply, outcome) = crossbeam_channel::bounded(1);
         self.to_committer
             .send(Msg::Write(Request { op, reply }))
             .map_err(|_| self.stopped())?;
+        Ok(outcome)
+    }
+
+    /// The outcome of a queued operation.
+    pub fn wait(&self, outcome: &Receiver<Result<Output>>) -> Result<Output> {
+        outcome.recv().map_err(|_| self.stopped())?
+    }
+
+    /// Queues `op` for the committer and waits for its outcome.
+    pub fn submit(&self, op: Op) -> Result<Output> {
+        let outcome = self.queue(op)?;
         // Only a lone caller spins: concurrent ones are batched anyway, and
         // their spinning would take the cores from the committer.
         let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
