@@ -469,10 +469,11 @@ impl SessionStore {
         let shared = self.shared();
         shared.ensure_open()?;
         let now = shared.now();
-        let bytes = shared.backend.get(&key.digest())?;
+        let digest = key.digest();
+        let bytes = shared.backend.get(&digest)?;
         let head = bytes
             .as_deref()
-            .map(|b| shared.counted(codec::decode_stored_head(&key.digest(), b)))
+            .map(|b| shared.counted(codec::decode_stored_head(&digest, b)))
             .transpose()?;
         let facts = head.as_ref().map(|h| Facts {
             actor_id: &h.actor_id,

@@ -56,10 +56,15 @@ pub(crate) trait Txn {
 /// A visitor of raw entries; returns whether to go on.
 pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
+/// A stored value as the engine hands it out. sled's own shared buffer, so
+/// that a read (one per resolve) does not copy the record; another engine
+/// builds one from a `Vec<u8>`.
+pub(crate) type Value = ::sled::IVec;
+
 /// What the store needs from a storage engine.
 pub(crate) trait Backend: Send + Sync {
     /// The encoded record stored under `digest`.
-    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>>;
+    fn get(&self, digest: &Digest) -> Result<Option<Value>>;
     /// The digests of `actor_id`'s sessions.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
     /// Up to `limit` `(expires_at, digest)` entries with `expires_at <= now`,

@@ -27,7 +27,7 @@ use sled::transaction::{
 };
 use sled::{Transactional, Tree};
 
-use super::{decode_count, Backend, Space, Txn, Visit, META_COUNT};
+use super::{decode_count, Backend, Space, Txn, Value, Visit, META_COUNT};
 use crate::error::{Error, Result, StorageError};
 use crate::index;
 use crate::key::Digest;
@@ -320,12 +320,10 @@ impl SledBackend {
 }
 
 impl Backend for SledBackend {
-    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .sessions
+    fn get(&self, digest: &Digest) -> Result<Option<Value>> {
+        self.sessions
             .get(digest.0)
-            .map_err(sled_err("reading a session"))?
-            .map(|v| v.to_vec()))
+            .map_err(sled_err("reading a session"))
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
