@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -72,6 +73,12 @@ impl Committer {
     fn run(&self, rx: &Receiver<Msg>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut next = rx.recv().ok();
+        // Whether the last batch held a single write: a lone caller, whose
+        // next request is worth polling for (see `handoff`). After a larger
+        // batch the committer blocks at once: polling would take a core from
+        // the callers it just answered, and their requests would trickle in
+        // one by one instead of gathering into the next batch.
+        let mut lone = false;
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Shutdown => break,
@@ -89,11 +96,13 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
+                    lone = batch.len() == 1;
                     self.commit(&mut batch);
                 }
             }
             if next.is_none() {
-                next = handoff::recv(rx, handoff::SPIN).ok();
+                let spin = if lone { handoff::SPIN } else { Duration::ZERO };
+                next = handoff::recv(rx, spin).ok();
             }
         }
     }
