@@ -114,23 +114,22 @@ impl Shared {
 
     /// The outcome of a queued operation.
     pub fn wait(&self, outcome: &Receiver<Result<Output>>) -> Result<Output> {
-        outcome.recv().map_err(|_| self.stopped())?
-    }
-
-    /// Queues `op` for the committer and waits for its outcome.
-    pub fn submit(&self, op: Op) -> Result<Output> {
-        let outcome = self.queue(op)?;
-        // Only a lone caller spins: concurrent ones are batched anyway, and
-        // their spinning would take the cores from the committer.
+        // Only a lone caller polls: concurrent ones are batched anyway, and
+        // their polling would take the cores from the committer.
         let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
         let spin = if alone {
             self.reply_spin
         } else {
             Duration::ZERO
         };
-        let answer = handoff::recv(&outcome, spin);
+        let answer = handoff::recv(outcome, spin);
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         answer.map_err(|_| self.stopped())?
+    }
+
+    /// Queues `op` for the committer and waits for its outcome.
+    pub fn submit(&self, op: Op) -> Result<Output> {
+        self.wait(&self.queue(op)?)
     }
 
     /// Runs `job` on the committer thread with no write in progress.

@@ -384,16 +384,16 @@ impl Backend for SledBackend {
         }
         loop {
             let unlisted = RefCell::new(None);
-            match self.transact_with(&lists, &unlisted, body) {
+            let outcome = self.transact_with(&lists, &unlisted, body);
+            match unlisted.into_inner() {
                 // The body asked for an actor nobody named: list it and run
                 // the batch again (rare: a session that vanished or names
                 // another actor, where the reason depends on the actor).
-                Err(_) if unlisted.borrow().is_some() => {
-                    let actor: String = unlisted.take().unwrap_or_default();
+                Some(actor) if outcome.is_err() => {
                     let list = self.actor_sessions(&actor)?;
                     lists.insert(actor, list);
                 }
-                outcome => return outcome,
+                _ => return outcome,
             }
         }
     }
