@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Why a session key was rejected. The string forms are MAGE's, so clients
 /// that already handle MAGE's session errors keep working.
@@ -221,6 +222,49 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An import's input is not what `SessionStore::export` writes, or a
+    /// session in it clashes with the store; sessions before this line
+    /// were imported in earlier batches.
+    #[error("import stopped at line {line}: {problem}")]
+    Import {
+        /// The line of the input (1 is the header).
+        line: u64,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// Writing an export to its output failed.
+    #[error("writing the export failed: {source}")]
+    ExportWrite {
+        /// The output's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `reassign` was asked to move a session to the actor that holds it.
+    #[error("cannot reassign actor {actor_id:?}'s session to itself")]
+    ReassignToSelf {
+        /// The actor (cut to 64 characters).
+        actor_id: String,
+    },
+
+    /// The operating system's random generator failed, so no secret could
+    /// be made.
+    #[error("the operating system's random generator failed: {source}")]
+    Random {
+        /// The generator's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Other writers kept changing what an operation read, so its change was
+    /// planned again and again without committing; try again later.
+    #[error("the change did not settle after {attempts} attempts: other writers kept changing the same sessions")]
+    Contention {
+        /// How many times the change was planned.
+        attempts: u32,
+    },
+
     /// The store has been closed.
     #[error("the session store is closed")]
     Closed,
@@ -241,6 +285,29 @@ impl Error {
             Error::Invalid(r) => Some(*r),
             _ => None,
         }
+    }
+}
+
+/// One failure handed to several callers (every operation of a failed
+/// batch): each gets the same error, source chain included.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedError(Arc<Error>);
+
+impl SharedError {
+    pub fn new(error: Arc<Error>) -> Self {
+        SharedError(error)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -19,17 +19,15 @@
 //! for byte, whatever key order or number spelling they had.
 
 use std::io::{BufRead, BufWriter, Write};
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{clip, Error, Result};
 use crate::key::{self, Digest, DIGEST_LEN};
+use crate::plan::Imported;
 use crate::session::{check_data_name, Data, Record, Session};
-use crate::storage::Space;
 use crate::store::SessionStore;
-use crate::write::{Op, Output};
 
 /// The version of the export format that [`SessionStore::export`] writes and
 /// [`SessionStore::import`] reads.
@@ -37,7 +35,7 @@ pub const EXPORT_FORMAT: u32 = 1;
 
 const HEADER_NAME: &str = "sessiondb-export";
 
-/// Sessions sent to the committer in one import transaction.
+/// Sessions imported by one change.
 const IMPORT_BATCH: usize = 256;
 
 /// What [`SessionStore::export`] wrote.
@@ -103,7 +101,7 @@ impl Line {
 
     /// Checks every field as the store's own inputs are checked.
     fn into_record(self, max_data_bytes: usize) -> std::result::Result<(Digest, Record), String> {
-        let digest = parse_hex_digest(&self.digest)
+        let digest = Digest::from_hex(&self.digest)
             .ok_or_else(|| format!("digest {:?} is not 64 hex digits", clip(&self.digest)))?;
         if self.id.is_empty()
             || self.id.len() > 64
@@ -158,22 +156,6 @@ impl Line {
     }
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
-fn parse_hex_digest(hex: &str) -> Option<Digest> {
-    if hex.len() != DIGEST_LEN * 2 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; DIGEST_LEN];
-    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(Digest(out))
-}
-
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Digest, Record)> {
     let digest = Digest::from_slice(key).ok_or_else(|| Error::Corrupt {
         what: "a session key".into(),
@@ -187,42 +169,37 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Digest, Record)> {
 }
 
 fn bad_input(line: u64, problem: impl Into<String>) -> Error {
-    Error::Io {
-        action: "importing",
-        path: PathBuf::from(format!("line {line}")),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem.into()),
+    Error::Import {
+        line,
+        problem: problem.into(),
     }
 }
 
 fn write_failed(source: std::io::Error) -> Error {
-    Error::Io {
-        action: "writing the export to",
-        path: PathBuf::from("its output"),
-        source,
-    }
+    Error::ExportWrite { source }
 }
 
-/// Writes the records arriving on `rx` as export lines.
-fn write_lines(
-    rx: &crossbeam_channel::Receiver<(Vec<u8>, Vec<u8>)>,
+/// Writes one stored record as an export line; a record that does not
+/// decode is left out and counted.
+fn write_line(
     out: &mut impl Write,
+    key: &[u8],
+    value: &[u8],
     summary: &mut ExportSummary,
 ) -> Result<()> {
-    for (k, v) in rx.iter() {
-        match decode_entry(&k, &v) {
-            Ok((digest, record)) => {
-                serde_json::to_writer(&mut *out, &Line::new(&digest, record))
-                    .map_err(|e| write_failed(e.into()))?;
-                out.write_all(b"\n").map_err(write_failed)?;
-                summary.sessions += 1;
-            }
-            Err(e) => {
-                log::warn!("export leaves out a record: {e}");
-                summary.corrupt += 1;
-            }
+    match decode_entry(key, value) {
+        Ok((digest, record)) => {
+            serde_json::to_writer(&mut *out, &Line::new(&digest, record))
+                .map_err(|e| write_failed(e.into()))?;
+            out.write_all(b"\n").map_err(write_failed)?;
+            summary.sessions += 1;
+        }
+        Err(e) => {
+            log::warn!("export leaves out a record: {e}");
+            summary.corrupt += 1;
         }
     }
-    out.flush().map_err(write_failed)
+    Ok(())
 }
 
 impl SessionStore {
@@ -235,7 +212,8 @@ impl SessionStore {
     /// # Errors
     /// Storage errors reading the store.
     pub fn for_each_session(&self, mut visit: impl FnMut(Result<Session>) -> bool) -> Result<()> {
-        self.shared().backend.scan(Space::Sessions, &mut |k, v| {
+        self.shared().ensure_open()?;
+        self.shared().engine.scan_records(&mut |k, v| {
             Ok(visit(
                 decode_entry(k, v).map(|(_, record)| Session { key: None, record }),
             ))
@@ -265,7 +243,8 @@ impl SessionStore {
     /// # Errors
     /// Storage errors.
     pub fn earliest_expiry(&self) -> Result<Option<u64>> {
-        self.shared().backend.next_expiry()
+        self.shared().ensure_open()?;
+        self.shared().engine.next_expiry()
     }
 
     /// Writes every stored session (expired ones not yet reaped included) to
@@ -290,7 +269,7 @@ impl SessionStore {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] when writing to `out` fails; [`Error::Closed`]; storage
+    /// [`Error::ExportWrite`] when writing to `out` fails; [`Error::Closed`]; storage
     /// errors.
     pub fn export(&self, out: impl Write) -> Result<ExportSummary> {
         let mut out = BufWriter::new(out);
@@ -302,28 +281,16 @@ impl SessionStore {
         out.write_all(b"\n").map_err(write_failed)?;
 
         let shared = self.shared();
-        let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<u8>)>(IMPORT_BATCH);
-        std::thread::scope(|scope| {
-            // The scan runs as exclusive work on the committer thread, so no
-            // write lands in the middle of it; this thread encodes and writes
-            // meanwhile. If writing fails, dropping `rx` ends the scan.
-            let scan = scope.spawn(move || {
-                shared.exclusive(move |backend| {
-                    backend.scan(Space::Sessions, &mut |k, v| {
-                        Ok(tx.send((k.to_vec(), v.to_vec())).is_ok())
-                    })
-                })
-            });
-            let mut summary = ExportSummary::default();
-            let written = write_lines(&rx, &mut out, &mut summary);
-            drop(rx);
-            let scanned = scan
-                .join()
-                .map_err(|_| Error::WorkerFailed { worker: "export" })?;
-            written?;
-            scanned??;
-            Ok(summary)
-        })
+        shared.ensure_open()?;
+        // No write lands in the middle of the scan.
+        let _held = shared.engine.hold_writes()?;
+        let mut summary = ExportSummary::default();
+        shared.engine.scan_records(&mut |k, v| {
+            write_line(&mut out, k, v, &mut summary)?;
+            Ok(true)
+        })?;
+        out.flush().map_err(write_failed)?;
+        Ok(summary)
     }
 
     /// Reads sessions written by [`SessionStore::export`] and stores them
@@ -336,29 +303,25 @@ impl SessionStore {
     /// line stops the import, and the batches before it stay imported.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the line for unreadable or invalid input (a
-    /// missing or newer header included); [`Error::InvalidActorId`] when a
+    /// [`Error::Import`] naming the line for unreadable or invalid input (a
+    /// missing or newer header included), and when a
     /// digest is already stored for another actor; [`Error::Closed`];
     /// storage errors.
     pub fn import(&self, input: impl BufRead) -> Result<ImportSummary> {
         let shared = self.shared();
         let max_data_bytes = shared.rules.settings.max_data_bytes;
         let mut summary = ImportSummary::default();
-        let mut batch: Vec<(Digest, Record)> = Vec::with_capacity(IMPORT_BATCH);
-        let flush = |batch: &mut Vec<(Digest, Record)>, summary: &mut ImportSummary| {
+        let mut batch: Vec<Imported> = Vec::with_capacity(IMPORT_BATCH);
+        let flush = |batch: &mut Vec<Imported>, summary: &mut ImportSummary| -> Result<()> {
             if batch.is_empty() {
                 return Ok(());
             }
             let sessions = std::mem::take(batch);
             let n = sessions.len() as u64;
-            match shared.submit(Op::Import { sessions })? {
-                Output::Count(new) => {
-                    summary.imported += n;
-                    summary.replaced += n - new as u64;
-                    Ok(())
-                }
-                other => Err(shared.unexpected(&other)),
-            }
+            let new = shared.write(Vec::new(), move |p| p.import(&sessions))?;
+            summary.imported += n;
+            summary.replaced += n - new as u64;
+            Ok(())
         };
         let mut header_seen = false;
         for (i, line) in input.lines().enumerate() {
@@ -399,10 +362,14 @@ impl SessionStore {
                 .map_err(|problem| bad_input(n, problem))?;
             // One op holds distinct digests; a repeat goes into the next
             // transaction, so the later line wins.
-            if batch.len() == IMPORT_BATCH || batch.iter().any(|(d, _)| *d == digest) {
+            if batch.len() == IMPORT_BATCH || batch.iter().any(|s| s.digest == digest) {
                 flush(&mut batch, &mut summary)?;
             }
-            batch.push((digest, record));
+            batch.push(Imported {
+                line: n,
+                digest,
+                record,
+            });
         }
         flush(&mut batch, &mut summary)?;
         if !header_seen {

@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): thin
 //! wrappers over crate-private decoders. Not part of the API.
 
-use crate::{codec, index, key};
+use crate::engine::sled::layout as index;
+use crate::{codec, key};
 
 /// Decodes `bytes` as a session record and encodes it again: `None` when it
 /// does not decode.

@@ -31,18 +31,40 @@ impl Digest {
         bytes.try_into().ok().map(Digest)
     }
 
+    /// Lower-case hex, as exports and messages show it.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
+
+    /// Parses 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Option<Digest> {
+        // `from_str_radix` alone would also take a sign ("+f").
+        if text.len() != DIGEST_LEN * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut out = [0u8; DIGEST_LEN];
+        for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+/// Lower-case hex of `bytes`, the one hex writer of the crate.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
 fn os_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| Error::Io {
-        action: "reading the operating system's random generator for",
-        path: "a session secret".into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    getrandom::fill(buf).map_err(|e| Error::Random { source: e.into() })
 }
 
 /// A fresh secret of `len` URL-safe characters, 6 random bits each.

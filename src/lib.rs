@@ -50,33 +50,33 @@
 
 mod clock;
 mod codec;
-mod committer;
 mod config;
+mod engine;
 mod error;
 mod events;
 mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod handoff;
-mod index;
 mod key;
+mod plan;
 mod reaper;
 mod recovery;
 mod rules;
 mod session;
-mod storage;
+mod shared;
 mod store;
-mod write;
+mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::RECORD_FORMAT;
 pub use config::{parse_time_code, Config, Durability, MAX_KEY_LENGTH, MIN_KEY_LENGTH};
+pub use engine::sled::layout::STORE_FORMAT;
 pub use error::{Error, Reason, Result, StorageError};
 pub use events::{Event, UnsetReason, MAX_REASON_LEN};
 pub use export::{ExportSummary, ImportSummary, EXPORT_FORMAT};
 pub use key::{MAX_ACTOR_ID_LEN, MAX_LANGUAGE_LEN};
-pub use recovery::{CheckReport, RecoveryReport, STORE_FORMAT};
+pub use recovery::{CheckReport, RecoveryReport};
 pub use session::{ActorAddress, Data, Session, MAX_DATA_NAME_LEN};
 pub use store::{SessionStore, Stats};
 

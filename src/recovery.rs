@@ -1,26 +1,18 @@
-//! Open-time recovery and the consistency check.
+//! Open-time recovery and the consistency check, through the engine seam,
+//! so the same check and repair serve every engine.
 //!
 //! Invariants (see `docs/format.md`): every decodable session has exactly
-//! one `expiries` entry (at its stored expiry) and one `actors` entry; no
-//! index entry points at a missing session or disagrees with it; the stored
-//! session count equals the number of sessions. A clean close records a
-//! marker; an open that does not find it runs the full check with repair.
+//! one expiry entry (at its stored expiry) and one actor entry; no index
+//! entry points at a missing session or disagrees with it; the stored
+//! session count equals the number of sessions. An engine that finds its
+//! last run did not close cleanly has `open` run the full check with repair.
 
 use std::time::{Duration, Instant};
 
 use crate::codec;
-use crate::error::{Error, Result};
-use crate::index;
-use crate::key::Digest;
-use crate::storage::sled::OpenFacts;
-use crate::storage::{decode_count, Backend, Space, META_COUNT};
-
-/// The on-disk layout version of the whole store (trees and keys), kept in
-/// the `meta` tree under `format`.
-pub const STORE_FORMAT: u32 = 1;
-
-const META_FORMAT: &[u8] = b"format";
-const META_CLEAN: &[u8] = b"clean";
+use crate::engine::{Engine, Fix, Index, Opened};
+use crate::error::Result;
+use crate::key::{hex, Digest};
 
 /// What a consistency check found (and, when repairing, fixed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,161 +71,162 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
-/// Checks the format, reads and clears the clean-shutdown marker, and
-/// repairs the store if the last run did not close it.
+/// Runs the full check with repair if the engine's last run did not close
+/// cleanly, and reports what `open` found.
 pub(crate) fn recover(
-    backend: &dyn Backend,
-    facts: OpenFacts,
+    engine: &dyn Engine,
+    opened: Opened,
     started: Instant,
 ) -> Result<RecoveryReport> {
-    match backend.raw_get(Space::Meta, META_FORMAT)? {
-        None => backend.raw_insert(Space::Meta, META_FORMAT, &STORE_FORMAT.to_be_bytes())?,
-        Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_slice())
-                .map(u32::from_be_bytes)
-                .map_err(|_| Error::Corrupt {
-                    what: "meta entry `format`".into(),
-                    problem: format!("{} bytes instead of 4", v.len()),
-                })?;
-            if found > STORE_FORMAT {
-                return Err(Error::NewerFormat {
-                    found,
-                    supported: STORE_FORMAT,
-                });
-            }
-        }
-    }
-    let clean = backend
-        .raw_get(Space::Meta, META_CLEAN)?
-        .is_some_and(|v| v == [1]);
-    let check = if clean || facts.created {
+    let check = if opened.clean_shutdown || opened.created {
         None
     } else {
-        let report = check(backend, true)?;
+        let report = check(engine, true)?;
         if !report.is_healthy() {
             log::warn!("recovered from an unclean shutdown: {report:?}");
         }
         Some(report)
     };
-    // From here until a clean close, a crash must be detected as unclean.
-    backend.raw_remove(Space::Meta, META_CLEAN)?;
-    backend.flush(true)?;
     Ok(RecoveryReport {
-        created: facts.created,
-        clean_shutdown: clean,
-        stale_snapshots_removed: facts.stale_snapshots_removed,
+        created: opened.created,
+        clean_shutdown: opened.clean_shutdown,
+        stale_snapshots_removed: opened.stale_files_removed,
         check,
         duration: started.elapsed(),
     })
 }
 
-/// Records a clean shutdown; the caller has stopped every writer.
-pub(crate) fn mark_clean(backend: &dyn Backend) -> Result<()> {
-    backend.flush(true)?;
-    backend.raw_insert(Space::Meta, META_CLEAN, &[1])?;
-    backend.flush(true)
+/// A decodable session, as its index entries must name it.
+struct Expected {
+    digest: Digest,
+    expires_at: u64,
+    actor_id: String,
 }
 
-/// Walks every tree and checks the invariants; with `repair`, fixes what it
-/// finds. Nothing may write to the store meanwhile.
+/// Which index entries were found for each expected session.
+struct Found<'a> {
+    sessions: &'a [Expected],
+    seen: Vec<bool>,
+    stale: Vec<Fix>,
+}
+
+impl<'a> Found<'a> {
+    fn new(sessions: &'a [Expected]) -> Self {
+        Found {
+            sessions,
+            seen: vec![false; sessions.len()],
+            stale: Vec::new(),
+        }
+    }
+
+    /// Records an index entry: it counts for the session it names if that
+    /// session `agrees` and has no entry yet; otherwise it is stale.
+    fn entry(
+        &mut self,
+        index: Index,
+        id: &[u8],
+        digest: Option<Digest>,
+        agrees: impl Fn(&Expected) -> bool,
+    ) {
+        let at = digest
+            .and_then(|d| self.sessions.binary_search_by(|e| e.digest.cmp(&d)).ok())
+            .filter(|&i| !self.seen[i] && agrees(&self.sessions[i]));
+        match at {
+            Some(i) => self.seen[i] = true,
+            None => self.stale.push(Fix::Drop {
+                index,
+                id: id.to_vec(),
+            }),
+        }
+    }
+
+    /// The sessions no entry named.
+    fn missing(&self) -> impl Iterator<Item = &'a Expected> + '_ {
+        self.sessions
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(e, _)| e)
+    }
+}
+
+/// Walks the whole store and checks the invariants; with `repair`, fixes
+/// what it finds. Nothing may write to the store meanwhile.
 ///
-/// Each tree is read once, in key order: the sessions tree yields the index
-/// entries that must exist, which are sorted and merged with the index trees.
-/// No random reads, so a large store is checked at the speed of a scan
-/// (point reads missed the page cache and took a minute at 1,000,000
-/// sessions). Memory: one expected key per session per index.
-pub(crate) fn check(backend: &dyn Backend, repair: bool) -> Result<CheckReport> {
+/// Each part of the store is read once, by a scan: the records give the
+/// index entries that must exist (sorted by digest), and each index entry
+/// met is looked up among them. No random reads, so a large store is
+/// checked at the speed of a scan (point reads missed the page cache and
+/// took a minute at 1,000,000 sessions). Memory: one entry per session.
+pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
     let started = Instant::now();
     let mut report = CheckReport {
         repaired: repair,
         ..CheckReport::default()
     };
-    let mut expiries: Vec<[u8; index::EXPIRY_KEY_LEN]> = Vec::new();
-    let mut actors: Vec<Vec<u8>> = Vec::new();
-    let mut quarantine = Vec::new();
-    backend.scan(Space::Sessions, &mut |key, value| {
+    let mut sessions = Vec::new();
+    let mut fixes = Vec::new();
+    engine.scan_records(&mut |key, value| {
         let decoded =
             Digest::from_slice(key).and_then(|d| codec::decode(value).ok().map(|r| (d, r)));
         match decoded {
-            Some((digest, record)) => {
-                report.sessions += 1;
-                expiries.push(index::expiry_key(record.expires_at, &digest));
-                actors.push(index::actor_key(&record.actor_id, &digest));
-            }
+            Some((digest, record)) => sessions.push(Expected {
+                digest,
+                expires_at: record.expires_at,
+                actor_id: record.actor_id,
+            }),
             None => {
                 report.corrupt += 1;
-                log::warn!("corrupt session record under key {}", hex(key));
-                quarantine.push((key.to_vec(), value.to_vec()));
+                log::warn!(
+                    "corrupt session record under key {}",
+                    hex(&key[..key.len().min(40)])
+                );
+                fixes.push(Fix::Quarantine { key: key.to_vec() });
             }
         }
         Ok(true)
     })?;
-    if repair {
-        for (key, value) in &quarantine {
-            backend.raw_insert(Space::Quarantine, key, value)?;
-            backend.raw_remove(Space::Sessions, key)?;
-        }
-    }
-    expiries.sort_unstable();
-    actors.sort_unstable();
-    let (missing, stale) = merge(backend, Space::Expiries, &expiries, repair)?;
-    report.missing_expiries = missing;
-    report.stale_expiries = stale;
-    let (missing, stale) = merge(backend, Space::Actors, &actors, repair)?;
-    report.missing_actors = missing;
-    report.stale_actors = stale;
+    report.sessions = sessions.len() as u64;
+    sessions.sort_unstable_by_key(|e| e.digest);
 
-    let stored = decode_count(backend.raw_get(Space::Meta, META_COUNT)?.as_deref());
+    let mut expiries = Found::new(&sessions);
+    engine.scan_expiries(&mut |id, entry| {
+        let (at, digest) = entry.map_or((0, None), |(at, d)| (at, Some(d)));
+        expiries.entry(Index::Expiries, id, digest, |e| e.expires_at == at);
+        Ok(true)
+    })?;
+    let mut actors = Found::new(&sessions);
+    engine.scan_actors(&mut |id, entry| {
+        let (actor, digest) = entry.map_or((String::new(), None), |(a, d)| (a, Some(d)));
+        actors.entry(Index::Actors, id, digest, |e| e.actor_id == actor);
+        Ok(true)
+    })?;
+    report.stale_expiries = expiries.stale.len() as u64;
+    report.stale_actors = actors.stale.len() as u64;
+    fixes.append(&mut expiries.stale);
+    fixes.append(&mut actors.stale);
+    for e in expiries.missing() {
+        report.missing_expiries += 1;
+        fixes.push(Fix::AddExpiry {
+            at: e.expires_at,
+            digest: e.digest,
+        });
+    }
+    for e in actors.missing() {
+        report.missing_actors += 1;
+        fixes.push(Fix::AddActor {
+            actor_id: e.actor_id.clone(),
+            digest: e.digest,
+        });
+    }
+    let stored = engine.session_count()?;
     if stored != report.sessions {
         report.count_was = Some(stored);
-        if repair {
-            backend.raw_insert(Space::Meta, META_COUNT, &report.sessions.to_be_bytes())?;
-        }
+        fixes.push(Fix::Count(report.sessions));
     }
-    if repair && !report.is_healthy() {
-        backend.flush(true)?;
+    if repair && !fixes.is_empty() {
+        engine.repair(&fixes)?;
     }
     report.duration = started.elapsed();
     Ok(report)
-}
-
-/// Compares the index tree `space` with the sorted keys it must hold: a key
-/// only in the tree is stale, a key only in `expected` is missing. With
-/// `repair`, stale keys are removed and missing ones inserted (after the
-/// scan). Returns (missing, stale).
-fn merge<K: AsRef<[u8]>>(
-    backend: &dyn Backend,
-    space: Space,
-    expected: &[K],
-    repair: bool,
-) -> Result<(u64, u64)> {
-    let mut next = 0;
-    let mut missing = Vec::new();
-    let mut stale = Vec::new();
-    backend.scan(space, &mut |key, _| {
-        while next < expected.len() && expected[next].as_ref() < key {
-            missing.push(next);
-            next += 1;
-        }
-        if next < expected.len() && expected[next].as_ref() == key {
-            next += 1;
-        } else {
-            stale.push(key.to_vec());
-        }
-        Ok(true)
-    })?;
-    missing.extend(next..expected.len());
-    if repair {
-        for key in &stale {
-            backend.raw_remove(space, key)?;
-        }
-        for &i in &missing {
-            backend.raw_insert(space, expected[i].as_ref(), &[])?;
-        }
-    }
-    Ok((missing.len() as u64, stale.len() as u64))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().take(40).map(|b| format!("{b:02x}")).collect()
 }

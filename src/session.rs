@@ -177,7 +177,7 @@ pub(crate) fn check_data_name(name: &str) -> Result<()> {
 /// whole record, and bincode reads an owned `String` through a zeroed
 /// temporary buffer; this path cut the decode's instructions by a fifth
 /// (callgrind).
-struct Text(String);
+pub(crate) struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
@@ -195,44 +195,28 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-fn text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    Text::deserialize(d).map(|t| t.0)
-}
-
-fn optional_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
-    Option::<Text>::deserialize(d).map(|t| t.map(|t| t.0))
-}
-
-/// A session as stored. Field order is part of the stored format
-/// (`docs/format.md`): the fields a validity check needs come first, so
-/// that they can be decoded without the data map.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A session as the store knows it. Its stored layout is `codec`'s alone
+/// (`docs/format.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
-    #[serde(deserialize_with = "text")]
     pub actor_id: String,
     pub expires_at: u64,
-    #[serde(deserialize_with = "optional_text")]
     pub app_version: Option<String>,
     pub revision: u64,
-    #[serde(deserialize_with = "text")]
     pub id: String,
-    #[serde(deserialize_with = "text")]
     pub language: String,
     pub created_at: u64,
     pub deadline: Option<u64>,
-    #[serde(deserialize_with = "optional_text")]
     pub node_id: Option<String>,
     pub data: Data,
 }
 
-/// The leading fields of a [`Record`]: enough to validate a key without
-/// decoding the rest.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The facts of a record that key validity depends on, decoded without the
+/// rest (`codec::decode_head`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RecordHead {
-    #[serde(deserialize_with = "text")]
     pub actor_id: String,
     pub expires_at: u64,
-    #[serde(deserialize_with = "optional_text")]
     pub app_version: Option<String>,
 }
 

@@ -1,30 +1,27 @@
-//! `SessionStore`: the public API over the committer, the reaper and the
-//! storage backend.
+//! `SessionStore`: the public API. Each call checks its input, then reads
+//! through the shared read path or hands a planning function to the write
+//! path (`shared`); the session logic itself is in `plan` and `rules`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::clock::Clock;
-use crate::codec;
-use crate::committer::{CommitStats, Committer, Msg, Request};
-use crate::config::{Config, Durability};
+use crate::config::Config;
+use crate::engine;
 use crate::error::{clip, Error, Result};
 use crate::events::{Event, EventHub, UnsetReason};
-use crate::handoff;
 use crate::key::{self, Digest, FullKey};
+use crate::plan::{DataEdit, Touch};
 use crate::reaper::{self, Reaper};
 use crate::recovery::{self, CheckReport, RecoveryReport};
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{check_data_name, ActorAddress, Data, Record, Session};
-use crate::storage::sled::SledBackend;
-use crate::storage::{Backend, Space};
-use crate::write::{DataChange, Op, Output, Touch};
+use crate::shared::{Counters, Shared};
+use crate::worker::Poison;
 
 /// Counters describing a running store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,193 +50,37 @@ pub struct Stats {
     pub corrupt_records: u64,
 }
 
-/// What the reaper thread, the committer's callers and the API share.
-pub(crate) struct Shared {
-    pub backend: Arc<dyn Backend>,
-    pub rules: Arc<Rules>,
-    pub events: Arc<EventHub>,
-    pub reap_batch: usize,
-    clock: Arc<dyn Clock>,
-    commit_stats: Arc<CommitStats>,
-    to_committer: Sender<Msg>,
-    /// Callers waiting for the committer's answer.
-    waiting: AtomicUsize,
-    /// How long a lone waiting caller polls for its answer (see `handoff`):
-    /// zero in immediate mode, where the fsync outlasts any sensible spin.
-    reply_spin: Duration,
-    closed: AtomicBool,
-    reaped: AtomicU64,
-    touches_skipped: AtomicU64,
-    corrupt_reads: AtomicU64,
-    key_length: usize,
-    node_id: Option<String>,
-    app_version: Option<String>,
-}
-
-impl Shared {
-    pub fn now(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    fn stopped(&self) -> Error {
-        if self.closed.load(Ordering::SeqCst) {
-            Error::Closed
-        } else {
-            Error::WorkerFailed {
-                worker: "committer",
-            }
-        }
-    }
-
-    /// Refuses work once the store is closed. Reads check it as well as
-    /// writes: a clone kept after `close` must not go on serving a store
-    /// whose shutdown was already recorded as clean.
-    fn ensure_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Queues `op` for the committer; `wait` gives its outcome.
-    pub fn queue(&self, op: Op) -> Result<Receiver<Result<Output>>> {
-        self.ensure_open()?;
-        let (reply, outcome) = crossbeam_channel::bounded(1);
-        self.to_committer
-            .send(Msg::Write(Request { op, reply }))
-            .map_err(|_| self.stopped())?;
-        Ok(outcome)
-    }
-
-    /// The outcome of a queued operation.
-    pub fn wait(&self, outcome: &Receiver<Result<Output>>) -> Result<Output> {
-        // Only a lone caller polls: concurrent ones are batched anyway, and
-        // their polling would take the cores from the committer.
-        let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
-        let spin = if alone {
-            self.reply_spin
-        } else {
-            Duration::ZERO
-        };
-        let answer = handoff::recv(outcome, spin);
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        answer.map_err(|_| self.stopped())?
-    }
-
-    /// Queues `op` for the committer and waits for its outcome.
-    pub fn submit(&self, op: Op) -> Result<Output> {
-        self.wait(&self.queue(op)?)
-    }
-
-    /// Runs `job` on the committer thread with no write in progress.
-    pub(crate) fn exclusive<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&dyn Backend) -> T + Send + 'static,
-    ) -> Result<T> {
-        self.ensure_open()?;
-        let (reply, outcome) = crossbeam_channel::bounded(1);
-        let job = Box::new(move |backend: &dyn Backend| {
-            let _ = reply.send(job(backend));
-        });
-        self.to_committer
-            .send(Msg::Exclusive(job))
-            .map_err(|_| self.stopped())?;
-        outcome.recv().map_err(|_| self.stopped())
-    }
-
-    pub fn unexpected(&self, output: &Output) -> Error {
-        Error::Storage(crate::error::StorageError::new(
-            "internal",
-            format!("unexpected committer output {output:?} (a bug in sessiondb)"),
-        ))
-    }
-
-    pub fn count_reaped(&self, n: usize) {
-        self.reaped.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    fn load(&self, digest: &Digest) -> Result<Option<Record>> {
-        match self.backend.get(digest)? {
-            None => Ok(None),
-            Some(bytes) => self.counted(codec::decode_stored(digest, &bytes)).map(Some),
-        }
-    }
-
-    /// Counts a corrupt record met on the read path.
-    fn counted<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(Error::Corrupt { .. }) = result {
-            self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn has_live(&self, actor_id: &str, now: u64) -> Result<bool> {
-        for d in self.backend.actor_sessions(actor_id)? {
-            if let Some(bytes) = self.backend.get(&d)? {
-                if codec::decode_head(&bytes).is_ok_and(|h| h.expires_at > now) {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    /// The session a key names, if the key is valid now; no write.
-    fn read_valid(&self, key: FullKey<'_>, now: u64) -> Result<Record> {
-        self.ensure_open()?;
-        let record = self.load(&key.digest())?;
-        let facts = record.as_ref().map(|r| Facts {
-            actor_id: &r.actor_id,
-            expires_at: r.expires_at,
-            app_version: r.app_version.as_deref(),
-        });
-        self.rules.check(facts, key.actor_id, now, || {
-            self.has_live(key.actor_id, now)
-        })?;
-        record.ok_or(Error::Invalid(crate::Reason::NoSession))
-    }
-
-    fn expect_session(&self, output: Output, key: Option<String>) -> Result<Session> {
-        match output {
-            Output::Session(record) => Ok(Session { key, record }),
-            other => Err(self.unexpected(&other)),
-        }
-    }
-}
-
-struct Workers {
-    committer: JoinHandle<()>,
-    reaper: Option<Reaper>,
-}
-
-/// Owns the threads; dropping the last handle closes the store.
+/// Owns the reaper and the engine; dropping the last handle closes the store.
 struct Handle {
     shared: Arc<Shared>,
-    workers: Mutex<Option<Workers>>,
+    reaper: Mutex<Option<Reaper>>,
+    /// Set once `close` has run.
+    closing: AtomicBool,
     recovery: RecoveryReport,
 }
 
 impl Handle {
     fn close(&self) -> Result<()> {
-        let workers = self
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(workers) = workers else {
+        if self.closing.swap(true, Ordering::SeqCst) {
             return Ok(());
-        };
+        }
         let shared = &self.shared;
         shared.closed.store(true, Ordering::SeqCst);
-        let reaper = workers.reaper.map_or(Ok(()), Reaper::stop);
-        let _ = shared.to_committer.send(Msg::Shutdown);
-        let committer = workers.committer.join().map_err(|_| Error::WorkerFailed {
-            worker: "committer",
-        });
-        committer?;
+        let reaper = self
+            .reaper
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .map_or(Ok(()), Reaper::stop);
+        // A store whose worker died is not marked clean: the next open
+        // checks it.
+        let healthy = reaper.is_ok() && shared.poison.failed().is_none();
+        shared.engine.close(healthy)?;
         reaper?;
-        recovery::mark_clean(shared.backend.as_ref())
+        match shared.poison.failed() {
+            Some(worker) => Err(Error::WorkerFailed { worker }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -296,79 +137,47 @@ impl SessionStore {
     fn start(config: Config, subscribe: bool) -> Result<(SessionStore, Option<Receiver<Event>>)> {
         let started = Instant::now();
         let settings = config.validate()?;
-        let flush_every = match config.durability {
-            Durability::Periodic(i) => Some(crate::config::millis(i).max(1)),
-            Durability::Immediate => None,
-        };
-        let (backend, facts) = SledBackend::open(&config.path, config.cache_capacity, flush_every)?;
-        let backend: Arc<dyn Backend> = Arc::new(backend);
-        let recovery = recovery::recover(backend.as_ref(), facts, started)?;
+        let events = Arc::new(EventHub::new(config.event_capacity));
+        let poison = Arc::new(Poison::default());
+        let (engine, opened) = engine::open(&config, events.clone(), poison.clone())?;
+        let recovery = recovery::recover(engine.as_ref(), opened, started)?;
         log::info!(
             "opened session store at {}: {recovery:?}",
             config.path.display()
         );
-
-        let rules = Arc::new(Rules { settings });
-        let events = Arc::new(EventHub::new(config.event_capacity));
-        let commit_stats = Arc::new(CommitStats::default());
-        let (to_committer, from_callers) = crossbeam_channel::unbounded();
-        let spawn_failed = |source| Error::Io {
-            action: "starting a thread for",
-            path: config.path.clone(),
-            source,
-        };
-        let committer = Committer {
-            backend: backend.clone(),
-            rules: rules.clone(),
-            events: events.clone(),
-            stats: commit_stats.clone(),
-            sync: config.durability == Durability::Immediate,
-            max_batch: config.max_batch,
-        }
-        .spawn(from_callers)
-        .map_err(spawn_failed)?;
         let shared = Arc::new(Shared {
-            backend,
-            rules,
+            engine,
+            rules: Arc::new(Rules { settings }),
             events,
-            reap_batch: config.reap_batch,
+            poison,
             clock: config.clock.clone(),
-            commit_stats,
-            to_committer,
-            waiting: AtomicUsize::new(0),
-            reply_spin: match config.durability {
-                Durability::Periodic(_) => handoff::SPIN,
-                Durability::Immediate => Duration::ZERO,
-            },
+            counters: Counters::default(),
             closed: AtomicBool::new(false),
-            reaped: AtomicU64::new(0),
-            touches_skipped: AtomicU64::new(0),
-            corrupt_reads: AtomicU64::new(0),
+            reap_batch: config.reap_batch,
             key_length: config.key_length,
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),
         });
         // Built before the reaper starts, so that a failure to start it
-        // still closes the committer (through Drop).
+        // still closes the engine (through Drop).
         let handle = Arc::new(Handle {
             shared: shared.clone(),
-            workers: Mutex::new(Some(Workers {
-                committer,
-                reaper: None,
-            })),
+            reaper: Mutex::new(None),
+            closing: AtomicBool::new(false),
             recovery,
         });
         let events = subscribe.then(|| shared.events.subscribe());
         if config.reaper_thread {
-            let reaper = Reaper::spawn(shared, config.reap_interval).map_err(spawn_failed)?;
-            if let Some(w) = handle
-                .workers
+            let reaper =
+                Reaper::spawn(shared, config.reap_interval).map_err(|source| Error::Io {
+                    action: "starting the reaper thread for",
+                    path: config.path.clone(),
+                    source,
+                })?;
+            *handle
+                .reaper
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_mut()
-            {
-                w.reaper = Some(reaper);
-            }
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reaper);
         }
         Ok((SessionStore { handle }, events))
     }
@@ -420,11 +229,14 @@ impl SessionStore {
             node_id: shared.node_id.clone(),
             data,
         };
-        let out = shared.submit(Op::Register {
-            digest: Digest::of_secret(&secret),
-            record,
+        let digest = Digest::of_secret(&secret);
+        let record = shared.write(vec![actor_id.to_owned()], move |p| {
+            p.register(&digest, &record)
         })?;
-        shared.expect_session(out, Some(key::full_key(actor_id, &secret)))
+        Ok(Session {
+            key: Some(key::full_key(actor_id, &secret)),
+            record,
+        })
     }
 
     /// Validates a full key and returns its session, sliding the expiry
@@ -442,19 +254,16 @@ impl SessionStore {
         let record = shared.read_valid(key, now)?;
         let wanted = shared.rules.expiry_at(now, record.deadline);
         if !shared.rules.should_touch(record.expires_at, wanted) {
-            shared.touches_skipped.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .touches_skipped
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(Session {
                 key: Some(full_key.to_owned()),
                 record,
             });
         }
-        let out = shared.submit(Op::Use {
-            digest: key.digest(),
-            actor_id: key.actor_id.to_owned(),
-            now,
-            touch: Touch::Slide,
-        })?;
-        shared.expect_session(out, Some(full_key.to_owned()))
+        self.use_key(key, full_key, now, Touch::Slide)
     }
 
     /// Whether `full_key` names a live session (MAGE's `isValid`); the
@@ -468,20 +277,13 @@ impl SessionStore {
         let shared = self.shared();
         shared.ensure_open()?;
         let now = shared.now();
-        let digest = key.digest();
-        let bytes = shared.backend.get(&digest)?;
-        let head = bytes
-            .as_deref()
-            .map(|b| shared.counted(codec::decode_stored_head(&digest, b)))
-            .transpose()?;
+        let head = shared.load_head(&key.digest())?;
         let facts = head.as_ref().map(|h| Facts {
             actor_id: &h.actor_id,
             expires_at: h.expires_at,
             app_version: h.app_version.as_deref(),
         });
-        shared.rules.check(facts, key.actor_id, now, || {
-            shared.has_live(key.actor_id, now)
-        })
+        shared.check_key(key, facts, now)
     }
 
     /// MAGE's `restore`: resolves the key (sliding the expiry) and tells
@@ -490,7 +292,8 @@ impl SessionStore {
     /// # Errors
     /// As [`SessionStore::resolve`].
     pub fn restore(&self, full_key: &str) -> Result<Session> {
-        self.use_key(full_key, Touch::Restore)
+        let key = FullKey::parse(full_key)?;
+        self.use_key(key, full_key, self.shared().now(), Touch::Restore)
     }
 
     /// MAGE's `session.extend`: recomputes the expiry from now and writes it.
@@ -498,19 +301,19 @@ impl SessionStore {
     /// # Errors
     /// As [`SessionStore::resolve`].
     pub fn extend(&self, full_key: &str) -> Result<Session> {
-        self.use_key(full_key, Touch::Extend)
+        let key = FullKey::parse(full_key)?;
+        self.use_key(key, full_key, self.shared().now(), Touch::Extend)
     }
 
-    fn use_key(&self, full_key: &str, touch: Touch) -> Result<Session> {
-        let key = FullKey::parse(full_key)?;
-        let shared = self.shared();
-        let out = shared.submit(Op::Use {
-            digest: key.digest(),
-            actor_id: key.actor_id.to_owned(),
-            now: shared.now(),
-            touch,
+    fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
+        let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
+        let record = self.shared().write(Vec::new(), move |p| {
+            p.use_session(&digest, &actor_id, now, touch)
         })?;
-        shared.expect_session(out, Some(full_key.to_owned()))
+        Ok(Session {
+            key: Some(full_key.to_owned()),
+            record,
+        })
     }
 
     /// MAGE's `logout`: ends the session with reason `loggedOut`.
@@ -531,15 +334,10 @@ impl SessionStore {
         reason.check()?;
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
-        match shared.submit(Op::Expire {
-            digest: key.digest(),
-            actor_id: key.actor_id.to_owned(),
-            now: shared.now(),
-            reason,
-        })? {
-            Output::Done => Ok(()),
-            other => Err(shared.unexpected(&other)),
-        }
+        let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
+        shared.write(Vec::new(), move |p| {
+            p.expire(&digest, &actor_id, now, reason.clone())
+        })
     }
 
     /// Ends every live session of `actor_id` with `reason` (an admin action)
@@ -551,14 +349,11 @@ impl SessionStore {
     pub fn expire_actor(&self, actor_id: &str, reason: UnsetReason) -> Result<usize> {
         key::check_actor_id(actor_id)?;
         reason.check()?;
-        match self.shared().submit(Op::ExpireActor {
-            actor_id: actor_id.to_owned(),
-            now: self.shared().now(),
-            reason,
-        })? {
-            Output::Count(n) => Ok(n),
-            other => Err(self.shared().unexpected(&other)),
-        }
+        let shared = self.shared();
+        let (actor, now) = (actor_id.to_owned(), shared.now());
+        shared.write(vec![actor_id.to_owned()], move |p| {
+            p.expire_actor(&actor, now, &reason)
+        })
     }
 
     /// The data value `name` of the key's session, converted into `T`.
@@ -623,11 +418,12 @@ impl SessionStore {
                 limit,
             });
         }
-        let change = DataChange::Set {
-            name: name.to_owned(),
-            json,
-        };
-        self.change_data(full_key, change, None).map(drop)
+        let name = name.to_owned();
+        self.edit_data(full_key, None, DataEdit::Add, move |data| {
+            data.set_json_unchecked(&name, &json);
+            true
+        })
+        .map(drop)
     }
 
     /// Deletes data value `name`; returns whether it was set.
@@ -636,32 +432,26 @@ impl SessionStore {
     /// [`Error::InvalidDataName`], [`Error::Invalid`]; storage errors.
     pub fn del_data(&self, full_key: &str, name: &str) -> Result<bool> {
         check_data_name(name)?;
-        match self.change_data(
-            full_key,
-            DataChange::Remove {
-                name: name.to_owned(),
-            },
-            None,
-        )? {
-            Output::Removed(r) => Ok(r),
-            other => Err(self.shared().unexpected(&other)),
-        }
+        let name = name.to_owned();
+        self.edit_data(full_key, None, DataEdit::Remove, move |data| {
+            data.remove(&name)
+        })
     }
 
-    fn change_data(
+    /// Changes the key's data with `edit` (see `Planner::edit_data`);
+    /// returns whether it was written.
+    fn edit_data(
         &self,
         full_key: &str,
-        change: DataChange,
         expected_revision: Option<u64>,
-    ) -> Result<Output> {
+        kind: DataEdit,
+        edit: impl Fn(&mut Data) -> bool + Send + Sync + 'static,
+    ) -> Result<bool> {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
-        shared.submit(Op::Data {
-            digest: key.digest(),
-            actor_id: key.actor_id.to_owned(),
-            now: shared.now(),
-            change,
-            expected_revision,
+        let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
+        shared.write(Vec::new(), move |p| {
+            p.edit_data(&digest, &actor_id, now, expected_revision, kind, &edit)
         })
     }
 
@@ -704,9 +494,12 @@ impl SessionStore {
                     limit,
                 });
             }
-            match self.change_data(full_key, DataChange::Replace(data), Some(record.revision))? {
-                Output::Conflict => continue,
-                _ => return Ok(result),
+            let replace = move |stored: &mut Data| {
+                *stored = data.clone();
+                true
+            };
+            if self.edit_data(full_key, Some(record.revision), DataEdit::Add, replace)? {
+                return Ok(result);
             }
         }
     }
@@ -721,7 +514,7 @@ impl SessionStore {
         shared.ensure_open()?;
         let now = shared.now();
         let mut records = Vec::new();
-        for d in shared.backend.actor_sessions(actor_id)? {
+        for d in shared.engine.actor_sessions(actor_id)? {
             records.extend(shared.load(&d)?);
         }
         Ok(newest_live(records, now).map(|record| Session { key: None, record }))
@@ -739,13 +532,10 @@ impl SessionStore {
             key::check_actor_id(a)?;
         }
         let shared = self.shared();
-        match shared.submit(Op::Addresses {
-            actor_ids,
-            now: shared.now(),
-        })? {
-            Output::Addresses(a) => Ok(a),
-            other => Err(shared.unexpected(&other)),
-        }
+        let now = shared.now();
+        // Planned as a change with nothing to commit, so that the engine
+        // reads every actor in one consistent view.
+        shared.write(actor_ids.clone(), move |p| p.addresses(&actor_ids, now))
     }
 
     /// MAGE's `reassign`: every session of `from` ends with reason
@@ -761,20 +551,20 @@ impl SessionStore {
         key::check_actor_id(from)?;
         key::check_actor_id(to)?;
         if from == to {
-            return Err(Error::InvalidActorId {
-                actor_id: clip(to),
-                problem: "a session cannot be reassigned to the actor that holds it",
-            });
+            return Err(Error::ReassignToSelf { actor_id: clip(to) });
         }
         let shared = self.shared();
         let secret = key::new_secret(shared.key_length)?;
-        let out = shared.submit(Op::Reassign {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            new_digest: Digest::of_secret(&secret),
-            now: shared.now(),
+        let new_digest = Digest::of_secret(&secret);
+        let now = shared.now();
+        let (f, t) = (from.to_owned(), to.to_owned());
+        let record = shared.write(vec![f.clone(), t.clone()], move |p| {
+            p.reassign(&f, &t, &new_digest, now)
         })?;
-        shared.expect_session(out, Some(key::full_key(to, &secret)))
+        Ok(Session {
+            key: Some(key::full_key(to, &secret)),
+            record,
+        })
     }
 
     /// A new subscription to `session.set` / `session.unset` events, sent
@@ -803,17 +593,17 @@ impl SessionStore {
     pub fn stats(&self) -> Result<Stats> {
         let s = self.shared();
         s.ensure_open()?;
+        let commits = s.engine.commit_counts();
         Ok(Stats {
-            sessions: s.backend.session_count()?,
+            sessions: s.engine.session_count()?,
             subscribers: s.events.subscriber_count(),
             events_missed: s.events.missed_total(),
-            reaped: s.reaped.load(Ordering::Relaxed),
-            commits: s.commit_stats.commits.load(Ordering::Relaxed),
-            committed_ops: s.commit_stats.ops.load(Ordering::Relaxed),
-            syncs: s.commit_stats.syncs.load(Ordering::Relaxed),
-            touches_skipped: s.touches_skipped.load(Ordering::Relaxed),
-            corrupt_records: s.corrupt_reads.load(Ordering::Relaxed)
-                + s.commit_stats.corrupt.load(Ordering::Relaxed),
+            reaped: s.counters.reaped.load(Ordering::Relaxed),
+            commits: commits.commits,
+            committed_ops: commits.plans,
+            syncs: commits.syncs,
+            touches_skipped: s.counters.touches_skipped.load(Ordering::Relaxed),
+            corrupt_records: s.counters.corrupt.load(Ordering::Relaxed),
         })
     }
 
@@ -823,7 +613,7 @@ impl SessionStore {
     /// Storage and I/O errors.
     pub fn flush(&self) -> Result<()> {
         self.shared().ensure_open()?;
-        self.shared().backend.flush(true)
+        self.shared().engine.flush()
     }
 
     /// Walks the whole store and reports broken invariants and corrupt
@@ -832,7 +622,7 @@ impl SessionStore {
     /// # Errors
     /// [`Error::Closed`]; storage errors.
     pub fn check(&self) -> Result<CheckReport> {
-        self.shared().exclusive(|b| recovery::check(b, false))?
+        self.check_with(false)
     }
 
     /// As [`SessionStore::check`], and repairs what it finds: missing index
@@ -842,7 +632,7 @@ impl SessionStore {
     /// # Errors
     /// [`Error::Closed`]; storage errors.
     pub fn repair(&self) -> Result<CheckReport> {
-        self.shared().exclusive(|b| recovery::check(b, true))?
+        self.check_with(true)
     }
 
     /// How many records repair has moved to the quarantine.
@@ -851,12 +641,7 @@ impl SessionStore {
     /// [`Error::Closed`]; storage errors.
     pub fn quarantined(&self) -> Result<u64> {
         self.shared().ensure_open()?;
-        let mut n = 0;
-        self.shared().backend.scan(Space::Quarantine, &mut |_, _| {
-            n += 1;
-            Ok(true)
-        })?;
-        Ok(n)
+        self.shared().engine.quarantined()
     }
 
     /// Stops the reaper and the committer (queued writes are committed
@@ -870,5 +655,12 @@ impl SessionStore {
     /// store is then not marked clean); storage errors.
     pub fn close(self) -> Result<()> {
         self.handle.close()
+    }
+
+    fn check_with(&self, repair: bool) -> Result<CheckReport> {
+        let shared = self.shared();
+        shared.ensure_open()?;
+        let _held = shared.engine.hold_writes()?;
+        recovery::check(shared.engine.as_ref(), repair)
     }
 }

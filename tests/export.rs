@@ -219,7 +219,7 @@ fn bad_import_lines_are_refused_with_their_line_number() {
     ];
     for (input, expected) in cases {
         let err = copy.import(input.as_bytes()).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(matches!(err, Error::Import { .. }), "{err:?}");
         let message = err.to_string();
         assert!(message.contains(expected), "{message:?} lacks {expected:?}");
     }
@@ -324,4 +324,46 @@ fn an_export_whose_output_fails_reports_it_and_leaves_the_store_working() {
     assert!(err.to_string().contains("disk full"), "{err}");
     store.register("after", "en", Data::new()).unwrap();
     assert_eq!(store.stats().unwrap().sessions, 1001);
+}
+
+#[test]
+fn an_import_whose_digest_belongs_to_another_actor_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(&dir, &clock);
+    let key = store
+        .register("p1", "en", Data::new())
+        .unwrap()
+        .key()
+        .unwrap()
+        .to_owned();
+    let export = String::from_utf8(export_bytes(&store)).unwrap();
+    // The same digest, claimed by another actor, on the input's third line.
+    let lines: Vec<&str> = export.lines().collect();
+    let stolen = lines[1].replacen("\"actorId\":\"p1\"", "\"actorId\":\"p2\"", 1);
+    let other = Data::new();
+    let fresh = store.register("p3", "en", other).unwrap();
+    let mut exported_fresh = String::from_utf8(export_bytes(&store)).unwrap();
+    exported_fresh = exported_fresh
+        .lines()
+        .find(|l| l.contains("\"p3\""))
+        .unwrap()
+        .to_owned();
+    let input = format!("{}\n{exported_fresh}\n{stolen}\n", lines[0]);
+    let err = store.import(input.as_bytes()).unwrap_err();
+    match &err {
+        Error::Import { line, problem } => {
+            assert_eq!(*line, 3, "{err}");
+            assert!(problem.contains("another actor"), "{problem}");
+        }
+        other => panic!("expected Error::Import, got {other:?}"),
+    }
+    // The batch with the clash wrote nothing; both sessions are as they were.
+    assert_eq!(store.resolve(&key).unwrap().actor_id(), "p1");
+    assert_eq!(
+        store.resolve(fresh.key().unwrap()).unwrap().actor_id(),
+        "p3"
+    );
+    assert_eq!(store.actor_session("p2").unwrap(), None);
+    assert!(store.check().unwrap().is_healthy());
 }

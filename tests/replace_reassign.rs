@@ -260,11 +260,11 @@ fn reassign_to_the_same_actor_is_refused() {
     let s = f.store.register("a", "en", Data::new()).unwrap();
     let rx = f.store.subscribe();
     match f.store.reassign("a", "a") {
-        Err(Error::InvalidActorId { actor_id, problem }) => {
-            assert_eq!(actor_id, "a");
-            assert!(problem.contains("reassigned"), "{problem}");
+        Err(e @ Error::ReassignToSelf { .. }) => {
+            assert!(matches!(&e, Error::ReassignToSelf { actor_id } if actor_id == "a"));
+            assert!(e.to_string().contains("to itself"), "{e}");
         }
-        other => panic!("expected InvalidActorId, got {other:?}"),
+        other => panic!("expected ReassignToSelf, got {other:?}"),
     }
     f.store.is_valid(&key_of(&s)).unwrap();
     assert_eq!(drain(&rx), vec![]);

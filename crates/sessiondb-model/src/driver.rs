@@ -66,6 +66,7 @@ fn error_of(e: sessiondb::Error) -> Result<Error, Mismatch> {
     Ok(match e {
         sessiondb::Error::Invalid(r) => Error::Invalid(reason_of(r)?),
         sessiondb::Error::InvalidActorId { .. } => Error::InvalidActorId,
+        sessiondb::Error::ReassignToSelf { .. } => Error::ReassignToSelf,
         sessiondb::Error::InvalidLanguage { .. } => Error::InvalidLanguage,
         sessiondb::Error::InvalidDataName { .. } => Error::InvalidDataName,
         sessiondb::Error::InvalidReason { .. } => Error::InvalidReason,

@@ -86,8 +86,10 @@ pub enum Event {
 pub enum Error {
     /// A rejected key.
     Invalid(Reason),
-    /// Empty, over-long or control characters; or reassigning to oneself.
+    /// Empty, over-long or control characters.
     InvalidActorId,
+    /// Reassigning a session to the actor that holds it.
+    ReassignToSelf,
     /// Empty, over-long or not `[A-Za-z0-9_-]`.
     InvalidLanguage,
     /// Empty or over-long data name.
@@ -579,7 +581,7 @@ impl Model {
         check_actor_id(from)?;
         check_actor_id(to)?;
         if from == to {
-            return Err(Error::InvalidActorId);
+            return Err(Error::ReassignToSelf);
         }
         let Some(newest) = self.newest_live(from).cloned() else {
             return Err(Error::Invalid(Reason::NoSession));

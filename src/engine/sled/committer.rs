@@ -1,43 +1,40 @@
-//! The single writer. Callers queue operations on a channel; one named
-//! thread drains whatever is waiting (up to `Config::max_batch`) and commits it as
-//! one transaction, then, in immediate mode, makes it durable with one
-//! flush + fsync shared by every caller in the batch (group commit). Events
-//! are published after the commit (and flush), before callers are answered.
+//! Group commit, the sled engine's single writer. Callers queue tasks on a
+//! channel; one thread drains whatever is waiting (up to `Config::max_batch`)
+//! and plans and commits it as one sled transaction, then, in immediate mode,
+//! makes it durable with one flush + fsync shared by every caller in the
+//! batch. Events are published after the commit (and flush), in commit
+//! order, before callers are answered.
 //!
-//! Being the only writer also means the transaction never conflicts, and
-//! reads it makes outside the transaction (actor lists) stay current.
+//! Being the only writer means a plan's preconditions hold by construction:
+//! each task is planned inside the transaction, against the batch's earlier
+//! changes, so nothing is re-checked and nothing ever conflicts.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::error::{Error, Result, StorageError};
+use super::handoff;
+use super::trees::Trees;
+use crate::engine::{Commit, CommitCounts, Task};
+use crate::error::{Error, Result, SharedError, StorageError};
 use crate::events::EventHub;
-use crate::handoff;
-use crate::rules::Rules;
-use crate::storage::Backend;
-use crate::write::{self, Op, Output};
 
 pub(crate) struct Request {
-    pub op: Op,
-    pub reply: Sender<Result<Output>>,
+    pub task: Arc<dyn Task>,
+    pub reply: Sender<Result<Commit>>,
 }
 
-/// Work that needs the store to itself.
-pub(crate) type ExclusiveJob = Box<dyn FnOnce(&dyn Backend) + Send>;
-
-// Almost every message is a `Write`; boxing it would add an allocation per
-// operation to save a few bytes per queued message.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     Write(Request),
-    /// Runs with the store to itself (no write is in progress or starts
-    /// meanwhile): used by `check` and `repair`.
-    Exclusive(ExclusiveJob),
+    /// Stops writing: says so on `ready`, then waits until `release`
+    /// disconnects. Used by the consistency check and export.
+    Hold {
+        ready: Sender<()>,
+        release: Receiver<()>,
+    },
     /// Commit what is queued before this message, then stop.
     Shutdown,
 }
@@ -45,32 +42,33 @@ pub(crate) enum Msg {
 /// Counters kept by the committer.
 #[derive(Debug, Default)]
 pub(crate) struct CommitStats {
-    pub commits: AtomicU64,
-    pub ops: AtomicU64,
-    pub syncs: AtomicU64,
-    /// Operations answered with `Error::Corrupt`.
-    pub corrupt: AtomicU64,
+    commits: AtomicU64,
+    plans: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl CommitStats {
+    pub fn counts(&self) -> CommitCounts {
+        CommitCounts {
+            commits: self.commits.load(Ordering::Relaxed),
+            plans: self.plans.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
 }
 
 pub(crate) struct Committer {
-    pub backend: Arc<dyn Backend>,
-    pub rules: Arc<Rules>,
+    pub trees: Arc<Trees>,
     pub events: Arc<EventHub>,
     pub stats: Arc<CommitStats>,
     /// Immediate durability: flush + fsync after every batch.
     pub sync: bool,
-    /// Most operations in one transaction (`Config::max_batch`).
+    /// Most tasks in one transaction (`Config::max_batch`).
     pub max_batch: usize,
 }
 
 impl Committer {
-    pub fn spawn(self, rx: Receiver<Msg>) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("sessiondb-committer".into())
-            .spawn(move || self.run(&rx))
-    }
-
-    fn run(&self, rx: &Receiver<Msg>) {
+    pub fn run(&self, rx: &Receiver<Msg>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut next = rx.recv().ok();
         // Whether the last batch held a single write: a lone caller, whose
@@ -82,13 +80,17 @@ impl Committer {
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Shutdown => break,
-                Msg::Exclusive(job) => job(self.backend.as_ref()),
+                Msg::Hold { ready, release } => {
+                    if ready.send(()).is_ok() {
+                        let _ = release.recv();
+                    }
+                }
                 Msg::Write(first) => {
                     batch.push(first);
                     while batch.len() < self.max_batch {
                         match rx.try_recv() {
                             Ok(Msg::Write(r)) => batch.push(r),
-                            // Shutdown or exclusive work waits for this batch.
+                            // Shutdown or a hold waits for this batch.
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -108,59 +110,50 @@ impl Committer {
     }
 
     fn commit(&self, batch: &mut Vec<Request>) {
-        let actors: Vec<&str> = batch.iter().flat_map(|r| r.op.actors()).collect();
-        let outputs = RefCell::new(Vec::with_capacity(batch.len()));
+        let actors: Vec<&str> = batch
+            .iter()
+            .flat_map(|r| r.task.actors().iter().map(String::as_str))
+            .collect();
         let events = RefCell::new(Vec::new());
-        let committed = self.backend.transact(&actors, &|txn| {
-            let mut outputs = outputs.borrow_mut();
+        let committed = self.trees.transact(&actors, &|txn| {
             let mut events = events.borrow_mut();
-            outputs.clear();
             events.clear();
             for request in batch.iter() {
-                let output = write::apply(&request.op, txn, &self.rules, &mut events);
-                if let Err(Error::Storage(e)) = output {
-                    return Err(Error::Storage(e));
+                let plan = request.task.plan(txn)?;
+                for change in &plan.changes {
+                    txn.apply(change)?;
                 }
-                outputs.push(output);
+                events.extend(plan.events);
             }
             Ok(())
         });
         let committed = committed.and_then(|()| {
             if self.sync {
-                self.backend.flush(true)?;
+                self.trees.flush(true)?;
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         });
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
-            .ops
+            .plans
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match committed {
             Ok(()) => {
                 self.events.publish(&events.into_inner());
-                let outputs = outputs.into_inner();
-                let corrupt = outputs
-                    .iter()
-                    .filter(|o| matches!(o, Err(Error::Corrupt { .. })))
-                    .count();
-                if corrupt > 0 {
-                    self.stats
-                        .corrupt
-                        .fetch_add(corrupt as u64, Ordering::Relaxed);
-                }
-                for (request, output) in batch.drain(..).zip(outputs) {
+                for request in batch.drain(..) {
                     // A caller that gave up waiting is no error.
-                    let _ = request.reply.send(output);
+                    let _ = request.reply.send(Ok(Commit::Done));
                 }
             }
             Err(e) => {
                 log::error!("a batch of {} writes failed: {e}", batch.len());
-                let message = e.to_string();
+                // Every caller gets the failure with its source chain.
+                let cause = Arc::new(e);
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(Error::Storage(StorageError::new(
                         "committing a batch",
-                        message.clone(),
+                        SharedError::new(cause.clone()),
                     ))));
                 }
             }

@@ -1,11 +1,35 @@
-//! Key layouts of the two index trees (see `docs/format.md`).
+//! The sled store's layout (see `docs/format.md`): its trees, the key
+//! layouts of the two index trees, and the `meta` entries.
 //!
+//! - `sessions`: digest → encoded record (`codec`);
 //! - `expiries`: `expires_at` as 8 big-endian bytes ++ digest, so a range scan
 //!   from the start up to `now` yields exactly the sessions due, oldest first.
 //! - `actors`: actor id length as 1 byte ++ actor id ++ digest, so a prefix
-//!   scan over `len ++ actor id` lists one actor's sessions and no other's.
+//!   scan over `len ++ actor id` lists one actor's sessions and no other's;
+//! - `meta`: the store format, the clean-shutdown marker, the session count;
+//! - `quarantine`: digest → bytes of records that failed to decode, moved
+//!   aside by repair.
 
 use crate::key::{Digest, DIGEST_LEN};
+
+/// The on-disk layout version of the whole store (trees and keys), kept in
+/// the `meta` tree under [`META_FORMAT`].
+pub const STORE_FORMAT: u32 = 1;
+
+/// Meta key of the store format (4 bytes, big-endian).
+pub(crate) const META_FORMAT: &[u8] = b"format";
+/// Meta key of the clean-shutdown marker (`[1]`), present only while closed
+/// cleanly.
+pub(crate) const META_CLEAN: &[u8] = b"clean";
+/// Meta key of the stored session count (8 bytes, big-endian).
+pub(crate) const META_COUNT: &[u8] = b"sessions";
+
+/// Reads the stored session count; absent means zero.
+pub(crate) fn decode_count(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
 
 /// Length of an `expiries` key.
 pub(crate) const EXPIRY_KEY_LEN: usize = 8 + DIGEST_LEN;
@@ -49,8 +73,6 @@ pub(crate) fn actor_key(actor_id: &str, digest: &Digest) -> Vec<u8> {
     k
 }
 
-// Recovery compares whole keys; parsing is for the fuzz target and tests.
-#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) fn parse_actor_key(key: &[u8]) -> Option<(String, Digest)> {
     let (&len, rest) = key.split_first()?;
     let len = usize::from(len);

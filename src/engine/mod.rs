@@ -1,0 +1,238 @@
+//! The storage seam: what the session logic asks of a storage engine, in
+//! std types only.
+//!
+//! The session logic (`plan`) reads through a [`View`], decides, and hands
+//! the engine a [`Plan`]: the preconditions it relied on, the record and
+//! index changes, and the events they cause. An engine commits each plan
+//! atomically if its preconditions still hold, or reports
+//! [`Commit::Conflict`] and the store plans again. How an engine keeps its
+//! indexes, counts sessions, groups commits or makes them durable is its own
+//! business, behind [`Engine`]. `docs/architecture.md` lists what a new
+//! engine must implement.
+
+pub(crate) mod sled;
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::events::{Event, EventHub};
+use crate::key::Digest;
+use crate::worker::Poison;
+
+/// A fact a plan relied on when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Precondition {
+    /// The record under `digest` is at `revision`; `None`: no record is there.
+    Record {
+        digest: Digest,
+        revision: Option<u64>,
+    },
+    /// The actor's index lists exactly `sessions`, in any order.
+    Actor {
+        actor_id: String,
+        sessions: Vec<Digest>,
+    },
+}
+
+/// One change to the store. The engine keeps its indexes (a session's
+/// expiry entry and actor entry) and its session count in step with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Stores a session that is not stored yet, with its index entries.
+    Insert {
+        digest: Digest,
+        actor_id: String,
+        expires_at: u64,
+        record: Vec<u8>,
+    },
+    /// Rewrites a stored session's record; its actor stays the same, and its
+    /// expiry entry moves from `expires_at_was` to `expires_at` when they differ.
+    Update {
+        digest: Digest,
+        expires_at_was: u64,
+        expires_at: u64,
+        record: Vec<u8>,
+    },
+    /// Deletes a stored session and its index entries.
+    Delete {
+        digest: Digest,
+        actor_id: String,
+        expires_at: u64,
+    },
+    /// Drops an expiry entry that no session stands behind (its session is
+    /// gone, expires at another time, or does not decode).
+    DropExpiry { digest: Digest, at: u64 },
+}
+
+/// What one operation decided: commit all of it or none of it.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub preconditions: Vec<Precondition>,
+    pub changes: Vec<Change>,
+    /// Published, in order, once the changes are committed.
+    pub events: Vec<Event>,
+}
+
+/// What planning reads: the store as the engine sees it at that moment
+/// (inside a batch, with the changes of the batch's earlier plans applied).
+pub(crate) trait View {
+    /// The encoded record stored under `digest`.
+    fn record(&self, digest: &Digest) -> Result<Option<Vec<u8>>>;
+    /// The digests the actor's index lists.
+    fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
+}
+
+/// One operation, ready to be planned by an engine. Planning may run more
+/// than once (a batch retried, a conflict); only the last run counts.
+pub(crate) trait Task: Send + Sync {
+    /// The actors whose index planning always lists, for engines that read
+    /// them ahead (planning may list others; the engine must then cope).
+    fn actors(&self) -> &[String];
+    /// Plans the operation against `view`. The operation's own failures (an
+    /// invalid key, too much data) are kept by the task and give an empty
+    /// plan; an error returned here is a storage failure that fails every
+    /// plan committed with this one.
+    fn plan(&self, view: &dyn View) -> Result<Plan>;
+}
+
+/// How a submitted plan ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// Committed (and durable, where the durability mode asks).
+    Done,
+    /// A precondition no longer held; nothing changed. Only engines with
+    /// other writers than this process report it: the sled engine plans
+    /// inside its own single writer and never does.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Conflict,
+}
+
+/// A submitted task; [`Engine::wait`] gives its outcome.
+pub(crate) struct Ticket(pub Receiver<Result<Commit>>);
+
+/// The two indexes a store keeps beside its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Index {
+    /// Expiry time and digest of every session, scanned in time order by the reaper.
+    Expiries,
+    /// Actor id and digest of every session, listed per actor.
+    Actors,
+}
+
+/// A stored record as a whole-store scan meets it: (key, encoded record).
+pub(crate) type RecordVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// An index entry as a whole-store scan meets it: `id` names the entry for
+/// [`Fix::Drop`], `parsed` is its content, `None` when it is malformed.
+pub(crate) type IndexVisit<'a, T> = dyn FnMut(&[u8], Option<T>) -> Result<bool> + 'a;
+
+/// A repair found by the consistency check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fix {
+    /// Moves the record stored under `key` (that does not decode) aside.
+    Quarantine {
+        key: Vec<u8>,
+    },
+    AddExpiry {
+        at: u64,
+        digest: Digest,
+    },
+    AddActor {
+        actor_id: String,
+        digest: Digest,
+    },
+    /// Removes the index entry a scan named `id`.
+    Drop {
+        index: Index,
+        id: Vec<u8>,
+    },
+    /// Sets the stored session count.
+    Count(u64),
+}
+
+/// Counters an engine keeps about its commits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CommitCounts {
+    /// Batches committed.
+    pub commits: u64,
+    /// Plans committed.
+    pub plans: u64,
+    /// fsyncs made for immediate durability.
+    pub syncs: u64,
+}
+
+/// What an engine found when it opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Opened {
+    /// The store was new.
+    pub created: bool,
+    /// The previous run closed the store cleanly.
+    pub clean_shutdown: bool,
+    /// Leftovers of a crash that the engine cleared away before opening.
+    pub stale_files_removed: usize,
+}
+
+/// Held while whole-store work (a check, an export) must see no write; writes
+/// wait until it is dropped.
+pub(crate) struct WritesHeld(#[allow(dead_code)] pub Box<dyn Send>);
+
+/// A storage engine.
+pub(crate) trait Engine: Send + Sync {
+    /// Calls `read` with the encoded record stored under `digest`, if any;
+    /// returns whether there was one. The hot read path: no copy needed.
+    fn read_record(&self, digest: &Digest, read: &mut dyn FnMut(&[u8])) -> Result<bool>;
+    /// The digests the actor's index lists.
+    fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
+    /// Up to `limit` expiry entries at or before `now`, earliest first.
+    fn due(&self, now: u64, limit: usize) -> Result<Vec<(u64, Digest)>>;
+    /// The earliest expiry entry's time.
+    fn next_expiry(&self) -> Result<Option<u64>>;
+    /// How many sessions are stored.
+    fn session_count(&self) -> Result<u64>;
+    /// How many records repair has moved aside.
+    fn quarantined(&self) -> Result<u64>;
+
+    /// Hands `task` over to be planned and committed.
+    fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket>;
+    /// Waits for a submitted task's outcome. After `Commit::Done`, the task
+    /// has been planned and its plan's events published through the store's
+    /// [`EventHub`], in commit order.
+    fn wait(&self, ticket: Ticket) -> Result<Commit>;
+    /// A hint that these due sessions are about to be reaped; an engine may
+    /// read them ahead. The default does nothing.
+    fn prefetch(&self, _due: &[(u64, Digest)]) {}
+    /// Makes every committed change durable.
+    fn flush(&self) -> Result<()>;
+    /// Commits counted since open.
+    fn commit_counts(&self) -> CommitCounts;
+
+    /// Stops this process's writes until the returned value is dropped.
+    fn hold_writes(&self) -> Result<WritesHeld>;
+    /// Visits every stored record as (key, encoded record) until `visit`
+    /// returns false. The key is a digest unless the store is damaged.
+    fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()>;
+    /// Visits every expiry entry.
+    fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()>;
+    /// Visits every actor entry.
+    fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()>;
+    /// Applies what the consistency check found, then makes it durable.
+    /// Nothing else may write meanwhile (see `hold_writes`).
+    fn repair(&self, fixes: &[Fix]) -> Result<()>;
+
+    /// Commits what is queued, stops the engine's threads and, with `clean`,
+    /// records a clean shutdown so that the next open skips the check.
+    fn close(&self, clean: bool) -> Result<()>;
+}
+
+/// Opens the engine `config` names.
+pub(crate) fn open(
+    config: &Config,
+    events: Arc<EventHub>,
+    poison: Arc<Poison>,
+) -> Result<(Arc<dyn Engine>, Opened)> {
+    let (engine, opened) = sled::SledEngine::open(config, events, poison)?;
+    Ok((Arc::new(engine), opened))
+}
