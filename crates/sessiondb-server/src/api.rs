@@ -22,8 +22,10 @@ use serde_json::value::RawValue;
 use sessiondb::{Data, Reason, Session, UnsetReason};
 
 use crate::auth::{bearer, Admin, MetricsReader};
+use crate::clock::now_ms;
 use crate::error::{json_response, ApiError};
-use crate::server::AppState;
+use crate::events::stream as event_stream;
+use crate::state::AppState;
 
 /// Largest request body accepted; larger ones get `413 payloadTooLarge`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -536,7 +538,7 @@ async fn reassign(
 }
 
 async fn events(State(state): State<AppState>, _: Admin) -> Response {
-    crate::events::stream(
+    event_stream(
         &state.store,
         &state.streams,
         &state.metrics,
@@ -547,11 +549,9 @@ async fn events(State(state): State<AppState>, _: Admin) -> Response {
 async fn metrics(State(state): State<AppState>, _: MetricsReader) -> Result<Response, ApiError> {
     let backlog = state.streams.backlog();
     let (metrics, store) = (state.metrics.clone(), state.store.clone());
-    let text = tokio::task::spawn_blocking(move || {
-        metrics.render(&store, backlog, crate::server::now_ms())
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("rendering metrics failed: {e}")))?;
+    let text = tokio::task::spawn_blocking(move || metrics.render(&store, backlog, now_ms()))
+        .await
+        .map_err(|e| ApiError::internal(format!("rendering metrics failed: {e}")))?;
     Ok((
         [(
             header::CONTENT_TYPE,

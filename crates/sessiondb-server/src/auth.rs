@@ -13,14 +13,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::server::AppState;
 
 /// The admin token policy.
 #[derive(Clone)]
@@ -109,14 +108,19 @@ fn peer(parts: &Parts) -> Result<IpAddr, ApiError> {
         .ok_or_else(|| ApiError::internal("the client's address is unknown"))
 }
 
-/// Extractor: the request passed the admin check.
+/// Extractor: the request passed the admin check. Works with any router
+/// state that holds an [`AdminPolicy`] (`FromRef`).
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
+impl<S> FromRequestParts<S> for Admin
+where
+    S: Send + Sync,
+    AdminPolicy: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.admin.admin(peer(parts)?, bearer(&parts.headers))?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        AdminPolicy::from_ref(state).admin(peer(parts)?, bearer(&parts.headers))?;
         Ok(Admin)
     }
 }
@@ -124,11 +128,15 @@ impl FromRequestParts<AppState> for Admin {
 /// Extractor: the request may read `/metrics`.
 pub struct MetricsReader;
 
-impl FromRequestParts<AppState> for MetricsReader {
+impl<S> FromRequestParts<S> for MetricsReader
+where
+    S: Send + Sync,
+    AdminPolicy: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.admin.metrics(peer(parts)?, bearer(&parts.headers))?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        AdminPolicy::from_ref(state).metrics(peer(parts)?, bearer(&parts.headers))?;
         Ok(MetricsReader)
     }
 }

@@ -2,11 +2,17 @@
 //! with a fitting status. Session-key rejections use MAGE's reason strings
 //! (`invalidSessionKey`, `noSession`, `keyMismatch`, `badVersion`,
 //! `expired`); the server's own reasons are listed in the README.
+//!
+//! Also [`AnyResult`], what the commands return when they fail before or
+//! outside a request.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sessiondb::Error;
+
+/// Any error, with its source chain.
+pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// An error answered to a client.
 #[derive(Debug, Clone)]

@@ -11,11 +11,13 @@
 mod api;
 mod auth;
 mod cli;
+mod clock;
 mod error;
 mod events;
 mod metrics;
 mod server;
 mod settings;
+mod state;
 mod tools;
 
 use std::process::ExitCode;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -16,34 +16,18 @@ use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing_subscriber::EnvFilter;
 
+use crate::api::router;
 use crate::auth::{is_loopback, AdminPolicy};
 use crate::cli::ServeArgs;
-use crate::error::ApiError;
+use crate::error::{AnyResult, ApiError};
 use crate::events::Streams;
 use crate::metrics::{spawn_event_counter, Metrics};
 use crate::settings::Settings;
-use crate::tools::AnyResult;
+use crate::state::AppState;
 
 /// How long shutdown waits for requests in flight before closing the store
 /// anyway.
 const GRACE: Duration = Duration::from_secs(30);
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: SessionStore,
-    pub admin: AdminPolicy,
-    pub metrics: Arc<Metrics>,
-    pub streams: Arc<Streams>,
-    /// Turns true when shutdown starts; ends event streams.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn init_logging(filter: &str) -> AnyResult<()> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
@@ -104,7 +88,7 @@ async fn run(settings: Settings) -> AnyResult<()> {
         streams: Arc::new(Streams::default()),
         shutdown: shutdown_rx.clone(),
     };
-    let app = crate::api::router(state).layer(CatchPanicLayer::custom(|_| {
+    let app = router(state).layer(CatchPanicLayer::custom(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

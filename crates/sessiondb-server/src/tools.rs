@@ -13,13 +13,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sessiondb::{CheckReport, Config, Error, Session, SessionStore, UnsetReason};
 
+use crate::api::session_body;
 use crate::cli::{
     CheckArgs, CompactArgs, ExpireArgs, ExportArgs, ImportArgs, ListArgs, ShowArgs, StatsArgs,
 };
-use crate::server::now_ms;
-
-/// Any error, with its source chain.
-pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use crate::clock::now_ms;
+use crate::error::AnyResult;
 
 /// `check` found problems it did not (or could not) repair.
 pub const EXIT_PROBLEMS: u8 = 1;
@@ -200,7 +199,7 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
 // ----- list / show -----
 
 fn session_json(s: &Session) -> AnyResult<String> {
-    let body = crate::api::session_body(s).map_err(|e| e.message)?;
+    let body = session_body(s).map_err(|e| e.message)?;
     Ok(serde_json::to_string(&body)?)
 }
 

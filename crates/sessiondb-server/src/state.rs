@@ -1,0 +1,29 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use sessiondb::SessionStore;
+use tokio::sync::watch;
+
+use crate::auth::AdminPolicy;
+use crate::events::Streams;
+use crate::metrics::Metrics;
+
+/// The state of the HTTP service, cloned into every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SessionStore,
+    pub admin: AdminPolicy,
+    pub metrics: Arc<Metrics>,
+    pub streams: Arc<Streams>,
+    /// Turns true when shutdown starts; ends event streams.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Lets the `auth` extractors find the admin policy.
+impl FromRef<AppState> for AdminPolicy {
+    fn from_ref(state: &AppState) -> Self {
+        state.admin.clone()
+    }
+}
