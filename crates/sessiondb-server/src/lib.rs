@@ -1,0 +1,64 @@
+//! `sessiondb`: serves MAGE's session commands over HTTP (API v1, see
+//! `DESIGN.md`) and runs offline tools on a stopped store.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls
+//! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
+//! environment and config file, `server` runs the HTTP service (`api` its
+//! routes, `auth` who may call them, `events` the event streams, `metrics`
+//! the Prometheus figures, `state` what the handlers share, `error` the
+//! error shape), `tools` holds the offline commands and `clock` the time
+//! they share. All session logic lives in the `sessiondb` library.
+#![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod auth;
+mod cli;
+mod clock;
+mod error;
+mod events;
+mod metrics;
+mod server;
+mod settings;
+mod state;
+mod tools;
+
+use std::process::ExitCode;
+
+pub use crate::cli::Cli;
+
+use crate::cli::Command;
+
+/// Runs the command `cli` names and reports its outcome: errors go to
+/// stderr with their causes, and the exit code is 0 on success, 1 when
+/// `check` found problems, 2 on an error.
+pub fn execute(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Serve(args) => server::main(args),
+        Command::Stats(args) => tools::stats(&args),
+        Command::List(args) => tools::list(&args),
+        Command::Show(args) => tools::show(&args),
+        Command::Expire(args) => tools::expire(&args),
+        Command::Check(args) => tools::check(&args),
+        Command::Export(args) => tools::export(&args),
+        Command::Import(args) => tools::import(&args),
+        Command::Compact(args) => tools::compact(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            let message = e.to_string();
+            eprintln!("error: {message}");
+            // Most messages already quote their source; show only the rest.
+            let mut source = std::error::Error::source(&*e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !message.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                source = s.source();
+            }
+            ExitCode::from(tools::EXIT_ERROR)
+        }
+    }
+}
