@@ -21,7 +21,8 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// The admin token policy.
+/// Who may use the admin routes and read `/metrics`: the admin token
+/// policy described at the top of this module.
 #[derive(Clone)]
 pub struct AdminPolicy {
     token: Option<[u8; 32]>,
@@ -51,10 +52,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl AdminPolicy {
+    /// The policy for `token`: `None` lets loopback clients use the admin
+    /// routes without credentials; `Some` requires the token from everyone.
     pub fn new(token: Option<&str>) -> Self {
         AdminPolicy {
             token: token.map(digest),
         }
+    }
+
+    /// Whether an admin token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     fn token_matches(&self, given: &str) -> bool {

@@ -8,6 +8,9 @@
 //! the Prometheus figures, `state` what the handlers share, `error` the
 //! error shape), `tools` holds the offline commands and `clock` the time
 //! they share. All session logic lives in the `sessiondb` library.
+//!
+//! [`run`] is the seam for tests and embedding: it serves a store on a
+//! listener the caller bound until the caller's shutdown future completes.
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,7 +28,10 @@ mod tools;
 
 use std::process::ExitCode;
 
+pub use crate::auth::AdminPolicy;
 pub use crate::cli::Cli;
+pub use crate::error::AnyResult;
+pub use crate::server::run;
 
 use crate::cli::Command;
 

@@ -1,6 +1,10 @@
-//! `sessiondb serve`: opens the store, serves the API until SIGINT/SIGTERM,
-//! then finishes the requests in flight and closes the store cleanly.
+//! The HTTP service. [`run`] serves a store on a bound listener until a
+//! shutdown future completes, then finishes the requests in flight, ends
+//! the event streams and closes the store cleanly. [`main`] is `sessiondb
+//! serve`: it resolves the settings, binds `--listen`, opens the store and
+//! calls `run` with a future that waits for SIGINT or SIGTERM.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,48 +33,29 @@ use crate::state::AppState;
 /// anyway.
 const GRACE: Duration = Duration::from_secs(30);
 
-fn init_logging(filter: &str) -> AnyResult<()> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| format!("setting up logging: {e}"))?;
-    Ok(())
-}
-
-pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
-    let settings = Settings::resolve(args)?;
-    init_logging(&settings.log_level)?;
-    tracing::debug!(?settings, "settings");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("sessiondb-http")
-        .build()
-        .map_err(|e| format!("starting the async runtime: {e}"))?;
-    let outcome = runtime.block_on(run(settings));
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    outcome.map(|()| ExitCode::SUCCESS)
-}
-
-async fn run(settings: Settings) -> AnyResult<()> {
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+/// Serves the HTTP API v1 for `store` on `listener` until `shutdown`
+/// completes.
+///
+/// Then it stops accepting connections, lets the requests in flight finish
+/// (at most 30 s), ends open event streams and closes `store`, so that the
+/// next open reports a clean shutdown. `admin` decides who may use the admin
+/// routes and `/metrics`. The caller binds the listener (port 0 picks a free
+/// one; `listener.local_addr()` tells which) and opens the store; `run` owns
+/// both from then on. Call it inside a tokio runtime with its I/O and time
+/// drivers enabled; store calls run on the runtime's blocking pool.
+///
+/// # Errors
+/// The metrics thread could not be started, serving failed, or closing the
+/// store failed (a background worker of the store had panicked: the store
+/// is then not marked clean).
+pub async fn run(
+    listener: TcpListener,
+    store: SessionStore,
+    admin: AdminPolicy,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> AnyResult<()> {
     let address = listener.local_addr()?;
-    let config = settings.store_config();
-    let store = tokio::task::spawn_blocking(move || SessionStore::open(config)).await??;
-    let report = store.recovery_report();
-    tracing::info!(
-        data_dir = %settings.data_dir.display(),
-        created = report.created,
-        clean_shutdown = report.clean_shutdown,
-        recovered = ?report.check,
-        millis = report.duration.as_millis() as u64,
-        "store open"
-    );
-    if settings.admin_token.is_none() && !is_loopback(address.ip()) {
+    if !admin.has_token() && !is_loopback(address.ip()) {
         tracing::warn!(
             %address,
             "no admin token configured: admin routes and /metrics answer loopback clients only"
@@ -83,7 +68,7 @@ async fn run(settings: Settings) -> AnyResult<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         store: store.clone(),
-        admin: AdminPolicy::new(settings.admin_token.as_deref()),
+        admin,
         metrics,
         streams: Arc::new(Streams::default()),
         shutdown: shutdown_rx.clone(),
@@ -97,6 +82,91 @@ async fn run(settings: Settings) -> AnyResult<()> {
         .into_response()
     }));
 
+    let stopping = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = shutdown_tx.send(true);
+    };
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping);
+    let mut started = shutdown_rx;
+    let deadline = async move {
+        let _ = started.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!("requests still in flight after {GRACE:?}; closing the store anyway");
+            Ok(())
+        }
+    };
+
+    // The store is closed whatever happened above: a failed listener must
+    // not leave it to be recovered at the next open.
+    stop_counting.store(true, Ordering::Relaxed);
+    let closed = tokio::task::spawn_blocking(move || {
+        let _ = counter.join();
+        store.close()
+    })
+    .await?;
+    served?;
+    closed?;
+    tracing::info!("store closed cleanly");
+    Ok(())
+}
+
+fn init_logging(filter: &str) -> AnyResult<()> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| format!("setting up logging: {e}"))?;
+    Ok(())
+}
+
+/// `sessiondb serve`: serves until SIGINT or SIGTERM.
+pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
+    let settings = Settings::resolve(args)?;
+    init_logging(&settings.log_level)?;
+    tracing::debug!(?settings, "settings");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sessiondb-http")
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let outcome = runtime.block_on(serve_until_signal(settings));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// Binds `--listen`, opens the store, says `listening on <address>` on
+/// stdout and runs the service until a signal.
+async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let address = listener.local_addr()?;
+    // From here on a signal stops the server gracefully, even one that
+    // arrives while the store is still opening.
+    let signalled = shutdown_signal()?;
+    let config = settings.store_config();
+    let store = tokio::task::spawn_blocking(move || SessionStore::open(config)).await??;
+    let report = store.recovery_report();
+    tracing::info!(
+        data_dir = %settings.data_dir.display(),
+        created = report.created,
+        clean_shutdown = report.clean_shutdown,
+        recovered = ?report.check,
+        millis = report.duration.as_millis() as u64,
+        "store open"
+    );
+
     println!("listening on {address}");
     {
         use std::io::Write as _;
@@ -104,59 +174,37 @@ async fn run(settings: Settings) -> AnyResult<()> {
     }
     tracing::info!(%address, durability = ?settings.durability, ttl = settings.ttl, "listening");
 
-    let signalled = async move {
-        let signal = wait_for_signal().await;
-        tracing::info!(signal, "shutting down: finishing requests in flight");
-        let _ = shutdown_tx.send(true);
-    };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signalled);
-    let mut started = shutdown_rx;
-    let deadline = async move {
-        let _ = started.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(GRACE).await;
-    };
-    tokio::select! {
-        served = server => served?,
-        () = deadline => tracing::warn!("requests still in flight after {GRACE:?}; closing the store anyway"),
-    }
-
-    stop_counting.store(true, Ordering::Relaxed);
-    let closed = tokio::task::spawn_blocking(move || {
-        let _ = counter.join();
-        store.close()
+    let admin = AdminPolicy::new(settings.admin_token.as_deref());
+    run(listener, store, admin, async move {
+        let signal = signalled.await;
+        tracing::info!(signal, "signal received");
     })
-    .await?;
-    closed?;
-    tracing::info!("store closed cleanly");
-    Ok(())
+    .await
 }
 
-/// Waits for SIGINT or SIGTERM; returns the signal's name.
-async fn wait_for_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+/// Starts listening for SIGINT and SIGTERM at once, so that a signal sent
+/// right after the `listening on` line is not lost (or, before a handler is
+/// installed, fatal); the future completes with the signal's name.
+#[cfg(unix)]
+fn shutdown_signal() -> AnyResult<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> AnyResult<impl Future<Output = &'static str>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
-    }
+    })
 }
