@@ -351,13 +351,14 @@ pub struct Sse {
 /// Opens `GET /v1/events`; events arrive on the returned channel. The
 /// stream's reader thread ends when the server closes the stream.
 pub fn events(server: &Server, bearer: Option<&str>) -> (u16, std::sync::mpsc::Receiver<Sse>) {
+    events_at(&server.url("/v1/events"), bearer)
+}
+
+/// As `events`, for the events route at `url`.
+pub fn events_at(url: &str, bearer: Option<&str>) -> (u16, std::sync::mpsc::Receiver<Sse>) {
     let agent = agent(Duration::from_secs(120));
     let resp = agent
-        .run(
-            request("GET", &server.url("/v1/events"), bearer)
-                .body(())
-                .expect("request"),
-        )
+        .run(request("GET", url, bearer).body(()).expect("request"))
         .expect("events request");
     let status = resp.status().as_u16();
     let (tx, rx) = std::sync::mpsc::channel();
