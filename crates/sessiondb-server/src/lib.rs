@@ -11,6 +11,34 @@
 //!
 //! [`run`] is the seam for tests and embedding: it serves a store on a
 //! listener the caller bound until the caller's shutdown future completes.
+//!
+//! ```
+//! use sessiondb::{Config, SessionStore};
+//! use sessiondb_server::{run, AdminPolicy, AnyResult};
+//!
+//! # fn main() -> AnyResult<()> {
+//! let dir = tempfile::tempdir()?;
+//! let store = SessionStore::open(Config::new(dir.path()))?;
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let address = listener.local_addr()?; // clients talk HTTP to this
+//!     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//!     let shutdown = async move {
+//!         let _ = stopped.await;
+//!     };
+//!     let server = tokio::spawn(run(listener, store, AdminPolicy::new(None), shutdown));
+//!     // ... requests to `address` ...
+//!     # let _ = address;
+//!     let _ = stop.send(());
+//!     server.await??; // requests in flight finished, the store closed cleanly
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! })?;
+//! let store = SessionStore::open(Config::new(dir.path()))?;
+//! assert!(store.recovery_report().clean_shutdown);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
