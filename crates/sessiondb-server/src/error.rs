@@ -82,7 +82,8 @@ impl From<Error> for ApiError {
         let bad = |error| ApiError::new(StatusCode::BAD_REQUEST, error, e.to_string());
         match &e {
             Error::Invalid(reason) => ApiError::invalid_key(*reason),
-            Error::InvalidActorId { .. } => bad("invalidActorId"),
+            // The HTTP code API v1 has always given this refusal.
+            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => bad("invalidActorId"),
             Error::InvalidLanguage { .. } => bad("invalidLanguage"),
             Error::InvalidDataName { .. } => bad("invalidDataName"),
             Error::InvalidReason { .. } => bad("invalidReason"),
@@ -97,6 +98,10 @@ impl From<Error> for ApiError {
                     "unavailable",
                     "the session store is shutting down or stopped; retry later",
                 )
+            }
+            Error::Contention { .. } => {
+                tracing::warn!(error = %e, "a change did not settle");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contention", e.to_string())
             }
             Error::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt record");

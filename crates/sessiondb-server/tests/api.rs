@@ -149,6 +149,15 @@ fn every_route_does_what_design_says() {
         r#"{"to":"p8"}"#,
     )
     .assert_error(404, "noSession");
+    // to the actor that holds it: refused, the session untouched
+    post(
+        &server.url("/v1/actors/p9/reassign"),
+        None,
+        r#"{"to":"p9"}"#,
+    )
+    .assert_error(400, "invalidActorId");
+    let r = post(&server.url("/v1/session/isValid"), Some(&new_key), "");
+    assert_eq!(r.json(), json!({"valid": true}));
 
     // expire an actor with a reason
     let r = post(
@@ -209,7 +218,7 @@ fn every_route_does_what_design_says() {
     for name in [
         "sessiondb_active_sessions 0",
         "sessiondb_registers_total 3",
-        r#"sessiondb_resolves_total{op="isValid",outcome="ok"} 3"#,
+        r#"sessiondb_resolves_total{op="isValid",outcome="ok"} 4"#,
         r#"sessiondb_resolves_total{op="isValid",outcome="noSession"}"#,
         r#"sessiondb_expiries_total{reason="reassigned"} 1"#,
         r#"sessiondb_expiries_total{reason="custom"} 1"#,
