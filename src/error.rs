@@ -318,3 +318,34 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn every_caller_of_a_failed_batch_keeps_the_cause_and_its_source() {
+        let disk = std::io::Error::other("disk on fire");
+        let cause = Arc::new(Error::Storage(StorageError::new("flushing", disk)));
+        let callers: Vec<Error> = (0..2)
+            .map(|_| {
+                Error::Storage(StorageError::new(
+                    "committing a batch",
+                    SharedError::new(cause.clone()),
+                ))
+            })
+            .collect();
+        for e in &callers {
+            // The chain: this caller's context, the batch's failure, the disk.
+            let mut chain = Vec::new();
+            let mut next: Option<&dyn std::error::Error> = Some(e);
+            while let Some(err) = next {
+                chain.push(err.to_string());
+                next = err.source();
+            }
+            assert!(chain.iter().any(|m| m == "disk on fire"), "{chain:?}");
+            assert!(chain[0].contains("committing a batch"), "{chain:?}");
+        }
+    }
+}

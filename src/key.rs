@@ -167,6 +167,17 @@ pub(crate) fn check_language(language: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        let d = Digest::of_secret("abc");
+        assert_eq!(Digest::from_hex(&d.hex()), Some(d));
+        assert_eq!(Digest::from_hex(&d.hex().to_uppercase()), Some(d));
+        let signed = format!("+f{}", &d.hex()[2..]);
+        assert_eq!(Digest::from_hex(&signed), None);
+        assert_eq!(Digest::from_hex(&d.hex()[1..]), None);
+        assert_eq!(hex(&[0, 0xab]), "00ab");
+    }
+
     use super::*;
 
     #[test]

@@ -664,3 +664,43 @@ impl SessionStore {
         recovery::check(shared.engine.as_ref(), repair)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_on_the_committer_thread_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(Config::new(dir.path()).reaper_thread(false)).unwrap();
+        let key = store.register("p1", "en", Data::new()).unwrap();
+        let key = key.key().unwrap().to_owned();
+        // Planning runs on the committer thread: a bug there kills it.
+        let panicked = store.shared().write(Vec::new(), |_| -> Result<()> {
+            panic!("a bug (on purpose)")
+        });
+        assert!(matches!(
+            panicked,
+            Err(Error::WorkerFailed {
+                worker: "committer"
+            })
+        ));
+        for outcome in [
+            store.resolve(&key).map(drop),
+            store.is_valid(&key),
+            store.register("p2", "en", Data::new()).map(drop),
+            store.stats().map(drop),
+        ] {
+            assert!(matches!(
+                outcome,
+                Err(Error::WorkerFailed {
+                    worker: "committer"
+                })
+            ));
+        }
+        assert!(store.close().is_err());
+        let store = SessionStore::open(Config::new(dir.path()).reaper_thread(false)).unwrap();
+        assert!(!store.recovery_report().clean_shutdown);
+        assert_eq!(store.resolve(&key).unwrap().actor_id(), "p1");
+    }
+}
