@@ -322,7 +322,6 @@ pub(crate) fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error as _;
 
     #[test]
     fn every_caller_of_a_failed_batch_keeps_the_cause_and_its_source() {

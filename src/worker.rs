@@ -21,13 +21,22 @@ impl Poison {
     }
 }
 
-/// Poisons the store if the thread it lives on unwinds.
-struct Guard<'a> {
+/// Poisons the store if the thread it lives on unwinds. A worker whose
+/// callers wait on values it holds (reply channels) declares one after
+/// them, so that it drops first: the store is poisoned before any caller
+/// hears of the failure.
+pub(crate) struct PoisonOnPanic<'a> {
     poison: &'a Poison,
     worker: &'static str,
 }
 
-impl Drop for Guard<'_> {
+impl<'a> PoisonOnPanic<'a> {
+    pub fn new(poison: &'a Poison, worker: &'static str) -> Self {
+        PoisonOnPanic { poison, worker }
+    }
+}
+
+impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             log::error!(
@@ -49,10 +58,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(format!("sessiondb-{worker}"))
         .spawn(move || {
-            let _guard = Guard {
-                poison: &poison,
-                worker,
-            };
+            let _guard = PoisonOnPanic::new(&poison, worker);
             work();
         })
 }

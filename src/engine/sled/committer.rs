@@ -21,6 +21,7 @@ use super::trees::Trees;
 use crate::engine::{Commit, CommitCounts, Task};
 use crate::error::{Error, Result, SharedError, StorageError};
 use crate::events::EventHub;
+use crate::worker::{Poison, PoisonOnPanic};
 
 pub(crate) struct Request {
     pub task: Arc<dyn Task>,
@@ -65,11 +66,15 @@ pub(crate) struct Committer {
     pub sync: bool,
     /// Most tasks in one transaction (`Config::max_batch`).
     pub max_batch: usize,
+    pub poison: Arc<Poison>,
 }
 
 impl Committer {
     pub fn run(&self, rx: &Receiver<Msg>) {
         let mut batch = Vec::with_capacity(self.max_batch);
+        // Declared after `batch`, so it drops first if planning panics: the
+        // store is poisoned before the batch's callers hear of it.
+        let _poison = PoisonOnPanic::new(&self.poison, "committer");
         let mut next = rx.recv().ok();
         // Whether the last batch held a single write: a lone caller, whose
         // next request is worth polling for (see `handoff`). After a larger

@@ -82,6 +82,7 @@ impl SledEngine {
             stats: stats.clone(),
             sync: config.durability == Durability::Immediate,
             max_batch: config.max_batch,
+            poison: poison.clone(),
         };
         let (to_committer, from_callers) = crossbeam_channel::unbounded();
         let handle = worker::spawn("committer", poison, move || {
