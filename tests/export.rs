@@ -341,15 +341,10 @@ fn an_import_whose_digest_belongs_to_another_actor_is_refused_with_its_line() {
     // The same digest, claimed by another actor, on the input's third line.
     let lines: Vec<&str> = export.lines().collect();
     let stolen = lines[1].replacen("\"actorId\":\"p1\"", "\"actorId\":\"p2\"", 1);
-    let other = Data::new();
-    let fresh = store.register("p3", "en", other).unwrap();
-    let mut exported_fresh = String::from_utf8(export_bytes(&store)).unwrap();
-    exported_fresh = exported_fresh
-        .lines()
-        .find(|l| l.contains("\"p3\""))
-        .unwrap()
-        .to_owned();
-    let input = format!("{}\n{exported_fresh}\n{stolen}\n", lines[0]);
+    let fresh = store.register("p3", "en", Data::new()).unwrap();
+    let exported = String::from_utf8(export_bytes(&store)).unwrap();
+    let fresh_line = exported.lines().find(|l| l.contains("\"p3\"")).unwrap();
+    let input = format!("{}\n{fresh_line}\n{stolen}\n", lines[0]);
     let err = store.import(input.as_bytes()).unwrap_err();
     match &err {
         Error::Import { line, problem } => {

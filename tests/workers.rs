@@ -49,12 +49,7 @@ fn a_panicking_reaper_poisons_every_later_call_and_the_next_open_checks() {
             .reap_interval(Duration::from_millis(5))
     };
     let store = SessionStore::open(config()).unwrap();
-    let key = store
-        .register("p1", "en", Data::new())
-        .unwrap()
-        .key()
-        .unwrap()
-        .to_owned();
+    let key = common::key_of(&store.register("p1", "en", Data::new()).unwrap());
     trap.armed.store(true, Ordering::SeqCst);
 
     // The reaper wakes within its interval; wait (bounded) for the poison.
