@@ -56,7 +56,27 @@ pub fn parse_time_code(code: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// How the store is set up. Build it with [`Config::new`] and the chained
+/// Where the sessions live: the storage engine and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// The embedded sled engine in this directory.
+    Directory(PathBuf),
+    /// The shared Redis / Valkey engine at this URL.
+    Redis(String),
+}
+
+/// The Redis engine's settings (see the `redis_*` setters).
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    pub prefix: String,
+    pub buckets: Option<u32>,
+    pub timeout: Duration,
+    pub event_retention: u64,
+}
+
+/// How the store is set up. Build it with [`Config::new`] (the embedded
+/// engine in a directory) or [`Config::redis`] (a store shared through Redis
+/// or Valkey) and the chained
 /// setters; values are checked by [`SessionStore::open`](crate::SessionStore::open).
 ///
 /// ```
@@ -71,7 +91,8 @@ pub fn parse_time_code(code: &str) -> Result<Duration> {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Config {
-    pub(crate) path: PathBuf,
+    pub(crate) location: Location,
+    pub(crate) redis: RedisSettings,
     pub(crate) ttl: Duration,
     pub(crate) ttl_code: Option<String>,
     pub(crate) key_length: usize,
@@ -95,8 +116,32 @@ impl Config {
     /// A configuration for a store in directory `path` (created if missing),
     /// with every other setting at its default.
     pub fn new(path: impl AsRef<Path>) -> Self {
+        Config::at(Location::Directory(path.as_ref().to_path_buf()))
+    }
+
+    /// A configuration for a store shared through the Redis or Valkey server
+    /// at `url`: `redis://[user:password@]host[:port][/db]`, `rediss://` for
+    /// TLS, or `redis+unix:///path/to/socket`. Several game-server nodes open
+    /// the same URL to share one store. Every other setting at its default.
+    ///
+    /// ```
+    /// let config = sessiondb::Config::redis("redis://127.0.0.1:6379/0");
+    /// assert_eq!(config.redis_url(), Some("redis://127.0.0.1:6379/0"));
+    /// assert!(config.path().is_none());
+    /// ```
+    pub fn redis(url: impl Into<String>) -> Self {
+        Config::at(Location::Redis(url.into()))
+    }
+
+    fn at(location: Location) -> Self {
         Config {
-            path: path.as_ref().to_path_buf(),
+            location,
+            redis: RedisSettings {
+                prefix: "sessiondb".into(),
+                buckets: None,
+                timeout: Duration::from_secs(2),
+                event_retention: 100_000,
+            },
             ttl: Duration::from_secs(600),
             ttl_code: None,
             key_length: 32,
@@ -117,9 +162,61 @@ impl Config {
         }
     }
 
-    /// The store directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The store directory, for the embedded engine.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Directory(path) => Some(path),
+            Location::Redis(_) => None,
+        }
+    }
+
+    /// The Redis / Valkey URL, for the shared engine.
+    pub fn redis_url(&self) -> Option<&str> {
+        match &self.location {
+            Location::Redis(url) => Some(url),
+            Location::Directory(_) => None,
+        }
+    }
+
+    /// Where the store is, for messages: the directory, or the Redis URL
+    /// without its password.
+    pub(crate) fn describe(&self) -> String {
+        match &self.location {
+            Location::Directory(path) => path.display().to_string(),
+            Location::Redis(url) => crate::engine::redis::redacted(url),
+        }
+    }
+
+    /// Redis engine: the prefix of every key, so that several games (or
+    /// environments) can share one server. Default `sessiondb`; 1..=64
+    /// bytes, without `{`, `}` or whitespace.
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis.prefix = prefix.into();
+        self
+    }
+
+    /// Redis engine: how many buckets (hash tags) the keys are spread over.
+    /// Used when the store is created, and recorded in its meta; a later
+    /// open with another explicit value is refused. Default 16; 1..=16384.
+    pub fn redis_buckets(mut self, buckets: u32) -> Self {
+        self.redis.buckets = Some(buckets);
+        self
+    }
+
+    /// Redis engine: how long a connection attempt or a command may take
+    /// before the call fails with [`Error::Unavailable`]. Default 2 s.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis.timeout = timeout;
+        self
+    }
+
+    /// Redis engine: how many events each bucket's stream keeps. A node
+    /// whose event reader falls further behind than this gets
+    /// [`Event::Lagged`](crate::Event::Lagged) with the exact count of what
+    /// it missed. Default 100,000; at least 1.
+    pub fn event_retention(mut self, events: u64) -> Self {
+        self.redis.event_retention = events;
+        self
     }
 
     /// Idle time after which a session expires; every resolve slides it
@@ -340,6 +437,29 @@ impl Config {
         }
         if self.event_capacity == 0 {
             return Err(bad("event_capacity", "must be at least 1".into()));
+        }
+        let prefix = &self.redis.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "redis_prefix",
+                format!("{prefix:?} must be 1..=64 bytes without braces or spaces"),
+            ));
+        }
+        if let Some(b) = self.redis.buckets {
+            if b == 0 || b > 16_384 {
+                return Err(bad("redis_buckets", format!("{b} must be 1..=16384")));
+            }
+        }
+        if self.redis.timeout.is_zero() {
+            return Err(bad("redis_timeout", "must be above zero".into()));
+        }
+        if self.redis.event_retention == 0 {
+            return Err(bad("event_retention", "must be at least 1".into()));
         }
         Ok(Settings {
             ttl_ms: millis(ttl),

@@ -265,6 +265,26 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// The storage server (Redis / Valkey) could not be reached, or did not
+    /// answer within `Config::redis_timeout`. The store reconnects by itself;
+    /// the call can be retried.
+    #[error("the store's server is unavailable: {source} (the store reconnects by itself; retry)")]
+    Unavailable {
+        /// What failed.
+        #[source]
+        source: StorageError,
+    },
+
+    /// A background thread could not be started.
+    #[error("could not start the store's {worker} thread: {source}")]
+    WorkerStart {
+        /// Which thread.
+        worker: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The store has been closed.
     #[error("the session store is closed")]
     Closed,

@@ -187,6 +187,25 @@ impl EventHub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Tells every subscriber that `missed` events never reached this node
+    /// (an engine's event log dropped them before they were read). Each
+    /// hears it as [`Event::Lagged`], added to what it missed itself.
+    pub fn publish_gap(&self, missed: u64) {
+        if missed == 0 {
+            return;
+        }
+        self.missed_total.fetch_add(missed, Ordering::Relaxed);
+        self.lock().retain_mut(|sub| {
+            sub.missed += missed;
+            match sub.tx.try_send(Event::Lagged { missed: sub.missed }) {
+                Ok(()) => sub.missed = 0,
+                Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+            true
+        });
+    }
+
     /// Sends `events`, in order, to every subscriber.
     pub fn publish(&self, events: &[Event]) {
         if events.is_empty() {

@@ -23,6 +23,7 @@ use std::io::{BufRead, BufWriter, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::engine::Stored;
 use crate::error::{clip, Error, Result};
 use crate::key::{self, Digest, DIGEST_LEN};
 use crate::plan::Imported;
@@ -156,12 +157,12 @@ impl Line {
     }
 }
 
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Digest, Record)> {
-    let digest = Digest::from_slice(key).ok_or_else(|| Error::Corrupt {
-        what: "a session key".into(),
-        problem: format!("{} bytes instead of {DIGEST_LEN}", key.len()),
+fn decode_entry(stored: &Stored<'_>) -> Result<(Digest, Record)> {
+    let digest = stored.digest.ok_or_else(|| Error::Corrupt {
+        what: format!("the session stored as {}", key::hex(stored.id)),
+        problem: format!("its key does not hold a {DIGEST_LEN}-byte digest"),
     })?;
-    let record = codec::decode(value).map_err(|problem| Error::Corrupt {
+    let record = codec::decode(stored.bytes).map_err(|problem| Error::Corrupt {
         what: format!("session with digest {}", digest.hex()),
         problem,
     })?;
@@ -183,11 +184,10 @@ fn write_failed(source: std::io::Error) -> Error {
 /// decode is left out and counted.
 fn write_line(
     out: &mut impl Write,
-    key: &[u8],
-    value: &[u8],
+    stored: &Stored<'_>,
     summary: &mut ExportSummary,
 ) -> Result<()> {
-    match decode_entry(key, value) {
+    match decode_entry(stored) {
         Ok((digest, record)) => {
             serde_json::to_writer(&mut *out, &Line::new(&digest, record))
                 .map_err(|e| write_failed(e.into()))?;
@@ -213,9 +213,9 @@ impl SessionStore {
     /// Storage errors reading the store.
     pub fn for_each_session(&self, mut visit: impl FnMut(Result<Session>) -> bool) -> Result<()> {
         self.shared().ensure_open()?;
-        self.shared().engine.scan_records(&mut |k, v| {
+        self.shared().engine.scan_records(&mut |stored| {
             Ok(visit(
-                decode_entry(k, v).map(|(_, record)| Session { key: None, record }),
+                decode_entry(&stored).map(|(_, record)| Session { key: None, record }),
             ))
         })
     }
@@ -285,8 +285,8 @@ impl SessionStore {
         // No write lands in the middle of the scan.
         let _held = shared.engine.hold_writes()?;
         let mut summary = ExportSummary::default();
-        shared.engine.scan_records(&mut |k, v| {
-            write_line(&mut out, k, v, &mut summary)?;
+        shared.engine.scan_records(&mut |stored| {
+            write_line(&mut out, &stored, &mut summary)?;
             Ok(true)
         })?;
         out.flush().map_err(write_failed)?;

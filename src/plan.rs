@@ -7,7 +7,7 @@
 //! always names what it relied on. An operation that fails leaves no plan.
 
 use crate::codec;
-use crate::engine::{Change, Plan, Precondition, View};
+use crate::engine::{Change, Due, Plan, Precondition, View};
 use crate::error::{Error, Reason, Result};
 use crate::events::{Event, UnsetReason};
 use crate::key::Digest;
@@ -79,12 +79,13 @@ impl<'a> Planner<'a> {
 
     /// The session stored under `digest`. A record that does not decode is
     /// `Error::Corrupt` and no precondition: nothing is planned on it.
-    fn load(&mut self, digest: &Digest) -> Result<Option<Record>> {
-        let record = match self.view.record(digest)? {
+    fn load(&mut self, actor_id: &str, digest: &Digest) -> Result<Option<Record>> {
+        let record = match self.view.record(actor_id, digest)? {
             None => None,
             Some(bytes) => Some(codec::decode_stored(digest, &bytes)?),
         };
         self.relied_on(Precondition::Record {
+            actor_id: actor_id.to_owned(),
             digest: *digest,
             revision: record.as_ref().map(|r| r.revision),
         });
@@ -104,7 +105,7 @@ impl<'a> Planner<'a> {
     fn sessions_of(&mut self, actor_id: &str) -> Result<Vec<(Digest, Record)>> {
         let mut out = Vec::new();
         for d in self.listed(actor_id)? {
-            if let Some(r) = self.load(&d)? {
+            if let Some(r) = self.load(actor_id, &d)? {
                 out.push((d, r));
             }
         }
@@ -115,7 +116,7 @@ impl<'a> Planner<'a> {
     fn has_live(&mut self, actor_id: &str, now: u64) -> Result<bool> {
         for d in self.listed(actor_id)? {
             // A corrupt record is not a live session; `check` reports it.
-            match self.load(&d) {
+            match self.load(actor_id, &d) {
                 Ok(Some(r)) if r.expires_at > now => return Ok(true),
                 Ok(_) | Err(Error::Corrupt { .. }) => {}
                 Err(e) => return Err(e),
@@ -126,7 +127,7 @@ impl<'a> Planner<'a> {
 
     /// The session a key names, if the key is valid at `now`.
     fn validated(&mut self, digest: &Digest, actor_id: &str, now: u64) -> Result<Record> {
-        let record = self.load(digest)?;
+        let record = self.load(actor_id, digest)?;
         let facts = record.as_ref().map(|r| Facts {
             actor_id: &r.actor_id,
             expires_at: r.expires_at,
@@ -142,6 +143,7 @@ impl<'a> Planner<'a> {
             digest: *digest,
             actor_id: record.actor_id.clone(),
             expires_at: record.expires_at,
+            revision: record.revision,
             record: codec::encode(record)?,
         });
         self.plan.events.push(set_event(record));
@@ -166,8 +168,10 @@ impl<'a> Planner<'a> {
     fn update(&mut self, digest: &Digest, expires_at_was: u64, record: &Record) -> Result<()> {
         self.plan.changes.push(Change::Update {
             digest: *digest,
+            actor_id: record.actor_id.clone(),
             expires_at_was,
             expires_at: record.expires_at,
+            revision: record.revision,
             record: codec::encode(record)?,
         });
         Ok(())
@@ -320,10 +324,15 @@ impl<'a> Planner<'a> {
     }
 
     /// Ends the due sessions the reaper found; returns how many.
-    pub fn reap(&mut self, due: &[(u64, Digest)], now: u64) -> Result<usize> {
+    pub fn reap(&mut self, due: &[Due], now: u64) -> Result<usize> {
         let mut reaped = 0;
-        for (at, digest) in due {
-            match self.load(digest) {
+        for Due {
+            at,
+            digest,
+            actor_id,
+        } in due
+        {
+            match self.load(actor_id, digest) {
                 // Re-checked here: a resolve may have moved the expiry since
                 // the reaper scanned the index.
                 Ok(Some(r)) if r.expires_at == *at => {
@@ -337,6 +346,7 @@ impl<'a> Planner<'a> {
                 // does not return to it; `check` deals with the record.
                 Ok(_) | Err(Error::Corrupt { .. }) => self.plan.changes.push(Change::DropExpiry {
                     digest: *digest,
+                    actor_id: actor_id.clone(),
                     at: *at,
                 }),
                 Err(e) => return Err(e),
@@ -352,7 +362,7 @@ impl<'a> Planner<'a> {
             let mut records = Vec::new();
             for d in self.listed(actor_id)? {
                 // A corrupt record is skipped here; `check` reports it.
-                match self.load(&d) {
+                match self.load(actor_id, &d) {
                     Ok(r) => records.extend(r),
                     Err(Error::Corrupt { .. }) => {}
                     Err(e) => return Err(e),
@@ -377,7 +387,7 @@ impl<'a> Planner<'a> {
     pub fn import(&mut self, sessions: &[Imported]) -> Result<usize> {
         let mut new = 0;
         for s in sessions {
-            match self.load(&s.digest)? {
+            match self.load(&s.record.actor_id, &s.digest)? {
                 Some(old) if old.actor_id != s.record.actor_id => {
                     return Err(Error::Import {
                         line: s.line,
@@ -394,6 +404,7 @@ impl<'a> Planner<'a> {
                         digest: s.digest,
                         actor_id: s.record.actor_id.clone(),
                         expires_at: s.record.expires_at,
+                        revision: s.record.revision,
                         record: codec::encode(&s.record)?,
                     });
                 }

@@ -128,9 +128,14 @@ impl<'a> Found<'a> {
         digest: Option<Digest>,
         agrees: impl Fn(&Expected) -> bool,
     ) {
-        let at = digest
-            .and_then(|d| self.sessions.binary_search_by(|e| e.digest.cmp(&d)).ok())
-            .filter(|&i| !self.seen[i] && agrees(&self.sessions[i]));
+        // Engines that file sessions by actor may hold one digest under two
+        // actors; the entry counts for the first of them it agrees with.
+        let at = digest.and_then(|d| {
+            let start = self.sessions.partition_point(|e| e.digest < d);
+            (start..self.sessions.len())
+                .take_while(|&i| self.sessions[i].digest == d)
+                .find(|&i| !self.seen[i] && agrees(&self.sessions[i]))
+        });
         match at {
             Some(i) => self.seen[i] = true,
             None => self.stale.push(Fix::Drop {
@@ -166,9 +171,10 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
     };
     let mut sessions = Vec::new();
     let mut fixes = Vec::new();
-    engine.scan_records(&mut |key, value| {
-        let decoded =
-            Digest::from_slice(key).and_then(|d| codec::decode(value).ok().map(|r| (d, r)));
+    engine.scan_records(&mut |stored| {
+        let decoded = stored
+            .digest
+            .and_then(|d| codec::decode(stored.bytes).ok().map(|r| (d, r)));
         match decoded {
             Some((digest, record)) => sessions.push(Expected {
                 digest,
@@ -177,11 +183,9 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
             }),
             None => {
                 report.corrupt += 1;
-                log::warn!(
-                    "corrupt session record under key {}",
-                    hex(&key[..key.len().min(40)])
-                );
-                fixes.push(Fix::Quarantine { key: key.to_vec() });
+                let id = stored.id;
+                log::warn!("corrupt session record {}", hex(&id[..id.len().min(80)]));
+                fixes.push(Fix::Quarantine { id: id.to_vec() });
             }
         }
         Ok(true)
@@ -209,6 +213,7 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
         report.missing_expiries += 1;
         fixes.push(Fix::AddExpiry {
             at: e.expires_at,
+            actor_id: e.actor_id.clone(),
             digest: e.digest,
         });
     }

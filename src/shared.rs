@@ -203,27 +203,29 @@ impl Shared {
     /// change (the read path).
     fn read<T>(
         &self,
+        actor_id: &str,
         digest: &Digest,
         decode: impl Fn(&Digest, &[u8]) -> Result<T>,
     ) -> Result<Option<T>> {
         let mut decoded = None;
-        self.engine
-            .read_record(digest, &mut |bytes| decoded = Some(decode(digest, bytes)))?;
+        self.engine.read_record(actor_id, digest, &mut |bytes| {
+            decoded = Some(decode(digest, bytes))
+        })?;
         self.counted(decoded.transpose())
     }
 
-    pub fn load(&self, digest: &Digest) -> Result<Option<Record>> {
-        self.read(digest, codec::decode_stored)
+    pub fn load(&self, actor_id: &str, digest: &Digest) -> Result<Option<Record>> {
+        self.read(actor_id, digest, codec::decode_stored)
     }
 
-    pub fn load_head(&self, digest: &Digest) -> Result<Option<RecordHead>> {
-        self.read(digest, codec::decode_stored_head)
+    pub fn load_head(&self, actor_id: &str, digest: &Digest) -> Result<Option<RecordHead>> {
+        self.read(actor_id, digest, codec::decode_stored_head)
     }
 
     fn has_live(&self, actor_id: &str, now: u64) -> Result<bool> {
         for d in self.engine.actor_sessions(actor_id)? {
             let mut live = false;
-            self.engine.read_record(&d, &mut |bytes| {
+            self.engine.read_record(actor_id, &d, &mut |bytes| {
                 // A corrupt record is not a live session; `check` reports it.
                 live = codec::decode_head(bytes).is_ok_and(|h| h.expires_at > now);
             })?;
@@ -244,7 +246,7 @@ impl Shared {
     /// The session a key names, if the key is valid now; no write.
     pub fn read_valid(&self, key: FullKey<'_>, now: u64) -> Result<Record> {
         self.ensure_open()?;
-        let record = self.load(&key.digest())?;
+        let record = self.load(key.actor_id, &key.digest())?;
         let facts = record.as_ref().map(|r| Facts {
             actor_id: &r.actor_id,
             expires_at: r.expires_at,

@@ -143,7 +143,7 @@ impl SessionStore {
         let recovery = recovery::recover(engine.as_ref(), opened, started)?;
         log::info!(
             "opened session store at {}: {recovery:?}",
-            config.path.display()
+            config.describe()
         );
         let shared = Arc::new(Shared {
             engine,
@@ -168,12 +168,12 @@ impl SessionStore {
         });
         let events = subscribe.then(|| shared.events.subscribe());
         if config.reaper_thread {
-            let reaper =
-                Reaper::spawn(shared, config.reap_interval).map_err(|source| Error::Io {
-                    action: "starting the reaper thread for",
-                    path: config.path.clone(),
+            let reaper = Reaper::spawn(shared, config.reap_interval).map_err(|source| {
+                Error::WorkerStart {
+                    worker: "reaper",
                     source,
-                })?;
+                }
+            })?;
             *handle
                 .reaper
                 .lock()
@@ -277,7 +277,7 @@ impl SessionStore {
         let shared = self.shared();
         shared.ensure_open()?;
         let now = shared.now();
-        let head = shared.load_head(&key.digest())?;
+        let head = shared.load_head(key.actor_id, &key.digest())?;
         let facts = head.as_ref().map(|h| Facts {
             actor_id: &h.actor_id,
             expires_at: h.expires_at,
@@ -515,7 +515,7 @@ impl SessionStore {
         let now = shared.now();
         let mut records = Vec::new();
         for d in shared.engine.actor_sessions(actor_id)? {
-            records.extend(shared.load(&d)?);
+            records.extend(shared.load(actor_id, &d)?);
         }
         Ok(newest_live(records, now).map(|record| Session { key: None, record }))
     }

@@ -341,7 +341,9 @@ fn open_subscribed_hears_the_expiries_of_the_first_pass() {
     let f = Fixture::new();
     let a = register(&f, "a");
     let b = register(&f, "b");
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     store.close().unwrap();
     clock.advance(Duration::from_millis(TTL_MS + 1));
     let config = config(&dir, &clock).reaper_thread(true);

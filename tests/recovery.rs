@@ -59,11 +59,18 @@ fn two_sessions() -> (Fixture, String, String) {
 
 /// Closes the fixture's store, lets `damage` write the trees, and opens again.
 fn damage_and_reopen(f: Fixture, damage: impl FnOnce(&sled::Db)) -> Fixture {
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     store.close().unwrap();
     with_raw(dir.path(), damage);
     let store = SessionStore::open(config(&dir, &clock)).unwrap();
-    Fixture { dir, clock, store }
+    Fixture {
+        dir,
+        clock,
+        store,
+        server: None,
+    }
 }
 
 #[test]
@@ -220,7 +227,9 @@ fn a_corrupt_record_affects_only_its_session_until_repair_quarantines_it() {
 #[test]
 fn a_store_of_a_newer_format_is_refused_and_left_alone() {
     let (f, _, _) = two_sessions();
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     store.close().unwrap();
     with_raw(dir.path(), |db| {
         db.open_tree("meta")
@@ -247,7 +256,9 @@ fn a_store_of_a_newer_format_is_refused_and_left_alone() {
 #[test]
 fn a_stale_generating_snapshot_from_a_crash_during_open_is_removed() {
     let (f, a, _) = two_sessions();
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     store.close().unwrap();
     let stale = dir.path().join("snap.00000000000000A0.generating");
     std::fs::write(&stale, b"half-written").unwrap();

@@ -159,7 +159,9 @@ fn everything_survives_close_and_reopen() {
 fn everything_survives_dropping_the_store_without_close() {
     let f = Fixture::with(tune);
     let w = populate(&f);
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     // Dropping the last handle closes the store, as the docs promise.
     let clone = store.clone();
     drop(store);
@@ -170,7 +172,12 @@ fn everything_survives_dropping_the_store_without_close() {
     let store = SessionStore::open(tune(config(&dir, &clock))).unwrap();
     assert!(store.recovery_report().clean_shutdown);
     assert_eq!(store.recovery_report().check, None);
-    let f = Fixture { dir, clock, store };
+    let f = Fixture {
+        dir,
+        clock,
+        store,
+        server: None,
+    };
     assert_world(&f, &w);
 }
 
@@ -181,7 +188,9 @@ fn a_closed_store_answers_closed_to_every_call() {
     let key = key_of(&s);
     let clone = f.store.clone();
     let rx = clone.subscribe();
-    let Fixture { dir, clock, store } = f;
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
     store.close().unwrap();
 
     fn closed<T: std::fmt::Debug>(what: &str, r: Result<T>) {

@@ -10,23 +10,36 @@
 //! business, behind [`Engine`]. `docs/architecture.md` lists what a new
 //! engine must implement.
 
+pub(crate) mod redis;
 pub(crate) mod sled;
 
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::config::Config;
+use crate::config::{Config, Location};
 use crate::error::Result;
 use crate::events::{Event, EventHub};
 use crate::key::Digest;
 use crate::worker::Poison;
 
+/// An expiry entry found due: the session's digest, its expiry, and the
+/// actor the engine files the session under (empty where the engine's index
+/// does not record it; such an engine finds records by digest alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub at: u64,
+    pub digest: Digest,
+    pub actor_id: String,
+}
+
 /// A fact a plan relied on when it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Precondition {
-    /// The record under `digest` is at `revision`; `None`: no record is there.
+    /// The record of `actor_id`'s session `digest` is at `revision`;
+    /// `None`: no record is there.
     Record {
+        actor_id: String,
         digest: Digest,
         revision: Option<u64>,
     },
@@ -46,14 +59,17 @@ pub(crate) enum Change {
         digest: Digest,
         actor_id: String,
         expires_at: u64,
+        revision: u64,
         record: Vec<u8>,
     },
     /// Rewrites a stored session's record; its actor stays the same, and its
     /// expiry entry moves from `expires_at_was` to `expires_at` when they differ.
     Update {
         digest: Digest,
+        actor_id: String,
         expires_at_was: u64,
         expires_at: u64,
+        revision: u64,
         record: Vec<u8>,
     },
     /// Deletes a stored session and its index entries.
@@ -64,7 +80,11 @@ pub(crate) enum Change {
     },
     /// Drops an expiry entry that no session stands behind (its session is
     /// gone, expires at another time, or does not decode).
-    DropExpiry { digest: Digest, at: u64 },
+    DropExpiry {
+        digest: Digest,
+        actor_id: String,
+        at: u64,
+    },
 }
 
 /// What one operation decided: commit all of it or none of it.
@@ -78,9 +98,14 @@ pub(crate) struct Plan {
 
 /// What planning reads: the store as the engine sees it at that moment
 /// (inside a batch, with the changes of the batch's earlier plans applied).
+///
+/// Records are named by the actor a key or index names and the digest: an
+/// engine that files sessions by actor (Redis buckets) looks there, one that
+/// keys them by digest alone (sled) ignores the actor. Either way a record
+/// filed under another actor is not the key's session.
 pub(crate) trait View {
-    /// The encoded record stored under `digest`.
-    fn record(&self, digest: &Digest) -> Result<Option<Vec<u8>>>;
+    /// The encoded record of `actor_id`'s session `digest`.
+    fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>>;
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
 }
@@ -122,8 +147,18 @@ pub(crate) enum Index {
     Actors,
 }
 
-/// A stored record as a whole-store scan meets it: (key, encoded record).
-pub(crate) type RecordVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+/// A stored record as a whole-store scan meets it.
+pub(crate) struct Stored<'a> {
+    /// Names the record for [`Fix::Quarantine`].
+    pub id: &'a [u8],
+    /// The session's digest, `None` when the engine's key for it is damaged.
+    pub digest: Option<Digest>,
+    /// The encoded record.
+    pub bytes: &'a [u8],
+}
+
+/// A visitor of stored records; returns whether to go on.
+pub(crate) type RecordVisit<'a> = dyn FnMut(Stored<'_>) -> Result<bool> + 'a;
 
 /// An index entry as a whole-store scan meets it: `id` names the entry for
 /// [`Fix::Drop`], `parsed` is its content, `None` when it is malformed.
@@ -132,12 +167,13 @@ pub(crate) type IndexVisit<'a, T> = dyn FnMut(&[u8], Option<T>) -> Result<bool> 
 /// A repair found by the consistency check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fix {
-    /// Moves the record stored under `key` (that does not decode) aside.
+    /// Moves the record a scan named `id` (that does not decode) aside.
     Quarantine {
-        key: Vec<u8>,
+        id: Vec<u8>,
     },
     AddExpiry {
         at: u64,
+        actor_id: String,
         digest: Digest,
     },
     AddActor {
@@ -183,11 +219,16 @@ pub(crate) struct WritesHeld(#[allow(dead_code)] pub Box<dyn Send>);
 pub(crate) trait Engine: Send + Sync {
     /// Calls `read` with the encoded record stored under `digest`, if any;
     /// returns whether there was one. The hot read path: no copy needed.
-    fn read_record(&self, digest: &Digest, read: &mut dyn FnMut(&[u8])) -> Result<bool>;
+    fn read_record(
+        &self,
+        actor_id: &str,
+        digest: &Digest,
+        read: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool>;
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
     /// Up to `limit` expiry entries at or before `now`, earliest first.
-    fn due(&self, now: u64, limit: usize) -> Result<Vec<(u64, Digest)>>;
+    fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>>;
     /// The earliest expiry entry's time.
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// How many sessions are stored.
@@ -203,7 +244,7 @@ pub(crate) trait Engine: Send + Sync {
     fn wait(&self, ticket: Ticket) -> Result<Commit>;
     /// A hint that these due sessions are about to be reaped; an engine may
     /// read them ahead. The default does nothing.
-    fn prefetch(&self, _due: &[(u64, Digest)]) {}
+    fn prefetch(&self, _due: &[Due]) {}
     /// Makes every committed change durable.
     fn flush(&self) -> Result<()>;
     /// Commits counted since open.
@@ -211,8 +252,7 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Stops this process's writes until the returned value is dropped.
     fn hold_writes(&self) -> Result<WritesHeld>;
-    /// Visits every stored record as (key, encoded record) until `visit`
-    /// returns false. The key is a digest unless the store is damaged.
+    /// Visits every stored record until `visit` returns false.
     fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()>;
     /// Visits every expiry entry.
     fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()>;
@@ -233,6 +273,14 @@ pub(crate) fn open(
     events: Arc<EventHub>,
     poison: Arc<Poison>,
 ) -> Result<(Arc<dyn Engine>, Opened)> {
-    let (engine, opened) = sled::SledEngine::open(config, events, poison)?;
-    Ok((Arc::new(engine), opened))
+    match &config.location {
+        Location::Directory(path) => {
+            let (engine, opened) = sled::SledEngine::open(path, config, events, poison)?;
+            Ok((Arc::new(engine), opened))
+        }
+        Location::Redis(url) => {
+            let (engine, opened) = redis::RedisEngine::open(url, config, events, poison)?;
+            Ok((Arc::new(engine), opened))
+        }
+    }
 }

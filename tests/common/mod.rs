@@ -1,25 +1,96 @@
-//! Shared set-up for the scenario tests.
-#![allow(dead_code)]
+//! Shared set-up for the scenario tests, on every engine: a test written
+//! inside `on_every_engine! { ... }` runs once on the embedded sled engine
+//! and once on a real Redis server of its own (`redis.rs`).
+#![allow(dead_code, unused_macros)]
 
+pub mod redis;
+
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::{Config, Event, ManualClock, Session, SessionStore, UnsetReason};
 use tempfile::TempDir;
 
+use self::redis::RedisServer;
+
+/// The engines a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sled,
+    Redis,
+}
+
+thread_local! {
+    static ENGINE: Cell<Engine> = const { Cell::new(Engine::Sled) };
+}
+
+/// The engine the current test runs on (sled unless `on_every_engine!`
+/// says otherwise).
+pub fn engine() -> Engine {
+    ENGINE.with(Cell::get)
+}
+
+/// Runs `test` with fixtures on `engine`; on Redis without a server binary,
+/// says what it skipped instead (and fails when `CI=true`).
+pub fn run_on(engine: Engine, name: &str, test: impl FnOnce()) {
+    if engine == Engine::Redis && redis::find("redis-server", name).is_none() {
+        return;
+    }
+    ENGINE.with(|e| e.set(engine));
+    test();
+}
+
+/// Runs each test inside once per engine, in modules `sled_engine` and
+/// `redis_engine`.
+macro_rules! on_every_engine {
+    ($( $(#[$m:meta])* fn $name:ident() $body:block )*) => {
+        mod sled_engine {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$m])* #[test] fn $name() {
+                crate::common::run_on(crate::common::Engine::Sled, stringify!($name), || $body)
+            } )*
+        }
+        mod redis_engine {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$m])* #[test] fn $name() {
+                crate::common::run_on(crate::common::Engine::Redis, stringify!($name), || $body)
+            } )*
+        }
+    };
+}
+
 /// The manual clock's starting time: 2023-11-14T22:13:20Z.
 pub const T0: u64 = 1_700_000_000_000;
 
-/// A store in a fresh directory with a manual clock and no reaper thread,
-/// so that tests decide when time moves and when reaping happens.
+/// A fresh store (a directory, or a Redis server of its own) with a manual
+/// clock and no reaper thread, so that tests decide when time moves and
+/// when reaping happens.
 pub struct Fixture {
     pub dir: TempDir,
     pub clock: ManualClock,
     pub store: SessionStore,
+    /// The Redis server, on the Redis engine.
+    pub server: Option<RedisServer>,
 }
 
+/// The settings every fixture starts from, for a sled store in `dir`.
 pub fn config(dir: &TempDir, clock: &ManualClock) -> Config {
-    Config::new(dir.path())
+    settings(Config::new(dir.path()), clock)
+}
+
+fn base(dir: &TempDir, server: Option<&RedisServer>, clock: &ManualClock) -> Config {
+    let location = match server {
+        Some(server) => Config::redis(&server.url),
+        None => Config::new(dir.path()),
+    };
+    settings(location, clock)
+}
+
+fn settings(config: Config, clock: &ManualClock) -> Config {
+    config
         .clock(Arc::new(clock.clone()))
         .reaper_thread(false)
         .ttl(Duration::from_secs(600))
@@ -33,16 +104,44 @@ impl Fixture {
     pub fn with(tune: impl FnOnce(Config) -> Config) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let store = SessionStore::open(tune(config(&dir, &clock))).expect("open");
-        Fixture { dir, clock, store }
+        let server = match engine() {
+            Engine::Sled => None,
+            Engine::Redis => {
+                let binary = redis::find("redis-server", "fixture").expect("redis-server");
+                Some(RedisServer::start(&binary, &[]))
+            }
+        };
+        let store = SessionStore::open(tune(base(&dir, server.as_ref(), &clock))).expect("open");
+        Fixture {
+            dir,
+            clock,
+            store,
+            server,
+        }
     }
 
-    /// Closes the store and opens it again on the same directory and clock.
+    /// The settings of this fixture's store (its engine, clock and defaults).
+    pub fn config(&self) -> Config {
+        base(&self.dir, self.server.as_ref(), &self.clock)
+    }
+
+    /// Closes the store and opens it again on the same engine and clock.
     pub fn reopen(self, tune: impl FnOnce(Config) -> Config) -> Fixture {
-        let Fixture { dir, clock, store } = self;
+        let config = tune(self.config());
+        let Fixture {
+            dir,
+            clock,
+            store,
+            server,
+        } = self;
         store.close().expect("close");
-        let store = SessionStore::open(tune(config(&dir, &clock))).expect("reopen");
-        Fixture { dir, clock, store }
+        let store = SessionStore::open(config).expect("reopen");
+        Fixture {
+            dir,
+            clock,
+            store,
+            server,
+        }
     }
 
     pub fn advance(&self, by: Duration) {

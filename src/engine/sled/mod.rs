@@ -21,6 +21,7 @@ pub(crate) mod layout;
 mod trees;
 mod txn;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,7 +35,7 @@ use self::trees::Trees;
 use crate::codec;
 use crate::config::{millis, Config, Durability};
 use crate::engine::{
-    Commit, CommitCounts, Engine, Fix, Index, IndexVisit, Opened, RecordVisit, Task, Ticket,
+    Commit, CommitCounts, Due, Engine, Fix, Index, IndexVisit, Opened, RecordVisit, Task, Ticket,
     WritesHeld,
 };
 use crate::error::{Error, Result};
@@ -64,6 +65,7 @@ impl SledEngine {
     /// Opens (or creates) the store directory, checks its format, takes
     /// and clears the clean-shutdown marker, and starts the committer.
     pub fn open(
+        path: &Path,
         config: &Config,
         events: Arc<EventHub>,
         poison: Arc<Poison>,
@@ -72,7 +74,7 @@ impl SledEngine {
             Durability::Periodic(i) => Some(millis(i).max(1)),
             Durability::Immediate => None,
         };
-        let (trees, dir) = Trees::open(&config.path, config.cache_capacity, flush_every)?;
+        let (trees, dir) = Trees::open(path, config.cache_capacity, flush_every)?;
         let clean_shutdown = open_meta(&trees)?;
         let trees = Arc::new(trees);
         let stats = Arc::new(CommitStats::default());
@@ -88,9 +90,8 @@ impl SledEngine {
         let handle = worker::spawn("committer", poison, move || {
             committer.run(&from_callers);
         })
-        .map_err(|source| Error::Io {
-            action: "starting the committer thread for",
-            path: config.path.clone(),
+        .map_err(|source| Error::WorkerStart {
+            worker: "committer",
             source,
         })?;
         let engine = SledEngine {
@@ -155,7 +156,12 @@ fn open_meta(trees: &Trees) -> Result<bool> {
 }
 
 impl Engine for SledEngine {
-    fn read_record(&self, digest: &Digest, read: &mut dyn FnMut(&[u8])) -> Result<bool> {
+    fn read_record(
+        &self,
+        _actor_id: &str,
+        digest: &Digest,
+        read: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool> {
         self.trees.read_record(digest, read)
     }
 
@@ -163,7 +169,7 @@ impl Engine for SledEngine {
         self.trees.actor_sessions(actor_id)
     }
 
-    fn due(&self, now: u64, limit: usize) -> Result<Vec<(u64, Digest)>> {
+    fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>> {
         self.trees.due(now, limit)
     }
 
@@ -205,8 +211,8 @@ impl Engine for SledEngine {
     /// transaction deleting them finds them in sled's cache: a transaction
     /// blocks every read in the process while it waits for the disk.
     /// Errors are left for the transaction to meet and report.
-    fn prefetch(&self, due: &[(u64, Digest)]) {
-        for (_, digest) in due {
+    fn prefetch(&self, due: &[Due]) {
+        for Due { digest, .. } in due {
             let mut actor = None;
             let _ = self.trees.read_record(digest, &mut |bytes| {
                 actor = codec::decode_head(bytes).ok().map(|h| h.actor_id);

@@ -12,7 +12,7 @@ use sled::{Transactional, Tree};
 use super::files::{self, DurableFiles};
 use super::layout::{self, decode_count, META_COUNT};
 use super::txn::SledTxn;
-use crate::engine::{Fix, Index, IndexVisit, RecordVisit};
+use crate::engine::{Due, Fix, Index, IndexVisit, RecordVisit, Stored};
 use crate::error::{Error, Result, StorageError};
 use crate::key::Digest;
 
@@ -106,7 +106,8 @@ impl Trees {
         }
     }
 
-    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(u64, Digest)>> {
+    /// Due entries; sled keys records by digest alone, so no actor.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>> {
         let mut out = Vec::new();
         for kv in self
             .expiries
@@ -114,8 +115,12 @@ impl Trees {
             .take(limit)
         {
             let (k, _) = kv.map_err(sled_err("scanning expiries"))?;
-            if let Some(entry) = layout::parse_expiry_key(&k) {
-                out.push(entry);
+            if let Some((at, digest)) = layout::parse_expiry_key(&k) {
+                out.push(Due {
+                    at,
+                    digest,
+                    actor_id: String::new(),
+                });
             }
         }
         Ok(out)
@@ -248,7 +253,12 @@ impl Trees {
     pub fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()> {
         for kv in self.sessions.iter() {
             let (k, v) = kv.map_err(sled_err("scanning sessions"))?;
-            if !visit(&k, &v)? {
+            let stored = Stored {
+                id: &k,
+                digest: Digest::from_slice(&k),
+                bytes: &v,
+            };
+            if !visit(stored)? {
                 break;
             }
         }
@@ -282,12 +292,12 @@ impl Trees {
         let fail = || sled_err("repairing");
         for fix in fixes {
             match fix {
-                Fix::Quarantine { key } => {
-                    if let Some(bytes) = self.sessions.remove(key).map_err(fail())? {
-                        self.quarantine.insert(key, bytes).map_err(fail())?;
+                Fix::Quarantine { id } => {
+                    if let Some(bytes) = self.sessions.remove(id).map_err(fail())? {
+                        self.quarantine.insert(id, bytes).map_err(fail())?;
                     }
                 }
-                Fix::AddExpiry { at, digest } => {
+                Fix::AddExpiry { at, digest, .. } => {
                     self.expiries
                         .insert(layout::expiry_key(*at, digest), &[])
                         .map_err(fail())?;

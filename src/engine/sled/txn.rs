@@ -69,6 +69,7 @@ impl<'a> SledTxn<'a> {
                 actor_id,
                 expires_at,
                 record,
+                ..
             } => {
                 self.check(self.sessions.insert(&digest.0, record.as_slice()))?;
                 self.insert_expiry(*expires_at, digest)?;
@@ -85,6 +86,7 @@ impl<'a> SledTxn<'a> {
                 expires_at_was,
                 expires_at,
                 record,
+                ..
             } => {
                 self.check(self.sessions.insert(&digest.0, record.as_slice()))?;
                 if expires_at_was != expires_at {
@@ -105,7 +107,7 @@ impl<'a> SledTxn<'a> {
                 }
                 self.count_delta.set(self.count_delta.get() - 1);
             }
-            Change::DropExpiry { digest, at } => self.remove_expiry(*at, digest)?,
+            Change::DropExpiry { digest, at, .. } => self.remove_expiry(*at, digest)?,
         }
         Ok(())
     }
@@ -125,7 +127,7 @@ impl<'a> SledTxn<'a> {
 }
 
 impl View for SledTxn<'_> {
-    fn record(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+    fn record(&self, _actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
         Ok(self.check(self.sessions.get(digest.0))?.map(|v| v.to_vec()))
     }
 

@@ -412,7 +412,7 @@ pub fn open_with(config: sessiondb::Config) -> sessiondb::SessionStore {
             Err(sessiondb::Error::InUse { .. }) if started.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => panic!("open {}: {e}", config.path().display()),
+            Err(e) => panic!("open {config:?}: {e}"),
         }
     }
 }

@@ -1,0 +1,118 @@
+-- Commits one plan of sessiondb's session logic atomically, or nothing.
+--
+-- KEYS holds every key the plan touches; operands named `*key` below are
+-- indexes into KEYS. ARGV[1] is the index of the plan's done-marker key,
+-- ARGV[2] the marker's lifetime in ms, ARGV[3] the events streams'
+-- retention (entries kept per stream). From ARGV[4] on comes the program,
+-- one instruction after another, each an opcode and its operands:
+--
+--   R skey rev                 the session hash's revision is `rev` ('' = no session)
+--   A akey n m1 .. mn          the actor set holds exactly m1 .. mn
+--   I skey ekey akey nkey member digest score rev record
+--                              insert a session, its expiry and actor entries, count +1
+--   U skey ekey member score rev record
+--                              rewrite a session's record, move its expiry entry
+--   D skey ekey akey nkey member digest
+--                              delete a session and its entries, count -1
+--   X ekey member              drop an expiry entry
+--   E xkey qkey payload        append an event to a stream, numbered by counter qkey
+--
+-- Every precondition is checked before the first write (Redis has no
+-- rollback). The done marker makes a retried call (same marker) a no-op.
+-- Returns {'ok', xkey, id, ...} with the id of every event appended,
+-- {'conflict', key} when a precondition does not hold, or {'done'}.
+
+local marker = KEYS[tonumber(ARGV[1])]
+if redis.call('EXISTS', marker) == 1 then
+  return {'done'}
+end
+local marker_ttl = ARGV[2]
+local retention = ARGV[3]
+local n = #ARGV
+
+local function key(i)
+  return KEYS[tonumber(ARGV[i])]
+end
+
+-- Pass 1: preconditions, and the program's shape. Nothing is written.
+local i = 4
+while i <= n do
+  local op = ARGV[i]
+  if op == 'R' then
+    local rev = redis.call('HGET', key(i + 1), 'v')
+    if not rev then
+      rev = ''
+    end
+    if rev ~= ARGV[i + 2] then
+      return {'conflict', key(i + 1)}
+    end
+    i = i + 3
+  elseif op == 'A' then
+    local set = key(i + 1)
+    local count = tonumber(ARGV[i + 2])
+    if redis.call('SCARD', set) ~= count then
+      return {'conflict', set}
+    end
+    for j = 1, count do
+      if redis.call('SISMEMBER', set, ARGV[i + 2 + j]) == 0 then
+        return {'conflict', set}
+      end
+    end
+    i = i + 3 + count
+  elseif op == 'I' then
+    i = i + 10
+  elseif op == 'U' then
+    i = i + 7
+  elseif op == 'D' then
+    i = i + 7
+  elseif op == 'X' then
+    i = i + 3
+  elseif op == 'E' then
+    i = i + 4
+  else
+    return redis.error_reply('sessiondb: unknown plan instruction ' .. tostring(op))
+  end
+end
+if i ~= n + 1 then
+  return redis.error_reply('sessiondb: truncated plan')
+end
+
+-- Pass 2: the changes and events.
+local out = {'ok'}
+i = 4
+while i <= n do
+  local op = ARGV[i]
+  if op == 'R' then
+    i = i + 3
+  elseif op == 'A' then
+    i = i + 3 + tonumber(ARGV[i + 2])
+  elseif op == 'I' then
+    redis.call('HSET', key(i + 1), 'r', ARGV[i + 9], 'v', ARGV[i + 8])
+    redis.call('ZADD', key(i + 2), ARGV[i + 7], ARGV[i + 5])
+    redis.call('SADD', key(i + 3), ARGV[i + 6])
+    redis.call('INCR', key(i + 4))
+    i = i + 10
+  elseif op == 'U' then
+    redis.call('HSET', key(i + 1), 'r', ARGV[i + 6], 'v', ARGV[i + 5])
+    redis.call('ZADD', key(i + 2), ARGV[i + 4], ARGV[i + 3])
+    i = i + 7
+  elseif op == 'D' then
+    redis.call('DEL', key(i + 1))
+    redis.call('ZREM', key(i + 2), ARGV[i + 5])
+    redis.call('SREM', key(i + 3), ARGV[i + 6])
+    redis.call('DECR', key(i + 4))
+    i = i + 7
+  elseif op == 'X' then
+    redis.call('ZREM', key(i + 1), ARGV[i + 2])
+    i = i + 3
+  elseif op == 'E' then
+    local stream = key(i + 1)
+    local seq = redis.call('INCR', key(i + 2))
+    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', seq, 'e', ARGV[i + 3])
+    out[#out + 1] = stream
+    out[#out + 1] = id
+    i = i + 4
+  end
+end
+redis.call('SET', marker, '1', 'PX', marker_ttl)
+return out

@@ -1,0 +1,85 @@
+//! Connections to the Redis / Valkey server: a small pool of synchronous
+//! connections with timeouts. A connection that failed is dropped, and the
+//! next call connects again, so the store reconnects by itself.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Client, Connection, RedisError};
+
+use crate::error::{Error, Result, StorageError};
+
+/// How many idle connections are kept.
+const IDLE: usize = 64;
+
+pub(crate) struct Pool {
+    client: Client,
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Maps a client error: unreachable or too slow is `Unavailable`, anything
+/// else a storage failure.
+pub(crate) fn failed(context: &'static str) -> impl Fn(RedisError) -> Error {
+    move |e| {
+        let down = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error();
+        let source = StorageError::new(context, e);
+        if down {
+            Error::Unavailable { source }
+        } else {
+            Error::Storage(source)
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        Pool {
+            client,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new connection with this pool's timeouts; `read_timeout` overrides
+    /// the read timeout (blocking reads of the event stream).
+    pub fn connect(&self, read_timeout: Option<Duration>) -> Result<Connection> {
+        let fail = failed("connecting to the server");
+        let con = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(&fail)?;
+        con.set_read_timeout(Some(read_timeout.unwrap_or(self.timeout)))
+            .map_err(&fail)?;
+        con.set_write_timeout(Some(self.timeout)).map_err(&fail)?;
+        Ok(con)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on a pooled connection. The connection goes back to the
+    /// pool unless the call failed for want of the server.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.idle().pop();
+        let mut con = match pooled {
+            Some(con) => con,
+            None => self.connect(None)?,
+        };
+        let out = f(&mut con);
+        if !matches!(out, Err(Error::Unavailable { .. })) {
+            let mut idle = self.idle();
+            if idle.len() < IDLE {
+                idle.push(con);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,102 @@
+//! Holding this process's writes for whole-store work (a check, an export):
+//! writers pass the gate while it is open; a holder closes it and waits for
+//! the writers already inside to leave.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+#[derive(Debug, Default)]
+struct State {
+    held: bool,
+    inside: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// A writer inside the gate; leaves on drop.
+pub(crate) struct Pass<'a>(&'a Gate);
+
+/// The gate held closed; opens on drop.
+pub(crate) struct Hold(Arc<Gate>);
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enters, waiting while the gate is held.
+    pub fn enter(&self) -> Pass<'_> {
+        let mut state = self.lock();
+        while state.held {
+            state = self.wait(state);
+        }
+        state.inside += 1;
+        Pass(self)
+    }
+
+    /// Closes the gate and waits until no writer is inside.
+    pub fn hold(self: &Arc<Self>) -> Hold {
+        let mut state = self.lock();
+        while state.held {
+            state = self.wait(state);
+        }
+        state.held = true;
+        while state.inside > 0 {
+            state = self.wait(state);
+        }
+        Hold(self.clone())
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.0.lock().inside -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.lock().held = false;
+        self.0.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_waits_for_writers_inside_and_keeps_new_ones_out() {
+        let gate = Arc::new(Gate::default());
+        let pass = gate.enter();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let hold = gate.hold();
+                tx.send(()).unwrap();
+                drop(hold);
+            })
+        };
+        // The holder cannot get in while a writer is inside.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(50))
+            .is_err());
+        drop(pass);
+        rx.recv().unwrap();
+        holder.join().unwrap();
+        let _again = gate.enter();
+    }
+}
