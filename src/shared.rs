@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::codec;
@@ -19,7 +20,25 @@ use crate::worker::Poison;
 /// How many times a change is planned before [`Error::Contention`]. An engine
 /// reports a conflict only when another writer changed what the plan read,
 /// so each retry means another writer made progress.
-pub(crate) const MAX_ATTEMPTS: u32 = 16;
+pub(crate) const MAX_ATTEMPTS: u32 = 32;
+
+/// The longest pause before planning a conflicted change again.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
+
+/// A random pause before attempt `attempt` (2, 3, ...): up to 50 µs doubled
+/// per attempt, at most `MAX_BACKOFF`, so that writers racing for the same
+/// sessions stop colliding in lock step.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_micros(50)
+        .saturating_mul(1 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    let mut random = [0u8; 4];
+    let fraction = match getrandom::fill(&mut random) {
+        Ok(()) => f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX),
+        Err(_) => 0.5,
+    };
+    ceiling.mul_f64(fraction)
+}
 
 /// Counters of the store's own (engine-neutral) work.
 #[derive(Debug, Default)]
@@ -106,6 +125,7 @@ fn settle(
             Commit::Done => return Ok(()),
             Commit::Conflict if attempts < MAX_ATTEMPTS => {
                 attempts += 1;
+                std::thread::sleep(backoff(attempts));
                 ticket = resubmit()?;
             }
             Commit::Conflict => return Err(Error::Contention { attempts }),
@@ -295,6 +315,14 @@ mod tests {
             Err(Error::Contention { attempts }) if attempts == MAX_ATTEMPTS
         ));
         assert_eq!(resubmitted, MAX_ATTEMPTS - 1);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for attempt in 2..40 {
+            assert!(backoff(attempt) <= MAX_BACKOFF);
+        }
+        assert!(backoff(2) <= Duration::from_micros(200));
     }
 
     #[test]

@@ -108,7 +108,12 @@ impl Fixture {
             Engine::Sled => None,
             Engine::Redis => {
                 let binary = redis::find("redis-server", "fixture").expect("redis-server");
-                Some(RedisServer::start(&binary, &[]))
+                // An append-only file fsynced on every write, so that
+                // `Durability::Immediate` works on any Redis 7.
+                Some(RedisServer::start(
+                    &binary,
+                    &["--appendonly", "yes", "--appendfsync", "always"],
+                ))
             }
         };
         let store = SessionStore::open(tune(base(&dir, server.as_ref(), &clock))).expect("open");
