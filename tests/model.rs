@@ -6,8 +6,13 @@
 //! shrinks to a short `Debug`-printed sequence: keep it below as a plain
 //! regression test once the bug is fixed.
 
+mod common;
+
+use std::sync::OnceLock;
+
+use common::redis::RedisServer;
 use proptest::prelude::*;
-use sessiondb_model::driver::Driver;
+use sessiondb_model::driver::{Driver, Place};
 use sessiondb_model::ops::{
     Actor, Change, Key, Lang, Lifetime, Name, Op, Payload, Setup, Step, TouchInterval, Ttl, Value,
     Version, Why,
@@ -156,6 +161,19 @@ fn setup() -> impl Strategy<Value = Setup> {
         )
 }
 
+/// One Redis server for every Redis case of this process (each case under
+/// a key prefix of its own); stopped by its watchdog when the process ends.
+fn redis_place(test: &str) -> Option<Place> {
+    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            common::redis::find("redis-server", test)
+                .map(|binary| RedisServer::start(&binary, &["--appendonly", "no"]))
+        })
+        .as_ref()
+        .map(|server| Place::Redis(server.url.clone()))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
@@ -167,6 +185,16 @@ proptest! {
     #[test]
     fn store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
         if let Err(mismatch) = Driver::run(setup, &ops) {
+            return Err(TestCaseError::fail(mismatch));
+        }
+    }
+
+    #[test]
+    fn redis_store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
+        let Some(place) = redis_place("redis_store_agrees_with_model") else {
+            return Ok(());
+        };
+        if let Err(mismatch) = Driver::run_at(place, setup, &ops) {
             return Err(TestCaseError::fail(mismatch));
         }
     }
@@ -221,7 +249,15 @@ fn every_operation_agrees_on_a_scripted_tour() {
         Op::Reap,
         Op::Check,
     ];
-    Driver::run(setup, &ops).unwrap();
+    run_everywhere("every_operation_agrees_on_a_scripted_tour", setup, &ops);
+}
+
+/// Runs `ops` on sled, then on Redis where a server can be started.
+fn run_everywhere(test: &str, setup: Setup, ops: &[Op]) {
+    Driver::run(setup, ops).unwrap();
+    if let Some(place) = redis_place(test) {
+        Driver::run_at(place, setup, ops).unwrap();
+    }
 }
 
 // Regressions: shrunk sequences the model test found, kept after the fix.
@@ -237,7 +273,11 @@ fn expire_actor_ends_expired_sessions_as_expired() {
         Op::ExpireActor(Actor::B, Why::Banned),
         Op::ExpireActor(Actor::B, Why::Expired),
     ];
-    Driver::run(Setup::default(), &ops).unwrap();
+    run_everywhere(
+        "expire_actor_ends_expired_sessions_as_expired",
+        Setup::default(),
+        &ops,
+    );
 }
 
 /// Reopening a directory right after the last handle was dropped or closed

@@ -19,9 +19,22 @@ use crate::{Address, Data, Error, Event, Model, Reason, Session, UnsetReason};
 /// failure the model does not predict.
 pub type Mismatch = String;
 
+/// Where the driver's store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The embedded engine, in a fresh temporary directory.
+    Directory,
+    /// The Redis engine on the server at this URL, under a key prefix of its
+    /// own (so that many drivers can share one server).
+    Redis(String),
+}
+
 /// A store and its model, side by side.
 pub struct Driver {
     setup: Setup,
+    place: Place,
+    /// The Redis key prefix of this driver's store.
+    prefix: String,
     dir: TempDir,
     clock: ManualClock,
     store: Option<SessionStore>,
@@ -172,14 +185,32 @@ impl Driver {
     /// # Errors
     /// When the store does not open.
     pub fn new(setup: Setup) -> Result<Driver, Mismatch> {
+        Driver::new_at(Place::Directory, setup)
+    }
+
+    /// A fresh store at `place`, and an empty model.
+    ///
+    /// # Errors
+    /// When the store does not open.
+    pub fn new_at(place: Place, setup: Setup) -> Result<Driver, Mismatch> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static STORES: AtomicU64 = AtomicU64::new(0);
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let clock = ManualClock::new(T0);
-        let store = SessionStore::open(config(&setup, &dir, &clock, setup.version))
+        let prefix = format!(
+            "model-{}-{}",
+            std::process::id(),
+            STORES.fetch_add(1, Ordering::Relaxed)
+        );
+        let base = base(&place, &dir, &prefix);
+        let store = SessionStore::open(config(base, &setup, &clock, setup.version))
             .map_err(|e| format!("open: {e}"))?;
         let events = store.subscribe();
         Ok(Driver {
             model: Model::new(setup.settings(), T0),
             setup,
+            place,
+            prefix,
             dir,
             clock,
             store: Some(store),
@@ -194,7 +225,15 @@ impl Driver {
     /// # Errors
     /// The first mismatch, as `step N Op: what`.
     pub fn run(setup: Setup, ops: &[Op]) -> Result<(), Mismatch> {
-        let mut driver = Driver::new(setup)?;
+        Driver::run_at(Place::Directory, setup, ops)
+    }
+
+    /// As [`Driver::run`], with the store at `place`.
+    ///
+    /// # Errors
+    /// The first mismatch, as `step N Op: what`.
+    pub fn run_at(place: Place, setup: Setup, ops: &[Op]) -> Result<(), Mismatch> {
+        let mut driver = Driver::new_at(place, setup)?;
         for (i, op) in ops.iter().enumerate() {
             driver
                 .apply(op)
@@ -464,7 +503,8 @@ impl Driver {
     }
 
     fn open(&mut self, version: Version) -> Result<(), Mismatch> {
-        let config = config(&self.setup, &self.dir, &self.clock, version);
+        let base = base(&self.place, &self.dir, &self.prefix);
+        let config = config(base, &self.setup, &self.clock, version);
         let store = SessionStore::open(config).map_err(|e| format!("reopen: {e}"))?;
         same(
             "recovery_report().clean_shutdown",
@@ -499,20 +539,52 @@ impl Driver {
                 Event::Unset { id, .. } => expiry.get(id.as_str()).copied(),
                 Event::Set { .. } => None,
             };
-            let times: Vec<Option<u64>> = got.iter().map(order).collect();
-            if times.windows(2).any(|w| w[0] > w[1]) {
-                return Err(format!("reap events out of expiry order: {got:?}"));
+            // Redis orders events per actor only (each actor's bucket has
+            // its own stream), so there the expiry order holds per actor.
+            let per_actor = self.place != Place::Directory;
+            for (_, events) in by_actor(&got, per_actor) {
+                let times: Vec<Option<u64>> = events.iter().map(|e| order(e)).collect();
+                if times.windows(2).any(|w| w[0] > w[1]) {
+                    return Err(format!("reap events out of expiry order: {got:?}"));
+                }
             }
             got.sort_by_key(|e| (order(e), e.clone()));
             want.sort_by_key(|e| (order(e), e.clone()));
         }
-        same("events", got, want)
+        if self.place == Place::Directory {
+            same("events", got, want)
+        } else {
+            same("events per actor", by_actor(&got, true), by_actor(&want, true))
+        }
+    }
+}
+
+/// `events` in order, split by actor when `per_actor` (else one group).
+fn by_actor(events: &[Event], per_actor: bool) -> BTreeMap<String, Vec<&Event>> {
+    let mut groups: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        let actor = match e {
+            Event::Set { actor_id, .. } | Event::Unset { actor_id, .. } if per_actor => {
+                actor_id.clone()
+            }
+            _ => String::new(),
+        };
+        groups.entry(actor).or_default().push(e);
+    }
+    groups
+}
+
+/// Where the store is: `dir` for sled, the server and `prefix` for Redis.
+fn base(place: &Place, dir: &TempDir, prefix: &str) -> Config {
+    match place {
+        Place::Directory => Config::new(dir.path()),
+        Place::Redis(url) => Config::redis(url).redis_prefix(prefix),
     }
 }
 
 /// The store's configuration for `setup`, opened with app version `version`.
-fn config(setup: &Setup, dir: &TempDir, clock: &ManualClock, version: Version) -> Config {
-    let mut config = Config::new(dir.path())
+fn config(base: Config, setup: &Setup, clock: &ManualClock, version: Version) -> Config {
+    let mut config = base
         .clock(Arc::new(clock.clone()))
         .reaper_thread(false)
         .ttl(Duration::from_millis(setup.ttl_ms()))
