@@ -554,7 +554,11 @@ impl Driver {
         if self.place == Place::Directory {
             same("events", got, want)
         } else {
-            same("events per actor", by_actor(&got, true), by_actor(&want, true))
+            same(
+                "events per actor",
+                by_actor(&got, true),
+                by_actor(&want, true),
+            )
         }
     }
 }

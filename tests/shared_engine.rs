@@ -1,0 +1,548 @@
+//! The shared engine on a real Redis server: several store instances (the
+//! game-server nodes) on one server, and the faults a networked store
+//! meets. Each test starts its own server (`common::redis`).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::{find, RedisServer};
+use common::{key_of, T0};
+use sessiondb::{Config, Data, Durability, Error, Event, ManualClock, SessionStore, UnsetReason};
+
+const FSYNC_ALWAYS: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
+
+fn server(test: &str, args: &[&str]) -> Option<RedisServer> {
+    find("redis-server", test).map(|binary| RedisServer::start(&binary, args))
+}
+
+fn config(server: &RedisServer, clock: &ManualClock) -> Config {
+    Config::redis(&server.url)
+        .clock(Arc::new(clock.clone()))
+        .reaper_thread(false)
+}
+
+/// Events until `pred` holds of what was heard, or a 20 s deadline (which
+/// only bounds a hang: the events come from another node's commits).
+fn hear(rx: &crossbeam_channel::Receiver<Event>, pred: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut heard = Vec::new();
+    while !pred(&heard) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) => heard.push(e),
+            Err(_) => panic!("gave up waiting for events; heard {heard:?}"),
+        }
+    }
+    heard
+}
+
+#[test]
+fn two_nodes_share_sessions_and_hear_each_others_changes() {
+    let Some(server) = server("two_nodes_share_sessions", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let a = SessionStore::open(config(&server, &clock).node_id("node-a")).unwrap();
+    let b = SessionStore::open(config(&server, &clock).node_id("node-b")).unwrap();
+    let (heard_a, heard_b) = (a.subscribe(), b.subscribe());
+
+    let s = a.register("p1", "en", Data::new()).unwrap();
+    let key = key_of(&s);
+    // The other node resolves it, changes it, and ends it.
+    assert_eq!(b.resolve(&key).unwrap().node_id(), Some("node-a"));
+    b.set_data(&key, "gold", &5).unwrap();
+    assert_eq!(a.get_data::<u32>(&key, "gold").unwrap(), Some(5));
+    b.logout(&key).unwrap();
+    assert_eq!(
+        a.is_valid(&key).unwrap_err().reason(),
+        Some(sessiondb::Reason::NoSession)
+    );
+
+    for rx in [&heard_a, &heard_b] {
+        let events = hear(rx, |h| h.len() == 2);
+        assert!(matches!(&events[0], Event::Set { id, .. } if id == s.id()));
+        assert!(matches!(
+            &events[1],
+            Event::Unset { id, reason: UnsetReason::LoggedOut, .. } if id == s.id()
+        ));
+    }
+    assert_eq!(a.stats().unwrap().sessions, 0);
+    assert!(b.check().unwrap().is_healthy());
+}
+
+#[test]
+fn racing_registers_at_the_cap_leave_exactly_the_cap() {
+    let Some(server) = server("racing_registers_at_the_cap", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let nodes: Vec<SessionStore> = (0..2)
+        .map(|_| SessionStore::open(config(&server, &clock).max_sessions_per_actor(2)).unwrap())
+        .collect();
+    let heard = nodes[0].subscribe();
+    const PER_THREAD: usize = 20;
+    std::thread::scope(|scope| {
+        for node in &nodes {
+            for _ in 0..3 {
+                scope.spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        node.register("hero", "en", Data::new()).unwrap();
+                    }
+                });
+            }
+        }
+    });
+    let total = 2 * 3 * PER_THREAD;
+    let events = hear(&heard, |h| h.len() == 2 * total - 2);
+    let sets = events
+        .iter()
+        .filter(|e| matches!(e, Event::Set { .. }))
+        .count();
+    let replaced = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Unset {
+                    reason: UnsetReason::Replaced,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((sets, replaced), (total, total - 2));
+    for node in &nodes {
+        assert_eq!(node.stats().unwrap().sessions, 2);
+    }
+    assert!(nodes[1].check().unwrap().is_healthy());
+}
+
+#[test]
+fn racing_updates_of_one_session_lose_nothing() {
+    let Some(server) = server("racing_updates_of_one_session", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let nodes: Vec<SessionStore> = (0..2)
+        .map(|_| SessionStore::open(config(&server, &clock)).unwrap())
+        .collect();
+    let key = key_of(&nodes[0].register("p1", "en", Data::new()).unwrap());
+    std::thread::scope(|scope| {
+        for node in &nodes {
+            for _ in 0..3 {
+                let key = &key;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        node.update(key, |d| {
+                            let n: u64 = d.get("n").ok().flatten().unwrap_or(0);
+                            d.insert("n", &(n + 1)).map(drop)
+                        })
+                        .unwrap()
+                        .unwrap();
+                    }
+                });
+            }
+        }
+    });
+    assert_eq!(nodes[1].get_data::<u64>(&key, "n").unwrap(), Some(120));
+}
+
+#[test]
+fn reapers_on_two_nodes_end_each_session_exactly_once() {
+    let Some(server) = server("reapers_on_two_nodes", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let nodes: Vec<SessionStore> = (0..2)
+        .map(|_| SessionStore::open(config(&server, &clock).reap_batch(7)).unwrap())
+        .collect();
+    let heard = nodes[0].subscribe();
+    let ids: BTreeSet<String> = (0..150)
+        .map(|i| {
+            nodes[i % 2]
+                .register(&format!("p{i}"), "en", Data::new())
+                .unwrap()
+                .id()
+                .to_owned()
+        })
+        .collect();
+    clock.advance(Duration::from_secs(3600));
+    let reaped: usize = std::thread::scope(|scope| {
+        let passes: Vec<_> = nodes
+            .iter()
+            .map(|n| scope.spawn(move || n.reap_expired().unwrap()))
+            .collect();
+        passes.into_iter().map(|p| p.join().unwrap()).sum()
+    });
+    assert_eq!(reaped, 150, "each session reaped by exactly one node");
+    let events = hear(&heard, |h| {
+        h.iter()
+            .filter(|e| matches!(e, Event::Unset { .. }))
+            .count()
+            == 150
+    });
+    let ended: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unset { id, reason, .. } => {
+                assert_eq!(*reason, UnsetReason::Expired);
+                Some(id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let unique: BTreeSet<String> = ended.iter().map(|s| s.to_string()).collect();
+    assert_eq!(unique.len(), ended.len(), "no session announced twice");
+    assert_eq!(unique, ids);
+    assert_eq!(nodes[1].stats().unwrap().sessions, 0);
+    assert!(nodes[1].check().unwrap().is_healthy());
+}
+
+#[test]
+fn a_reader_behind_the_stream_retention_hears_lagged_with_the_exact_count() {
+    let Some(server) = server("lagged_with_the_exact_count", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let config = config(&server, &clock).event_retention(5).redis_buckets(1);
+    let store = SessionStore::open(config).unwrap();
+    let rx = store.subscribe();
+    let first = store.register("p0", "en", Data::new()).unwrap();
+    hear(&rx, |h| h.len() == 1);
+    // 40 more sessions' events arrive in one atomic burst, as a fast writer
+    // elsewhere would append them: the reader can only see the last 5.
+    let mut raw = server.connection();
+    let burst = r#"
+        for i = 1, 40 do
+          local n = redis.call('INCR', KEYS[2])
+          local e = '{"t":"unset","id":"burst' .. i .. '","actorId":"p0","reason":"expired"}'
+          redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*', 'n', n, 'e', e)
+        end
+        return 1"#;
+    let _: i64 = redis::cmd("EVAL")
+        .arg(burst)
+        .arg(2)
+        .arg("sessiondb{0}:x")
+        .arg("sessiondb{0}:xn")
+        .query(&mut raw)
+        .unwrap();
+    let events = hear(&rx, |h| h.len() == 6);
+    assert_eq!(events[0], Event::Lagged { missed: 35 });
+    for (i, e) in events[1..].iter().enumerate() {
+        let want = format!("burst{}", 36 + i);
+        assert!(matches!(e, Event::Unset { id, .. } if *id == want), "{e:?}");
+    }
+    // Events after the gap flow as before.
+    store.logout(&key_of(&first)).unwrap();
+    assert!(matches!(
+        &hear(&rx, |h| h.len() == 1)[0],
+        Event::Unset { .. }
+    ));
+}
+
+#[test]
+fn an_unreachable_server_gives_a_typed_error_in_time_and_the_store_reconnects() {
+    let Some(mut server) = server("an_unreachable_server", FSYNC_ALWAYS) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store =
+        SessionStore::open(config(&server, &clock).redis_timeout(Duration::from_millis(300)))
+            .unwrap();
+    let key = key_of(&store.register("p1", "en", Data::new()).unwrap());
+    server.kill();
+    let started = Instant::now();
+    for outcome in [
+        store.register("p2", "en", Data::new()).map(drop),
+        store.resolve(&key).map(drop),
+        store.stats().map(drop),
+    ] {
+        assert!(
+            matches!(outcome, Err(Error::Unavailable { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = store.resolve(&key).unwrap_err().to_string();
+    assert!(message.contains("reconnects by itself"), "{message}");
+
+    server.restart();
+    // Back: the same store carries on, and the session was kept.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resolved = loop {
+        match store.resolve(&key) {
+            Err(Error::Unavailable { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            other => break other,
+        }
+    };
+    assert_eq!(resolved.unwrap().actor_id(), "p1");
+    store.register("p2", "en", Data::new()).unwrap();
+    assert!(store.check().unwrap().is_healthy());
+}
+
+#[test]
+fn a_flushed_script_cache_is_loaded_again() {
+    let Some(server) = server("a_flushed_script_cache", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = SessionStore::open(config(&server, &clock)).unwrap();
+    let mut raw = server.connection();
+    for i in 0..3 {
+        let _: String = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+        store.register(&format!("p{i}"), "en", Data::new()).unwrap();
+    }
+    assert_eq!(store.stats().unwrap().sessions, 3);
+}
+
+#[test]
+fn immediate_durability_keeps_every_acknowledged_write_through_a_server_kill() {
+    let Some(mut server) = server("immediate_durability_through_a_server_kill", FSYNC_ALWAYS)
+    else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let open = |server: &RedisServer| {
+        SessionStore::open(config(server, &clock).durability(Durability::Immediate)).unwrap()
+    };
+    let store = open(&server);
+    let acknowledged: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let store = &store;
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            key_of(
+                                &store
+                                    .register(&format!("p{t}-{i}"), "en", Data::new())
+                                    .unwrap(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    drop(store);
+    server.restart(); // SIGKILL, then the append-only file is replayed
+    let store = open(&server);
+    for key in &acknowledged {
+        store.is_valid(key).unwrap();
+    }
+    assert_eq!(store.stats().unwrap().sessions, 100);
+    assert!(store.check().unwrap().is_healthy());
+}
+
+#[test]
+fn open_refuses_what_would_break_its_guarantees() {
+    let Some(binary) = find("redis-server", "open_refuses") else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let refused = |server: &RedisServer, config: Config| -> (&'static str, String) {
+        match SessionStore::open(config) {
+            Err(Error::InvalidConfig { setting, problem }) => (setting, problem),
+            other => panic!("{} should be refused: {other:?}", server.url),
+        }
+    };
+    let evicting = RedisServer::start(&binary, &["--maxmemory-policy", "allkeys-lru"]);
+    let (setting, problem) = refused(&evicting, config(&evicting, &clock));
+    assert_eq!(setting, "redis_url");
+    assert!(problem.contains("maxmemory-policy noeviction"), "{problem}");
+
+    let no_aof = RedisServer::start(&binary, &["--appendonly", "no"]);
+    let immediate = config(&no_aof, &clock).durability(Durability::Immediate);
+    let (setting, problem) = refused(&no_aof, immediate);
+    assert_eq!(setting, "durability");
+    assert!(problem.contains("appendonly yes"), "{problem}");
+
+    let buckets = RedisServer::start(&binary, &[]);
+    SessionStore::open(config(&buckets, &clock).redis_buckets(8))
+        .unwrap()
+        .close()
+        .unwrap();
+    let (setting, problem) = refused(&buckets, config(&buckets, &clock).redis_buckets(4));
+    assert_eq!(setting, "redis_buckets");
+    assert!(problem.contains("created with 8 buckets"), "{problem}");
+    // Without an explicit count the store's own is used.
+    SessionStore::open(config(&buckets, &clock)).unwrap();
+
+    for url in ["http://127.0.0.1:6379", "redis://[::1", ""] {
+        match SessionStore::open(Config::redis(url)) {
+            Err(Error::InvalidConfig {
+                setting: "redis_url",
+                ..
+            }) => {}
+            other => panic!("{url:?} should be refused: {other:?}"),
+        }
+    }
+    // A password never shows in a message.
+    let e = SessionStore::open(
+        Config::redis("redis://user:hunter2@127.0.0.1:1/0")
+            .redis_timeout(Duration::from_millis(200)),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+}
+
+#[test]
+fn stores_under_different_prefixes_share_a_server_without_meeting() {
+    let Some(server) = server("stores_under_different_prefixes", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let game = SessionStore::open(config(&server, &clock).redis_prefix("game")).unwrap();
+    let staging = SessionStore::open(config(&server, &clock).redis_prefix("staging")).unwrap();
+    let key = key_of(&game.register("p1", "en", Data::new()).unwrap());
+    assert_eq!(
+        staging.is_valid(&key).unwrap_err().reason(),
+        Some(sessiondb::Reason::NoSession)
+    );
+    assert_eq!(
+        (
+            game.stats().unwrap().sessions,
+            staging.stats().unwrap().sessions
+        ),
+        (1, 0)
+    );
+    // No session key carries a Redis TTL: expiry is sessiondb's.
+    let mut raw = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("game{*}:s:*")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut raw).unwrap();
+    assert_eq!(ttl, -1);
+}
+
+#[test]
+fn export_from_sled_imports_into_redis_and_back() {
+    let Some(server) = server("export_from_sled_imports_into_redis", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SessionStore::open(common::config(&dir, &clock)).unwrap();
+    let mut keys = HashMap::new();
+    for i in 0..30 {
+        let mut data = Data::new();
+        data.insert("level", &i).unwrap();
+        let s = sled.register(&format!("p{i}"), "en", data).unwrap();
+        keys.insert(key_of(&s), i);
+    }
+    let mut export = Vec::new();
+    sled.export(&mut export).unwrap();
+    let redis = SessionStore::open(config(&server, &clock)).unwrap();
+    let summary = redis.import(export.as_slice()).unwrap();
+    assert_eq!(summary.imported, 30);
+    for (key, level) in &keys {
+        assert_eq!(redis.get_data::<i32>(key, "level").unwrap(), Some(*level));
+    }
+    assert!(redis.check().unwrap().is_healthy());
+    let mut back = Vec::new();
+    redis.export(&mut back).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let again = SessionStore::open(common::config(&other, &clock)).unwrap();
+    assert_eq!(again.import(back.as_slice()).unwrap().imported, 30);
+    for key in keys.keys() {
+        again.is_valid(key).unwrap();
+    }
+}
+
+#[test]
+fn check_finds_and_repair_fixes_broken_redis_indexes() {
+    let Some(server) = server("check_and_repair_on_redis", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = SessionStore::open(config(&server, &clock).redis_buckets(1)).unwrap();
+    for i in 0..5 {
+        store.register(&format!("p{i}"), "en", Data::new()).unwrap();
+    }
+    let mut raw = server.connection();
+    // A dangling expiry entry, a missing actor entry, a corrupt record and
+    // a wrong count, made behind the store's back.
+    let member = format!("{}:ghost", "ab".repeat(32));
+    let _: i64 = redis::cmd("ZADD")
+        .arg("sessiondb{0}:e")
+        .arg(1)
+        .arg(member)
+        .query(&mut raw)
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg("sessiondb{0}:a:p0")
+        .query(&mut raw)
+        .unwrap();
+    let p1: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("sessiondb{0}:a:p1")
+        .query(&mut raw)
+        .unwrap();
+    let p1_record = format!("sessiondb{{0}}:s:{}", p1[0]);
+    let _: i64 = redis::cmd("HSET")
+        .arg(&p1_record)
+        .arg("r")
+        .arg("garbage")
+        .query(&mut raw)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("sessiondb{0}:n")
+        .arg(42)
+        .query(&mut raw)
+        .unwrap();
+
+    let report = store.check().unwrap();
+    // The ghost's expiry entry, and the corrupt record's two entries.
+    assert_eq!(
+        (report.stale_expiries, report.stale_actors),
+        (2, 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.corrupt, report.missing_actors),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.count_was, Some(42), "{report:?}");
+    let repaired = store.repair().unwrap();
+    assert!(repaired.repaired);
+    assert!(store.check().unwrap().is_healthy());
+    assert_eq!(store.quarantined().unwrap(), 1);
+    assert_eq!(store.stats().unwrap().sessions, 4);
+}
+
+#[test]
+fn valkey_makes_immediate_writes_durable_with_waitaof() {
+    let Some(binary) = find("valkey-server", "valkey_waitaof") else {
+        return;
+    };
+    let server = RedisServer::start(
+        &binary,
+        &["--appendonly", "yes", "--appendfsync", "everysec"],
+    );
+    let clock = ManualClock::new(T0);
+    let store =
+        SessionStore::open(config(&server, &clock).durability(Durability::Immediate)).unwrap();
+    for i in 0..5 {
+        store.register(&format!("p{i}"), "en", Data::new()).unwrap();
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        stats.syncs, 5,
+        "one WAITAOF per acknowledged write: {stats:?}"
+    );
+    store.flush().unwrap();
+}
