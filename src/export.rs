@@ -28,6 +28,7 @@ use crate::error::{clip, Error, Result};
 use crate::key::{self, Digest, DIGEST_LEN};
 use crate::plan::Imported;
 use crate::session::{check_data_name, Data, Record, Session};
+use crate::shared::About;
 use crate::store::SessionStore;
 
 /// The version of the export format that [`SessionStore::export`] writes and
@@ -318,7 +319,9 @@ impl SessionStore {
             }
             let sessions = std::mem::take(batch);
             let n = sessions.len() as u64;
-            let new = shared.write(Vec::new(), move |p| p.import(&sessions))?;
+            let about =
+                About::touching(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
+            let new = shared.write(about, move |p| p.import(&sessions))?;
             summary.imported += n;
             summary.replaced += n - new as u64;
             Ok(())

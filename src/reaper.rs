@@ -10,7 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
-use crate::shared::Shared;
+use crate::shared::{About, Shared};
 use crate::worker;
 
 /// How many due entries one scan of the expiry index takes, in batches.
@@ -47,7 +47,8 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
                 total += finish(previous)?;
             }
             let batch = batch.to_vec();
-            queued = Some(shared.queue(Vec::new(), move |p| p.reap(&batch, now))?);
+            let about = About::touching(batch.iter().map(|d| d.actor_id.clone()).collect());
+            queued = Some(shared.queue(about, move |p| p.reap(&batch, now))?);
         }
         if let Some(last) = queued {
             total += finish(last)?;

@@ -63,10 +63,38 @@ pub(crate) struct Shared {
     pub app_version: Option<String>,
 }
 
+/// The actors an operation is about.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct About {
+    /// Whose sessions planning always lists (`Task::actors`).
+    listed: Vec<String>,
+    /// Whose sessions it may read or change (`Task::subjects`).
+    subjects: Vec<String>,
+}
+
+impl About {
+    /// An operation that lists these actors' sessions.
+    pub fn listing(actors: Vec<String>) -> Self {
+        About {
+            listed: actors.clone(),
+            subjects: actors,
+        }
+    }
+
+    /// An operation on sessions of these actors, listing them only if it
+    /// must (a key's session, reaped or imported sessions).
+    pub fn touching(actors: Vec<String>) -> Self {
+        About {
+            listed: Vec::new(),
+            subjects: actors,
+        }
+    }
+}
+
 /// One operation handed to the engine: its planning function, and the
 /// reply of its last planning.
 struct Job<F, R> {
-    actors: Vec<String>,
+    about: About,
     rules: Arc<Rules>,
     plan: F,
     reply: Mutex<Option<Result<R>>>,
@@ -87,7 +115,11 @@ where
     R: Send,
 {
     fn actors(&self) -> &[String] {
-        &self.actors
+        &self.about.listed
+    }
+
+    fn subjects(&self) -> &[String] {
+        &self.about.subjects
     }
 
     fn plan(&self, view: &dyn View) -> Result<Plan> {
@@ -158,16 +190,16 @@ impl Shared {
     }
 
     /// Queues a change: `plan` will be run by the engine (perhaps more than
-    /// once) against its view of the store. `actors` names the actors whose
-    /// sessions `plan` always lists.
-    pub fn queue<F, R>(&self, actors: Vec<String>, plan: F) -> Result<Queued<F, R>>
+    /// once) against its view of the store. `about` names the actors it is
+    /// about.
+    pub fn queue<F, R>(&self, about: About, plan: F) -> Result<Queued<F, R>>
     where
         F: Fn(&mut Planner<'_>) -> Result<R> + Send + Sync + 'static,
         R: Send + 'static,
     {
         self.ensure_open()?;
         let job = Arc::new(Job {
-            actors,
+            about,
             rules: self.rules.clone(),
             plan,
             reply: Mutex::new(None),
@@ -203,12 +235,12 @@ impl Shared {
     }
 
     /// Plans and commits one change; returns its reply.
-    pub fn write<F, R>(&self, actors: Vec<String>, plan: F) -> Result<R>
+    pub fn write<F, R>(&self, about: About, plan: F) -> Result<R>
     where
         F: Fn(&mut Planner<'_>) -> Result<R> + Send + Sync + 'static,
         R: Send + 'static,
     {
-        self.finish(self.queue(actors, plan)?)
+        self.finish(self.queue(about, plan)?)
     }
 
     /// Counts a corrupt record met by an operation.

@@ -20,7 +20,7 @@ use crate::reaper::{self, Reaper};
 use crate::recovery::{self, CheckReport, RecoveryReport};
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{check_data_name, ActorAddress, Data, Record, Session};
-use crate::shared::{Counters, Shared};
+use crate::shared::{About, Counters, Shared};
 use crate::worker::Poison;
 
 /// Counters describing a running store.
@@ -230,7 +230,7 @@ impl SessionStore {
             data,
         };
         let digest = Digest::of_secret(&secret);
-        let record = shared.write(vec![actor_id.to_owned()], move |p| {
+        let record = shared.write(About::listing(vec![actor_id.to_owned()]), move |p| {
             p.register(&digest, &record)
         })?;
         Ok(Session {
@@ -307,7 +307,8 @@ impl SessionStore {
 
     fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
         let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
-        let record = self.shared().write(Vec::new(), move |p| {
+        let about = About::touching(vec![actor_id.clone()]);
+        let record = self.shared().write(about, move |p| {
             p.use_session(&digest, &actor_id, now, touch)
         })?;
         Ok(Session {
@@ -335,7 +336,8 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        shared.write(Vec::new(), move |p| {
+        let about = About::touching(vec![actor_id.clone()]);
+        shared.write(about, move |p| {
             p.expire(&digest, &actor_id, now, reason.clone())
         })
     }
@@ -351,7 +353,7 @@ impl SessionStore {
         reason.check()?;
         let shared = self.shared();
         let (actor, now) = (actor_id.to_owned(), shared.now());
-        shared.write(vec![actor_id.to_owned()], move |p| {
+        shared.write(About::listing(vec![actor_id.to_owned()]), move |p| {
             p.expire_actor(&actor, now, &reason)
         })
     }
@@ -450,7 +452,8 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        shared.write(Vec::new(), move |p| {
+        let about = About::touching(vec![actor_id.clone()]);
+        shared.write(about, move |p| {
             p.edit_data(&digest, &actor_id, now, expected_revision, kind, &edit)
         })
     }
@@ -535,7 +538,8 @@ impl SessionStore {
         let now = shared.now();
         // Planned as a change with nothing to commit, so that the engine
         // reads every actor in one consistent view.
-        shared.write(actor_ids.clone(), move |p| p.addresses(&actor_ids, now))
+        let about = About::listing(actor_ids.clone());
+        shared.write(about, move |p| p.addresses(&actor_ids, now))
     }
 
     /// MAGE's `reassign`: every session of `from` ends with reason
@@ -558,9 +562,8 @@ impl SessionStore {
         let new_digest = Digest::of_secret(&secret);
         let now = shared.now();
         let (f, t) = (from.to_owned(), to.to_owned());
-        let record = shared.write(vec![f.clone(), t.clone()], move |p| {
-            p.reassign(&f, &t, &new_digest, now)
-        })?;
+        let about = About::listing(vec![f.clone(), t.clone()]);
+        let record = shared.write(about, move |p| p.reassign(&f, &t, &new_digest, now))?;
         Ok(Session {
             key: Some(key::full_key(to, &secret)),
             record,
@@ -676,7 +679,7 @@ mod tests {
         let key = store.register("p1", "en", Data::new()).unwrap();
         let key = key.key().unwrap().to_owned();
         // Planning runs on the committer thread: a bug there kills it.
-        let panicked = store.shared().write(Vec::new(), |_| -> Result<()> {
+        let panicked = store.shared().write(About::default(), |_| -> Result<()> {
             panic!("a bug (on purpose)")
         });
         assert!(matches!(

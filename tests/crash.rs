@@ -13,12 +13,19 @@
 //! - periodic durability: the operations lost are a suffix, and the age of
 //!   the oldest lost one is reported (the loss window).
 //!
+//! The same runs on the Redis engine (mode `redis`, a server of the test's
+//! own): there the killed process is a game-server node, and since the
+//! server outlives it, every acknowledged operation must be present.
+//!
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 50);
 //! `SESSIONDB_CRASH_SEED` the random seed.
 
+#[path = "common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,8 +66,18 @@ fn durability(name: &str) -> Durability {
     }
 }
 
-fn child_config(dir: &Path, mode: &str) -> Config {
-    Config::new(dir)
+/// The store's configuration: `place` is a directory, or a Redis URL in
+/// mode `redis`.
+fn place_config(place: &str, mode: &str) -> Config {
+    if mode == "redis" {
+        Config::redis(place)
+    } else {
+        Config::new(place)
+    }
+}
+
+fn child_config(place: &str, mode: &str) -> Config {
+    place_config(place, mode)
         .ttl(TTL)
         .durability(durability(mode))
         .reap_interval(Duration::from_millis(20))
@@ -72,10 +89,10 @@ fn child_config(dir: &Path, mode: &str) -> Config {
 /// The child: `--child DIR MODE RUN SEED`. Prints `O <problems>` once open,
 /// then `B`/`A` lines per operation, until killed.
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [dir, mode, run, seed] = args else {
-        return Err("usage: --child DIR MODE RUN SEED".into());
+    let [place, mode, run, seed] = args else {
+        return Err("usage: --child PLACE MODE RUN SEED".into());
     };
-    let store = SessionStore::open(child_config(Path::new(dir), mode))?;
+    let store = SessionStore::open(child_config(place, mode))?;
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let problems = store
         .recovery_report()
@@ -259,12 +276,12 @@ struct RunLog {
     killed: Instant,
 }
 
-fn run_child(dir: &Path, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64) {
+fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64) {
     let exe = std::env::current_exe().expect("own executable");
     let mut child = Command::new(exe)
         .args([
             "--child",
-            &dir.to_string_lossy(),
+            place,
             mode,
             &run.to_string(),
             &rng.next().to_string(),
@@ -345,8 +362,7 @@ struct Tally {
 }
 
 /// Kills `kills` children in rounds and verifies after each round.
-fn crash_mode(mode: &str, kills: usize, seed: u64) -> Result<Tally, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+fn crash_mode(mode: &str, place: &str, kills: usize, seed: u64) -> Result<Tally, String> {
     let mut rng = Rng(seed | 1);
     let mut known: State = HashMap::new();
     let mut tally = Tally::default();
@@ -355,7 +371,7 @@ fn crash_mode(mode: &str, kills: usize, seed: u64) -> Result<Tally, String> {
         let mut logs = Vec::new();
         let mut killed_at = 0;
         for _ in 0..KILLS_PER_ROUND {
-            let (log, at) = run_child(dir.path(), mode, run, &mut rng);
+            let (log, at) = run_child(place, mode, run, &mut rng);
             run += 1;
             tally.kills += 1;
             killed_at = at;
@@ -370,14 +386,14 @@ fn crash_mode(mode: &str, kills: usize, seed: u64) -> Result<Tally, String> {
             }
             logs.push(log);
         }
-        verify(dir.path(), mode, &logs, killed_at, &mut known, &mut tally)
+        verify(place, mode, &logs, killed_at, &mut known, &mut tally)
             .map_err(|e| format!("{mode}, round ending at run {}: {e}", run - 1))?;
     }
     Ok(tally)
 }
 
 fn verify(
-    dir: &Path,
+    place: &str,
     mode: &str,
     logs: &[RunLog],
     killed_at: u64,
@@ -386,7 +402,7 @@ fn verify(
 ) -> Result<(), String> {
     // A clock at the epoch: every stored session reads as live, so the
     // parent sees exactly what survived.
-    let config = Config::new(dir)
+    let config = place_config(place, mode)
         .clock(Arc::new(ManualClock::new(0)))
         .reaper_thread(false);
     let store = SessionStore::open(config).map_err(|e| format!("reopen failed: {e}"))?;
@@ -436,7 +452,8 @@ fn verify(
             for a in &actors {
                 found.insert(a.clone(), stored(a)?);
             }
-            let lowest = if mode == "immediate" { acked } else { 0 };
+            // Only sled's periodic mode may lose acknowledged operations.
+            let lowest = if mode == "periodic" { 0 } else { acked };
             let matched = (lowest..=acked + in_flight).rev().find(|&k| {
                 prefixes[k]
                     .iter()
@@ -506,8 +523,18 @@ fn main() {
     );
     let started = Instant::now();
     let mut failed = 0;
-    for mode in ["immediate", "periodic"] {
-        match crash_mode(mode, kills, seed) {
+    let dirs = [tempfile::tempdir(), tempfile::tempdir()].map(|d| d.expect("temp dir"));
+    let redis = redis_server::find("redis-server", "crash_under_sigkill (mode redis)")
+        .map(|binary| redis_server::RedisServer::start(&binary, &[]));
+    let mut places = vec![
+        ("immediate", dirs[0].path().display().to_string()),
+        ("periodic", dirs[1].path().display().to_string()),
+    ];
+    if let Some(server) = &redis {
+        places.push(("redis", server.url.clone()));
+    }
+    for (mode, place) in &places {
+        match crash_mode(mode, place, kills, seed) {
             Ok(t) => println!(
                 "{mode}: {} kills ({} before open finished), {} acknowledged ops checked, {} lost \
                  (oldest lost acknowledged {:?} before its kill)",

@@ -116,6 +116,10 @@ pub(crate) trait Task: Send + Sync {
     /// The actors whose index planning always lists, for engines that read
     /// them ahead (planning may list others; the engine must then cope).
     fn actors(&self) -> &[String];
+    /// Every actor whose sessions the operation may read or change, where
+    /// known; an engine whose commits can conflict may order its own plans
+    /// per actor with it.
+    fn subjects(&self) -> &[String];
     /// Plans the operation against `view`. The operation's own failures (an
     /// invalid key, too much data) are kept by the task and give an empty
     /// plan; an error returned here is a storage failure that fails every

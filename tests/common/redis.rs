@@ -96,7 +96,7 @@ impl RedisServer {
         // The watchdog: stops the server when the test process is gone.
         let script = format!(
             "{} > '{}/server.log' 2>&1 & r=$!; trap 'kill -9 $r; exit 0' TERM; \
-             while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2; done; \
+             while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2 & wait $!; done; \
              kill -9 $r 2>/dev/null",
             quoted.join(" "),
             self.dir.path().display(),

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{Client, Connection, RedisError};
+use redis::{Client, Connection, RedisError, RetryMethod};
 
 use crate::error::{Error, Result, StorageError};
 
@@ -18,15 +18,22 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// Maps a client error: unreachable or too slow is `Unavailable`, anything
-/// else a storage failure.
+/// Maps a client error: unreachable, too slow, or not ready yet (a server
+/// still loading its data after a restart, a failover under way) is
+/// `Unavailable`; anything else a storage failure.
 pub(crate) fn failed(context: &'static str) -> impl Fn(RedisError) -> Error {
     move |e| {
         let down = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_refusal()
             || e.is_connection_dropped()
-            || e.is_unrecoverable_error();
+            || e.is_unrecoverable_error()
+            || matches!(
+                e.retry_method(),
+                RetryMethod::Reconnect
+                    | RetryMethod::WaitAndRetry
+                    | RetryMethod::ReconnectFromInitialConnections
+            );
         let source = StorageError::new(context, e);
         if down {
             Error::Unavailable { source }

@@ -1,6 +1,6 @@
-//! Holding this process's writes for whole-store work (a check, an export):
-//! writers pass the gate while it is open; a holder closes it and waits for
-//! the writers already inside to leave.
+//! Ordering this process's writes: the gate held for whole-store work (a
+//! check, an export): writers pass it while it is open; a holder closes it
+//! and waits for the writers already inside to leave. And per-actor turns.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -70,6 +70,44 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.0.lock().held = false;
         self.0.changed.notify_all();
+    }
+}
+
+/// Per-actor turns for this node's plans: striped locks, taken in stripe
+/// order so that plans over several actors cannot deadlock.
+pub(crate) struct Turns {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            stripes: (0..256).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl Turns {
+    /// Waits for the turn of every actor in `actors`.
+    pub fn take(&self, actors: &[String]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = actors
+            .iter()
+            .map(|a| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(a, &mut h);
+                (std::hash::Hasher::finish(&h) % self.stripes.len() as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| {
+                self.stripes[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .collect()
     }
 }
 

@@ -22,7 +22,7 @@ use redis::{Connection, IntoConnectionInfo};
 
 use self::conn::{failed, Pool};
 use self::events::Reader;
-use self::gate::Gate;
+use self::gate::{Gate, Turns};
 use self::keys::{digest_hex, expiry_member, parse_expiry_member, Keys, REDIS_FORMAT};
 use crate::config::{Config, Durability};
 use crate::engine::{
@@ -72,6 +72,7 @@ pub(crate) struct RedisEngine {
     reader: Mutex<Option<Reader>>,
     progress: Arc<events::Progress>,
     gate: Arc<Gate>,
+    turns: Turns,
     commits: AtomicU64,
     plans: AtomicU64,
     syncs: AtomicU64,
@@ -125,6 +126,7 @@ impl RedisEngine {
             timeout: settings.timeout,
             retention: settings.event_retention,
             gate: Arc::new(Gate::default()),
+            turns: Turns::default(),
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -678,6 +680,10 @@ impl Engine for RedisEngine {
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
         let outcome = {
             let _inside = self.gate.enter();
+            // This node's plans for the same actors take turns: optimistic
+            // commits of many local callers on one hot actor would otherwise
+            // keep conflicting with each other.
+            let _turn = self.turns.take(task.subjects());
             task.plan(&RedisView(self))
                 .and_then(|plan| self.commit(&plan))
         };
