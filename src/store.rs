@@ -610,6 +610,20 @@ impl SessionStore {
         })
     }
 
+    /// Checks that the store can serve and returns how long that took: on
+    /// Redis one round trip to the server, on sled a check that the store is
+    /// open and its writer alive. For health checks and latency metrics.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server does not answer in time;
+    /// [`Error::Closed`]; [`Error::WorkerFailed`].
+    pub fn ping(&self) -> Result<std::time::Duration> {
+        let started = Instant::now();
+        self.shared().ensure_open()?;
+        self.shared().engine.ping()?;
+        Ok(started.elapsed())
+    }
+
     /// Makes every acknowledged write durable (flush plus fsync).
     ///
     /// # Errors

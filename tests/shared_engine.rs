@@ -598,3 +598,23 @@ fn valkey_makes_immediate_writes_durable_with_waitaof() {
     );
     store.flush().unwrap();
 }
+
+#[test]
+fn ping_answers_while_the_server_does_and_fails_typed_when_it_does_not() {
+    let Some(mut server) = server("ping", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store =
+        SessionStore::open(config(&server, &clock).redis_timeout(Duration::from_millis(300)))
+            .unwrap();
+    assert!(store.ping().unwrap() < Duration::from_secs(5));
+    server.kill();
+    assert!(matches!(store.ping(), Err(Error::Unavailable { .. })));
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.ping().is_err() {
+        assert!(Instant::now() < deadline, "ping never recovered");
+        std::thread::yield_now();
+    }
+}

@@ -251,6 +251,9 @@ pub(crate) trait Engine: Send + Sync {
     fn prefetch(&self, _due: &[Due]) {}
     /// Makes every committed change durable.
     fn flush(&self) -> Result<()>;
+    /// Checks that the engine can serve: one round trip to its server,
+    /// where it has one.
+    fn ping(&self) -> Result<()>;
     /// Commits counted since open.
     fn commit_counts(&self) -> CommitCounts;
 

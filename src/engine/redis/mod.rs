@@ -708,6 +708,15 @@ impl Engine for RedisEngine {
         }
     }
 
+    fn ping(&self) -> Result<()> {
+        self.with(|con| {
+            redis::cmd("PING")
+                .query::<String>(con)
+                .map(drop)
+                .map_err(failed("pinging the server"))
+        })
+    }
+
     fn commit_counts(&self) -> CommitCounts {
         CommitCounts {
             commits: self.commits.load(Ordering::Relaxed),
