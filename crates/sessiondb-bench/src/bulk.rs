@@ -507,6 +507,48 @@ fn bulk_redis(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The reap workload on the Redis engine: two store instances (two nodes)
+/// on one server reap the same due sessions at once.
+fn bulk_sessiondb_redis(ctx: &mut Ctx) -> Result<()> {
+    if !ctx.plan.runs("reap") {
+        return Ok(());
+    }
+    if !ctx.redis {
+        ctx.push(Row::new("reap", "sessiondb_redis", Some(1)).skipped("redis-server not on PATH"));
+        return Ok(());
+    }
+    let dir = ctx.dir("bulk-sessiondb-redis");
+    {
+        let server = RedisServer::start(&dir, false)?;
+        let clock = BenchClock::starting_at(unix_ms());
+        let config = || sdb::redis_config(&server.url(), &clock).reaper_thread(false);
+        let a = Sessiondb::open("sessiondb_redis", config())?;
+        let b = Sessiondb::open("sessiondb_redis", config())?;
+        let n = ctx.plan.bulk;
+        ctx.say(format!("sessiondb_redis: registering {n} sessions"));
+        preload_with_workers(&a, n, 8, "b", false)?;
+        clock.jump(shape::TTL + Duration::from_secs(1));
+        let hot = preload_with_workers(&a, ctx.plan.hot, 8, "hot", true)?;
+        let (sa, sb) = (a.store.clone(), b.store.clone());
+        let both = || -> Result<usize> {
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| sb.reap_expired());
+                let here = sa.reap_expired()?;
+                let there = other
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a reaper thread panicked"))??;
+                Ok(here + there)
+            })
+        };
+        let row = reap_row(ctx, &a, &hot, &both)?;
+        ctx.push(row.note("two store instances (nodes) reaping at once"));
+        a.close()?;
+        b.close()?;
+    }
+    remove_dir(&dir);
+    Ok(())
+}
+
 /// Runs the million-session workloads on every system.
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     if !ctx.plan.runs_bulk() {
@@ -520,6 +562,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     if ctx.plan.has("redis") {
         bulk_redis(ctx).context("redis at scale")?;
+    }
+    if ctx.plan.has("sessiondb_redis") {
+        bulk_sessiondb_redis(ctx).context("sessiondb_redis at scale")?;
     }
     if ctx.plan.has("sqlite_normal") {
         bulk_sqlite(ctx).context("sqlite at scale")?;

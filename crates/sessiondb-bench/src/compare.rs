@@ -83,16 +83,18 @@ enum Spec {
     SessiondbImmediate,
     SledNaive,
     Redis,
+    SessiondbRedis,
     SqliteNormal,
     SqliteFull,
 }
 
 impl Spec {
-    const ALL: [Spec; 6] = [
+    const ALL: [Spec; 7] = [
         Spec::Sessiondb,
         Spec::SessiondbImmediate,
         Spec::SledNaive,
         Spec::Redis,
+        Spec::SessiondbRedis,
         Spec::SqliteNormal,
         Spec::SqliteFull,
     ];
@@ -103,6 +105,7 @@ impl Spec {
             Spec::SessiondbImmediate => "sessiondb_immediate",
             Spec::SledNaive => "sled_naive",
             Spec::Redis => "redis",
+            Spec::SessiondbRedis => "sessiondb_redis",
             Spec::SqliteNormal => "sqlite_normal",
             Spec::SqliteFull => "sqlite_full",
         }
@@ -113,7 +116,11 @@ impl Spec {
     fn reads(self) -> bool {
         matches!(
             self,
-            Spec::Sessiondb | Spec::SledNaive | Spec::Redis | Spec::SqliteNormal
+            Spec::Sessiondb
+                | Spec::SledNaive
+                | Spec::Redis
+                | Spec::SessiondbRedis
+                | Spec::SqliteNormal
         )
     }
 
@@ -133,7 +140,7 @@ impl Spec {
 
     fn preload_threads(self) -> usize {
         match self {
-            Spec::Sessiondb => 8,
+            Spec::Sessiondb | Spec::SessiondbRedis => 8,
             Spec::SessiondbImmediate => 64,
             _ => 2,
         }
@@ -336,6 +343,15 @@ fn one_system(ctx: &mut Ctx, spec: Spec, clock: &BenchClock) -> Result<()> {
             resolve_hot(ctx, &system, None, &keys)?;
             run_workloads(ctx, spec, &system, None, &keys)?;
         }
+        Spec::SessiondbRedis => {
+            // The same server settings as the `redis` row.
+            let server = RedisServer::start(&dir, false)?;
+            let system = Sessiondb::open(spec.name(), sdb::redis_config(&server.url(), clock))?;
+            let keys = system.preload(n, spec.preload_threads(), "p", true)?;
+            resolve_hot(ctx, &system, Some(&system.store), &keys)?;
+            run_workloads(ctx, spec, &system, Some(&system.store), &keys)?;
+            system.close()?;
+        }
         Spec::SqliteNormal | Spec::SqliteFull => {
             let sync = if spec == Spec::SqliteNormal {
                 Synchronous::Normal
@@ -379,7 +395,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         if !spec.has_work(&ctx.plan) || !ctx.plan.has(spec.name()) {
             continue;
         }
-        if spec == Spec::Redis && !ctx.redis {
+        if matches!(spec, Spec::Redis | Spec::SessiondbRedis) && !ctx.redis {
             skipped_rows(
                 ctx,
                 spec,

@@ -27,6 +27,7 @@ pub const SYSTEMS: &[&str] = &[
     "sled_naive",
     "redis",
     "redis_aof_always",
+    "sessiondb_redis",
     "sqlite_normal",
     "sqlite_full",
 ];

@@ -46,8 +46,19 @@ fn find<'a>(
 /// sessiondb ÷ `system` on the row group's figure: ops/s where there is
 /// one, else bytes, else seconds.
 pub fn ratio(rows: &[Row], workload: &str, system: &str, threads: Option<usize>) -> Option<f64> {
-    let base = find(rows, workload, base_system(workload), threads)?;
-    let other = find(rows, workload, system, threads)?;
+    ratio_of(rows, workload, base_system(workload), system, threads)
+}
+
+/// `of` ÷ `to` on the row group's figure.
+pub fn ratio_of(
+    rows: &[Row],
+    workload: &str,
+    of: &str,
+    to: &str,
+    threads: Option<usize>,
+) -> Option<f64> {
+    let base = find(rows, workload, of, threads)?;
+    let other = find(rows, workload, to, threads)?;
     let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -216,6 +227,23 @@ pub fn targets(ctx: &Ctx) -> Vec<Target> {
             3.0,
         );
     }
+    // The Redis engine against the hand-written baseline on the same server.
+    for &t in &plan.read_threads {
+        at_least(
+            format!("sessiondb_redis resolve_hot >= 0.8x redis GETEX at {t} threads"),
+            ratio_of(rows, "resolve_hot", "sessiondb_redis", "redis", Some(t)),
+            0.8,
+        );
+    }
+    for w in ["register", "set_data"] {
+        for &t in &plan.write_threads {
+            at_least(
+                format!("sessiondb_redis {w} >= 0.7x redis one-script baseline at {t} clients"),
+                ratio_of(rows, w, "sessiondb_redis", "redis", Some(t)),
+                0.7,
+            );
+        }
+    }
     let callers = Some(plan.durable_callers);
     out.push(Target {
         what: "durable_register >= 20 acknowledged registers per fsync (sessiondb Immediate)"
@@ -241,6 +269,12 @@ pub fn targets(ctx: &Ctx) -> Vec<Target> {
             .zip(p99)
             .map(|(r, p)| format!("{} sessions/s, p99 {} µs", num(r), num(p))),
         met: rate.zip(p99).map(|(r, p)| r >= 100_000.0 && p < 1_000.0),
+    });
+    let rate = find(rows, "reap", "sessiondb_redis", Some(1)).and_then(|r| r.ops_per_sec);
+    out.push(Target {
+        what: "sessiondb_redis reap >= 100,000 sessions/s across two nodes".into(),
+        measured: rate.map(|r| format!("{} sessions/s", num(r))),
+        met: rate.map(|r| r >= 100_000.0),
     });
     let r = ratio(rows, "open_clean", "sled_raw", None);
     out.push(Target {

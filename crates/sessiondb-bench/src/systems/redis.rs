@@ -137,6 +137,11 @@ impl RedisServer {
         }
     }
 
+    /// The URL a client (sessiondb's Redis engine) connects with.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
     pub fn connection(&self) -> Result<Connection> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
         Ok(client.get_connection()?)

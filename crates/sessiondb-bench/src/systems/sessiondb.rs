@@ -23,6 +23,14 @@ pub fn config(dir: &Path, clock: &BenchClock, durability: Durability) -> Config 
         .durability(durability)
 }
 
+/// The same on the Redis engine, on the server at `url`.
+pub fn redis_config(url: &str, clock: &BenchClock) -> Config {
+    Config::redis(url)
+        .ttl(shape::TTL)
+        .clock(Arc::new(clock.clone()))
+        .durability(PERIODIC)
+}
+
 pub struct Sessiondb {
     pub name: &'static str,
     pub store: SessionStore,
