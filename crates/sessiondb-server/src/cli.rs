@@ -11,8 +11,11 @@ use serde::Deserialize;
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (for `check`: healthy), 1 `check` found problems, 2 error.
 
-Offline tools (everything but `serve`) need the store to themselves: stop the
-server first. Settings come from flags, then SESSIONDB_<NAME> environment
+The store is a data directory (--data-dir, the embedded engine) or a shared
+Redis/Valkey store (--redis-url, with --redis-prefix), never both. On a data
+directory the offline tools (everything but `serve`) need the store to
+themselves: stop the server first; on Redis they work alongside running
+servers. Settings come from flags, then SESSIONDB_<NAME> environment
 variables, then the `serve --config` file, then defaults.";
 
 /// sessiondb: a persistent session store for game servers (MAGE's session
@@ -56,7 +59,8 @@ pub enum Command {
     /// stored session with the same digest is replaced.
     Import(ImportArgs),
     /// Rewrite a stopped store into a fresh directory, reclaiming the space
-    /// of deleted sessions. The source is left untouched.
+    /// of deleted sessions. The source is left untouched. Data directories
+    /// only: Redis manages its own memory.
     Compact(CompactArgs),
 }
 
@@ -73,15 +77,30 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below as snake_case keys
-    /// (`data_dir`, `listen`, `ttl`, `durability`, `admin_token`,
-    /// `log_level`, `app_version`, `node_id`, `max_sessions_per_actor`,
-    /// `reaper`). Flags and environment variables override it.
+    /// (`data_dir`, `redis_url`, `redis_prefix`, `listen`, `ttl`,
+    /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
+    /// `max_sessions_per_actor`, `reaper`). Flags and environment variables
+    /// override it.
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Store directory, created if missing [default: ./sessiondb-data]
-    #[arg(long, env = "SESSIONDB_DATA_DIR", value_name = "DIR")]
+    /// Store directory of the embedded engine, created if missing; not used
+    /// with a Redis URL [env: SESSIONDB_DATA_DIR] [default: ./sessiondb-data]
+    #[arg(long, value_name = "DIR", conflicts_with = "redis_url")]
     pub data_dir: Option<PathBuf>,
+
+    /// A store shared through Redis or Valkey instead of a data directory:
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, or
+    /// `redis+unix:///path/to/socket`. Several `serve` processes on one URL
+    /// and prefix share every session and hear every event. Logs and
+    /// messages show it without its password [env: SESSIONDB_REDIS_URL]
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every key on the Redis server, so that several games (or
+    /// environments) share one server [default: sessiondb]
+    #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
 
     /// Address to listen on; port 0 picks a free port (the real address is
     /// printed) [default: 127.0.0.1:7420]
@@ -135,17 +154,23 @@ pub struct ServeArgs {
     pub no_reaper: bool,
 }
 
-/// The store an offline tool works on.
+/// The store an offline tool works on: a directory or a Redis URL.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// Store directory
-    #[arg(
-        long,
-        env = "SESSIONDB_DATA_DIR",
-        value_name = "DIR",
-        default_value = "./sessiondb-data"
-    )]
-    pub data_dir: PathBuf,
+    /// Store directory (the embedded engine)
+    /// [env: SESSIONDB_DATA_DIR] [default: ./sessiondb-data]
+    #[arg(long, value_name = "DIR", conflicts_with = "redis_url")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A store shared through Redis or Valkey instead of a directory:
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, or
+    /// `redis+unix:///path/to/socket` [env: SESSIONDB_REDIS_URL]
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the store's keys on the Redis server [default: sessiondb]
+    #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -62,11 +62,33 @@ pub use crate::error::AnyResult;
 pub use crate::server::run;
 
 use crate::cli::Command;
+use crate::settings::{Redactor, ENV_REDIS_URL};
+
+/// Hides the passwords of the Redis URLs given on the command line and in
+/// the environment.
+fn redactor(command: &Command) -> Redactor {
+    let flag = match command {
+        Command::Serve(args) => args.redis_url.clone(),
+        Command::Stats(args) => args.store.redis_url.clone(),
+        Command::List(args) => args.store.redis_url.clone(),
+        Command::Show(args) => args.store.redis_url.clone(),
+        Command::Expire(args) => args.store.redis_url.clone(),
+        Command::Check(args) => args.store.redis_url.clone(),
+        Command::Export(args) => args.store.redis_url.clone(),
+        Command::Import(args) => args.store.redis_url.clone(),
+        Command::Compact(args) => args.store.redis_url.clone(),
+    };
+    let env = std::env::var(ENV_REDIS_URL).ok();
+    Redactor::for_urls(flag.iter().chain(env.iter()).map(String::as_str))
+}
 
 /// Runs the command `cli` names and reports its outcome: errors go to
 /// stderr with their causes, and the exit code is 0 on success, 1 when
 /// `check` found problems, 2 on an error.
 pub fn execute(cli: Cli) -> ExitCode {
+    // Messages never show a Redis URL's password (serve also hides the one
+    // of its config file).
+    let redactor = redactor(&cli.command);
     let outcome = match cli.command {
         Command::Serve(args) => server::main(args),
         Command::Stats(args) => tools::stats(&args),
@@ -81,6 +103,7 @@ pub fn execute(cli: Cli) -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
+            let e = redactor.error(e);
             let message = e.to_string();
             eprintln!("error: {message}");
             // Most messages already quote their source; show only the rest.

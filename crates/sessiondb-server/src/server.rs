@@ -26,7 +26,7 @@ use crate::cli::ServeArgs;
 use crate::error::{AnyResult, ApiError};
 use crate::events::Streams;
 use crate::metrics::{spawn_event_counter, Metrics};
-use crate::settings::Settings;
+use crate::settings::{open_store, Settings};
 use crate::state::AppState;
 
 /// How long shutdown waits for requests in flight before closing the store
@@ -133,8 +133,17 @@ fn init_logging(filter: &str) -> AnyResult<()> {
 /// `sessiondb serve`: serves until SIGINT or SIGTERM.
 pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
     let settings = Settings::resolve(args)?;
+    // A Redis URL may carry a password: no message shows it.
+    let redactor = settings.store.redactor();
+    serve(settings).map_err(|e| redactor.error(e))
+}
+
+fn serve(settings: Settings) -> AnyResult<ExitCode> {
     init_logging(&settings.log_level)?;
     tracing::debug!(?settings, "settings");
+    for note in &settings.notes {
+        tracing::warn!("{note}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sessiondb-http")
@@ -156,10 +165,12 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     // arrives while the store is still opening.
     let signalled = shutdown_signal()?;
     let config = settings.store_config();
-    let store = tokio::task::spawn_blocking(move || SessionStore::open(config)).await??;
+    let location = settings.store.clone();
+    let store = tokio::task::spawn_blocking(move || open_store(&location, config)).await??;
     let report = store.recovery_report();
     tracing::info!(
-        data_dir = %settings.data_dir.display(),
+        engine = settings.store.engine(),
+        store = %settings.store,
         created = report.created,
         clean_shutdown = report.clean_shutdown,
         recovered = ?report.check,

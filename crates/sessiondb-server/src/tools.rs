@@ -1,24 +1,28 @@
-//! The offline tools: commands that open a stopped store, do one thing and
-//! close it cleanly. A running server holds the store's lock; the tools then
-//! say so and change nothing.
+//! The offline tools: commands that open a store, do one thing and close it
+//! cleanly. On a data directory the store must be stopped: a running server
+//! holds its lock, and the tools then say so and change nothing. On Redis
+//! (`--redis-url`) there is no lock: the tools work alongside running
+//! servers, and what they change, running servers see (and announce).
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use sessiondb::{CheckReport, Config, Error, Session, SessionStore, UnsetReason};
+use sessiondb::{CheckReport, Error, Session, SessionStore, UnsetReason};
 
 use crate::api::session_body;
 use crate::cli::{
     CheckArgs, CompactArgs, ExpireArgs, ExportArgs, ImportArgs, ListArgs, ShowArgs, StatsArgs,
+    StoreArgs,
 };
 use crate::clock::now_ms;
 use crate::error::AnyResult;
+use crate::settings::{open_error, tool_store, Location};
 
 /// `check` found problems it did not (or could not) repair.
 pub const EXIT_PROBLEMS: u8 = 1;
@@ -28,29 +32,52 @@ pub const EXIT_ERROR: u8 = 2;
 /// Stores at least this large get a progress bar (on a terminal).
 const PROGRESS_FROM: u64 = 10_000;
 
-fn open(dir: &Path) -> AnyResult<SessionStore> {
+/// The store the tool's flags and environment name; notes on settings
+/// that are not used go to stderr.
+fn locate(args: &StoreArgs) -> AnyResult<Location> {
+    let (location, notes) = tool_store(args)?;
+    for note in notes {
+        eprintln!("warning: {note}");
+    }
+    Ok(location)
+}
+
+fn open(location: &Location) -> AnyResult<SessionStore> {
     // No reaper: a tool sees and writes exactly what is stored.
-    SessionStore::open(Config::new(dir).reaper_thread(false)).map_err(|e| match e {
+    let config = location.config().reaper_thread(false);
+    SessionStore::open(config).map_err(|e| match e {
         Error::InUse { path, .. } => format!(
             "the store at {} is in use: a running `sessiondb serve` (or another tool) holds it. \
              Offline tools need the store to themselves; stop the server first",
             path.display()
         )
         .into(),
-        other => other.into(),
+        other => open_error(location, other),
     })
 }
 
-/// Opens a store that must already exist.
-fn open_existing(dir: &Path) -> AnyResult<SessionStore> {
-    if !dir.join("db").is_file() {
-        return Err(format!(
-            "no store at {} (give its directory with --data-dir or SESSIONDB_DATA_DIR)",
-            dir.display()
-        )
-        .into());
+/// Opens a store that must already exist. A directory without a store is
+/// an error (and is not created); on Redis, opening an unused prefix makes
+/// an empty store, which is said on stderr.
+fn open_existing(location: &Location) -> AnyResult<SessionStore> {
+    if let Some(dir) = location.directory() {
+        if !dir.join("db").is_file() {
+            return Err(format!(
+                "no store at {} (give its directory with --data-dir or SESSIONDB_DATA_DIR, \
+                 or a Redis store with --redis-url)",
+                dir.display()
+            )
+            .into());
+        }
     }
-    open(dir)
+    let store = open(location)?;
+    if store.recovery_report().created && location.directory().is_none() {
+        eprintln!(
+            "warning: there was no store at {location}; it is empty now \
+             (check --redis-url and --redis-prefix)"
+        );
+    }
+    Ok(store)
 }
 
 fn time(ms: u64) -> String {
@@ -123,7 +150,10 @@ fn close(store: SessionStore) -> AnyResult<()> {
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct StatsReport {
-    store: PathBuf,
+    /// The directory, or the Redis URL (without its password) and prefix.
+    store: String,
+    /// `sled` or `redis`.
+    engine: &'static str,
     sessions: u64,
     live: u64,
     expired: u64,
@@ -131,16 +161,18 @@ struct StatsReport {
     corrupt: u64,
     quarantined: u64,
     earliest_expiry: Option<u64>,
-    size_bytes: u64,
+    /// Size on disk, for a data directory.
+    size_bytes: Option<u64>,
     last_shutdown_clean: bool,
 }
 
 pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
-    let dir = &args.store.data_dir;
-    let store = open_existing(dir)?;
+    let location = locate(&args.store)?;
+    let store = open_existing(&location)?;
     let now = now_ms();
     let mut report = StatsReport {
-        store: dir.clone(),
+        store: location.to_string(),
+        engine: location.engine(),
         last_shutdown_clean: store.recovery_report().clean_shutdown,
         ..StatsReport::default()
     };
@@ -166,13 +198,13 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
     report.quarantined = store.quarantined()?;
     report.earliest_expiry = store.earliest_expiry()?;
     close(store)?;
-    report.size_bytes = dir_size(dir);
+    report.size_bytes = location.directory().map(dir_size);
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("store            {}", dir.display());
+    println!("store            {location}");
     println!(
         "sessions         {} ({} live, {} expired awaiting the reaper)",
         report.sessions, report.live, report.expired
@@ -184,15 +216,17 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
         Some(at) => println!("earliest expiry  {} ({})", time(at), relative(at, now)),
         None => println!("earliest expiry  none"),
     }
-    println!("size on disk     {}", bytes(report.size_bytes));
-    println!(
-        "last shutdown    {}",
-        if report.last_shutdown_clean {
-            "clean"
-        } else {
-            "not clean (recovered on open)"
-        }
-    );
+    if let Some(size) = report.size_bytes {
+        println!("size on disk     {}", bytes(size));
+        println!(
+            "last shutdown    {}",
+            if report.last_shutdown_clean {
+                "clean"
+            } else {
+                "not clean (recovered on open)"
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -204,7 +238,7 @@ fn session_json(s: &Session) -> AnyResult<String> {
 }
 
 pub fn list(args: &ListArgs) -> AnyResult<ExitCode> {
-    let store = open_existing(&args.store.data_dir)?;
+    let store = open_existing(&locate(&args.store)?)?;
     let now = now_ms();
     let mut sessions = Vec::new();
     let mut corrupt = 0;
@@ -273,7 +307,7 @@ pub fn list(args: &ListArgs) -> AnyResult<ExitCode> {
 }
 
 pub fn show(args: &ShowArgs) -> AnyResult<ExitCode> {
-    let store = open_existing(&args.store.data_dir)?;
+    let store = open_existing(&locate(&args.store)?)?;
     let found = store.find_by_id(&args.id)?;
     close(store)?;
     let Some(s) = found else {
@@ -318,7 +352,7 @@ pub fn show(args: &ShowArgs) -> AnyResult<ExitCode> {
 
 pub fn expire(args: &ExpireArgs) -> AnyResult<ExitCode> {
     let reason = UnsetReason::parse(&args.reason)?;
-    let store = open_existing(&args.store.data_dir)?;
+    let store = open_existing(&locate(&args.store)?)?;
     let n = store.expire_actor(&args.actor, reason.clone());
     close(store)?;
     let n = n?;
@@ -350,7 +384,19 @@ fn print_report(r: &CheckReport) {
 }
 
 pub fn check(args: &CheckArgs) -> AnyResult<ExitCode> {
-    let store = open_existing(&args.store.data_dir)?;
+    let location = locate(&args.store)?;
+    let store = open_existing(&location)?;
+    if location.directory().is_none() {
+        eprintln!(
+            "note: on Redis, running servers keep writing during the check; stop them for an \
+             exact report{}",
+            if args.repair {
+                ", and before a repair, which could otherwise undo their changes"
+            } else {
+                ""
+            }
+        );
+    }
     let recovery = store.recovery_report().clone();
     if !recovery.clean_shutdown {
         println!("The store was not closed cleanly; opening it ran recovery, which repaired:");
@@ -374,7 +420,7 @@ pub fn check(args: &CheckArgs) -> AnyResult<ExitCode> {
     println!(
         "{} {}:",
         if args.repair { "Repair of" } else { "Check of" },
-        args.store.data_dir.display()
+        location
     );
     print_report(&found);
     println!("  quarantined       {}", quarantined?);
@@ -429,7 +475,7 @@ impl<W: Write> Write for LineCounter<W> {
 }
 
 pub fn export(args: &ExportArgs) -> AnyResult<ExitCode> {
-    let store = open_existing(&args.store.data_dir)?;
+    let store = open_existing(&locate(&args.store)?)?;
     let to_stdout = args.output.as_os_str() == "-";
     let out: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
@@ -470,6 +516,7 @@ pub fn export(args: &ExportArgs) -> AnyResult<ExitCode> {
 }
 
 pub fn import(args: &ImportArgs) -> AnyResult<ExitCode> {
+    let location = locate(&args.store)?;
     let (input, length): (Box<dyn Read>, u64) = if args.input.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), 0)
     } else {
@@ -478,7 +525,7 @@ pub fn import(args: &ImportArgs) -> AnyResult<ExitCode> {
         let length = file.metadata().map_or(0, |m| m.len());
         (Box::new(file), length)
     };
-    let store = open(&args.store.data_dir)?;
+    let store = open(&location)?;
     // Roughly 200 bytes a session.
     let bar = progress(length / 200, "importing");
     if !bar.is_hidden() {
@@ -495,9 +542,7 @@ pub fn import(args: &ImportArgs) -> AnyResult<ExitCode> {
     let summary = summary?;
     eprintln!(
         "imported {} session(s) into {} ({} replaced a stored session)",
-        summary.imported,
-        args.store.data_dir.display(),
-        summary.replaced
+        summary.imported, location, summary.replaced
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -546,7 +591,15 @@ impl Read for PipeReader {
 }
 
 pub fn compact(args: &CompactArgs) -> AnyResult<ExitCode> {
-    let from = &args.store.data_dir;
+    let location = locate(&args.store)?;
+    let Some(from) = location.directory() else {
+        return Err(
+            "compact rewrites a data directory (--data-dir); a Redis store has nothing to \
+                    compact, the server manages its own memory. To copy a Redis store, use \
+                    `sessiondb export` and `sessiondb import`"
+                .into(),
+        );
+    };
     let into = &args.into;
     if into.exists()
         && std::fs::read_dir(into)
@@ -560,10 +613,10 @@ pub fn compact(args: &CompactArgs) -> AnyResult<ExitCode> {
         )
         .into());
     }
-    let source = open_existing(from)?;
+    let source = open_existing(&location)?;
     let quarantined = source.quarantined()?;
     let total = source.stats()?.sessions;
-    let target = match open(into) {
+    let target = match open(&Location::Directory(into.clone())) {
         Ok(t) => t,
         Err(e) => {
             close(source)?;
