@@ -23,7 +23,7 @@ use sessiondb::{Data, Reason, Session, UnsetReason};
 
 use crate::auth::{bearer, Admin, MetricsReader};
 use crate::clock::now_ms;
-use crate::error::{json_response, ApiError};
+use crate::error::{json_response, ApiError, EngineUnavailable};
 use crate::events::stream as event_stream;
 use crate::state::AppState;
 
@@ -53,7 +53,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Records each request's latency and logs it.
+/// Records each request's latency (and whether the engine's server was
+/// unavailable) and logs it.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -65,6 +66,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    if response.extensions().get::<EngineUnavailable>().is_some() {
+        state.metrics.engine_unavailable();
+    }
     state
         .metrics
         .request(method.as_str(), &route, status, elapsed.as_secs_f64());
@@ -562,6 +566,30 @@ async fn metrics(State(state): State<AppState>, _: MetricsReader) -> Result<Resp
         .into_response())
 }
 
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+/// `200 {"status":"ok"}` when the store answers a ping (on Redis, one round
+/// trip to the server), else `503 unavailable`.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let pinged = match blocking(move || store.ping()).await {
+        Ok(pinged) => pinged,
+        Err(e) => return e.into_response(),
+    };
+    state.metrics.pinged(&pinged);
+    match pinged {
+        Ok(_) => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Err(e) => {
+            let failed = ApiError::from(e);
+            if failed.status == StatusCode::SERVICE_UNAVAILABLE {
+                failed.into_response()
+            } else {
+                // Whatever failed, the store cannot serve: not healthy.
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    failed.message,
+                )
+                .into_response()
+            }
+        }
+    }
 }

@@ -20,7 +20,19 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: &'static str,
     pub message: String,
+    /// The storage engine's server was unreachable or too slow
+    /// ([`Error::Unavailable`]); the response then carries
+    /// [`EngineUnavailable`], which the metrics count.
+    pub engine_down: bool,
 }
+
+/// A response extension: this request failed because the storage engine's
+/// server (Redis / Valkey) was unavailable.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineUnavailable;
+
+/// What a client is told to wait before retrying a `503 unavailable`.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -34,6 +46,16 @@ impl ApiError {
             status,
             error,
             message: message.into(),
+            engine_down: false,
+        }
+    }
+
+    /// `503 unavailable`: the storage engine's server could not be reached
+    /// or did not answer in time (the store reconnects by itself).
+    pub fn engine_unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            engine_down: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
     }
 
@@ -99,6 +121,12 @@ impl From<Error> for ApiError {
                     "the session store is shutting down or stopped; retry later",
                 )
             }
+            Error::Unavailable { source } => {
+                tracing::warn!(error = %e, "the storage server is unavailable");
+                ApiError::engine_unavailable(format!(
+                    "the session store's server cannot be reached ({source}); retry shortly"
+                ))
+            }
             Error::Contention { .. } => {
                 tracing::warn!(error = %e, "a change did not settle");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contention", e.to_string())
@@ -126,6 +154,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.engine_down {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+            response.extensions_mut().insert(EngineUnavailable);
         }
         response
     }

@@ -2,9 +2,12 @@
 //! `prometheus-client` crate).
 //!
 //! Counted as things happen: registers, resolves by outcome, request
-//! latency, and session ends by reason (from a store subscription of its
-//! own, so reaper expiries are counted too). Read from the store at scrape
-//! time: sessions stored, reaper lag, event backlog and misses.
+//! latency, requests that failed because the engine's server was
+//! unavailable, and session ends by reason (from a store subscription of
+//! its own, so reaper expiries are counted too). Read from the store at
+//! scrape time: sessions stored, reaper lag, event backlog and misses. The
+//! engine's round trip (`SessionStore::ping`) is measured by every
+//! `/healthz` and every scrape.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,7 @@ struct RequestLabels {
     status: String,
 }
 
+/// 50 µs .. ~1.6 s, for request latencies and the engine's round trip.
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -56,6 +60,9 @@ pub struct Metrics {
     event_streams: Gauge,
     event_backlog: Gauge,
     events_missed: Counter,
+    engine_ping: Histogram,
+    engine_up: Gauge,
+    engine_unavailable: Counter,
     /// Serialises scrapes, which turn store totals into counter increments.
     scrape: Mutex<()>,
 }
@@ -73,6 +80,9 @@ impl Metrics {
             event_streams: Gauge::default(),
             event_backlog: Gauge::default(),
             events_missed: Counter::default(),
+            engine_ping: latency_histogram(),
+            engine_up: Gauge::default(),
+            engine_unavailable: Counter::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -117,6 +127,23 @@ impl Metrics {
             "HTTP request latency until the response head, by method, route and status",
             m.requests.clone(),
         );
+        registry.register(
+            "engine_ping_seconds",
+            "Round trip to the storage engine (one PING on Redis, an open check on sled), \
+             measured by each /healthz and each scrape",
+            m.engine_ping.clone(),
+        );
+        registry.register(
+            "engine_up",
+            "Whether the storage engine answered the last ping (1) or not (0)",
+            m.engine_up.clone(),
+        );
+        registry.register(
+            "engine_unavailable",
+            "Requests that failed because the storage engine's server (Redis / Valkey) could \
+             not be reached or did not answer in time (503 unavailable)",
+            m.engine_unavailable.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -138,6 +165,24 @@ impl Metrics {
                 status: status.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// A request failed with `Error::Unavailable`.
+    pub fn engine_unavailable(&self) {
+        self.engine_unavailable.inc();
+    }
+
+    /// Records the outcome of a `SessionStore::ping`.
+    pub fn pinged(&self, outcome: &sessiondb::Result<Duration>) {
+        match outcome {
+            Ok(took) => {
+                self.engine_ping.observe(took.as_secs_f64());
+                self.engine_up.set(1);
+            }
+            Err(_) => {
+                self.engine_up.set(0);
+            }
+        }
     }
 
     pub fn event_streams(&self) -> &Gauge {
@@ -162,6 +207,14 @@ impl Metrics {
             .scrape
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pinged = store.ping();
+        self.pinged(&pinged);
+        if let Err(e) = pinged {
+            // The figures below would each wait out the engine's timeout.
+            tracing::warn!(error = %e, "metrics: the store does not answer; store figures left as they were");
+            self.event_backlog.set(backlog);
+            return self.encode();
+        }
         match store.stats() {
             Ok(stats) => {
                 self.sessions
@@ -182,6 +235,10 @@ impl Metrics {
             Err(e) => tracing::warn!(error = %e, "metrics: reading the earliest expiry failed"),
         }
         self.event_backlog.set(backlog);
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics: encoding failed");
