@@ -92,6 +92,36 @@ impl<'a> Planner<'a> {
         Ok(record)
     }
 
+    /// Several sessions at once, in one read where the engine can: each
+    /// as `load` gives it (a record that does not decode is its own error).
+    fn load_all(&mut self, wanted: &[(&str, Digest)]) -> Result<Vec<Result<Option<Record>>>> {
+        let asked: Vec<(&str, &Digest)> = wanted.iter().map(|(a, d)| (*a, d)).collect();
+        let bytes = self.view.records(&asked)?;
+        let mut out = Vec::with_capacity(bytes.len());
+        for ((actor_id, digest), bytes) in wanted.iter().zip(bytes) {
+            let record = bytes
+                .map(|b| codec::decode_stored(digest, &b))
+                .transpose();
+            if let Ok(record) = &record {
+                self.relied_on(Precondition::Record {
+                    actor_id: (*actor_id).to_owned(),
+                    digest: *digest,
+                    revision: record.as_ref().map(|r| r.revision),
+                });
+            }
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// All sessions the actor's index lists, each as `load` gives it.
+    fn load_listed(&mut self, actor_id: &str) -> Result<Vec<(Digest, Result<Option<Record>>)>> {
+        let digests = self.listed(actor_id)?;
+        let wanted: Vec<(&str, Digest)> = digests.iter().map(|d| (actor_id, *d)).collect();
+        let loaded = self.load_all(&wanted)?;
+        Ok(digests.into_iter().zip(loaded).collect())
+    }
+
     fn listed(&mut self, actor_id: &str) -> Result<Vec<Digest>> {
         let sessions = self.view.actor_sessions(actor_id)?;
         self.relied_on(Precondition::Actor {
@@ -104,8 +134,8 @@ impl<'a> Planner<'a> {
     /// All of an actor's sessions, oldest first.
     fn sessions_of(&mut self, actor_id: &str) -> Result<Vec<(Digest, Record)>> {
         let mut out = Vec::new();
-        for d in self.listed(actor_id)? {
-            if let Some(r) = self.load(actor_id, &d)? {
+        for (d, r) in self.load_listed(actor_id)? {
+            if let Some(r) = r? {
                 out.push((d, r));
             }
         }
@@ -114,9 +144,9 @@ impl<'a> Planner<'a> {
     }
 
     fn has_live(&mut self, actor_id: &str, now: u64) -> Result<bool> {
-        for d in self.listed(actor_id)? {
+        for (_, r) in self.load_listed(actor_id)? {
             // A corrupt record is not a live session; `check` reports it.
-            match self.load(actor_id, &d) {
+            match r {
                 Ok(Some(r)) if r.expires_at > now => return Ok(true),
                 Ok(_) | Err(Error::Corrupt { .. }) => {}
                 Err(e) => return Err(e),
@@ -326,13 +356,19 @@ impl<'a> Planner<'a> {
     /// Ends the due sessions the reaper found; returns how many.
     pub fn reap(&mut self, due: &[Due], now: u64) -> Result<usize> {
         let mut reaped = 0;
-        for Due {
-            at,
-            digest,
-            actor_id,
-        } in due
+        let wanted: Vec<(&str, Digest)> =
+            due.iter().map(|d| (d.actor_id.as_str(), d.digest)).collect();
+        let loaded = self.load_all(&wanted)?;
+        for (
+            Due {
+                at,
+                digest,
+                actor_id,
+            },
+            record,
+        ) in due.iter().zip(loaded)
         {
-            match self.load(actor_id, digest) {
+            match record {
                 // Re-checked here: a resolve may have moved the expiry since
                 // the reaper scanned the index.
                 Ok(Some(r)) if r.expires_at == *at => {
@@ -360,9 +396,9 @@ impl<'a> Planner<'a> {
         let mut out = Vec::with_capacity(actor_ids.len());
         for actor_id in actor_ids {
             let mut records = Vec::new();
-            for d in self.listed(actor_id)? {
+            for (_, r) in self.load_listed(actor_id)? {
                 // A corrupt record is skipped here; `check` reports it.
-                match self.load(actor_id, &d) {
+                match r {
                     Ok(r) => records.extend(r),
                     Err(Error::Corrupt { .. }) => {}
                     Err(e) => return Err(e),
@@ -386,8 +422,13 @@ impl<'a> Planner<'a> {
     /// Digests must be distinct. Returns how many were new.
     pub fn import(&mut self, sessions: &[Imported]) -> Result<usize> {
         let mut new = 0;
-        for s in sessions {
-            match self.load(&s.record.actor_id, &s.digest)? {
+        let wanted: Vec<(&str, Digest)> = sessions
+            .iter()
+            .map(|s| (s.record.actor_id.as_str(), s.digest))
+            .collect();
+        let loaded = self.load_all(&wanted)?;
+        for (s, old) in sessions.iter().zip(loaded) {
+            match old? {
                 Some(old) if old.actor_id != s.record.actor_id => {
                     return Err(Error::Import {
                         line: s.line,

@@ -106,6 +106,11 @@ pub(crate) struct Plan {
 pub(crate) trait View {
     /// The encoded record of `actor_id`'s session `digest`.
     fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>>;
+    /// Several records at once, in the order asked: a networked engine reads
+    /// them in one round trip. The default reads them one by one.
+    fn records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
+        wanted.iter().map(|(a, d)| self.record(a, d)).collect()
+    }
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
 }

@@ -19,7 +19,8 @@
 --
 -- Every precondition is checked before the first write (Redis has no
 -- rollback). The done marker makes a retried call (same marker) a no-op.
--- Returns {'ok', xkey, id, ...} with the id of every event appended,
+-- Returns {'ok', xkey, prev, id, ...} with, for every event appended, its
+-- stream, the id of the entry before it ('0-0' for none) and its own id,
 -- {'conflict', key} when a precondition does not hold, or {'done'}.
 
 local marker = KEYS[tonumber(ARGV[1])]
@@ -107,9 +108,15 @@ while i <= n do
     i = i + 3
   elseif op == 'E' then
     local stream = key(i + 1)
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local prev = '0-0'
+    if last[1] then
+      prev = last[1][1]
+    end
     local seq = redis.call('INCR', key(i + 2))
     local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', seq, 'e', ARGV[i + 3])
     out[#out + 1] = stream
+    out[#out + 1] = prev
     out[#out + 1] = id
     i = i + 4
   end

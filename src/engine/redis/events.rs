@@ -137,6 +137,46 @@ impl Progress {
         self.moved.notify_all();
     }
 
+    /// A writer's own event, entry `id` of `bucket`'s stream whose entry
+    /// before it is `prev`: published now if everything up to `prev` has
+    /// been, so that per-actor order holds. Returns whether it is published
+    /// (now, or already by the reader).
+    pub fn publish_own(
+        &self,
+        hub: &EventHub,
+        bucket: u32,
+        prev: (u64, u64),
+        id: (u64, u64),
+        event: &Event,
+    ) -> bool {
+        let mut published = self.lock();
+        let at = published.get(&bucket).copied().unwrap_or((0, 0));
+        if at >= id {
+            return true;
+        }
+        if at < prev {
+            return false;
+        }
+        hub.publish(std::slice::from_ref(event));
+        published.insert(bucket, id);
+        self.moved.notify_all();
+        true
+    }
+
+    /// The reader's event, entry `id` of `bucket`'s stream: published
+    /// unless a writer already did.
+    fn publish_read(&self, hub: &EventHub, bucket: u32, id: (u64, u64), event: Option<Event>) {
+        let mut published = self.lock();
+        if published.get(&bucket).is_some_and(|at| *at >= id) {
+            return;
+        }
+        if let Some(event) = event {
+            hub.publish(&[event]);
+        }
+        published.insert(bucket, id);
+        self.moved.notify_all();
+    }
+
     /// Waits until the reader has published entry `id` of `bucket`'s stream,
     /// or `deadline` passes; returns whether it has.
     pub fn wait_for(&self, bucket: u32, id: (u64, u64), deadline: Instant) -> bool {
@@ -317,26 +357,22 @@ impl Follow {
             let Some(position) = self.positions.get_mut(bucket as usize) else {
                 continue;
             };
-            let mut batch = Vec::with_capacity(stream.ids.len());
             for entry in &stream.ids {
                 let sequence: u64 = entry.get("n").unwrap_or(position.sequence + 1);
                 let missed = sequence.saturating_sub(position.sequence + 1);
                 if missed > 0 {
-                    self.events.publish(&batch);
-                    batch.clear();
                     self.events.publish_gap(missed);
                 }
                 let json: Option<String> = entry.get("e");
-                match json.as_deref().and_then(decode) {
-                    Some(event) => batch.push(event),
-                    None => log::error!("event {} in {} does not decode", entry.id, stream.key),
+                let event = json.as_deref().and_then(decode);
+                if event.is_none() {
+                    log::error!("event {} in {} does not decode", entry.id, stream.key);
+                }
+                if let Some(id) = parse_id(&entry.id) {
+                    self.progress.publish_read(&self.events, bucket, id, event);
                 }
                 position.sequence = sequence;
                 position.id = entry.id.clone();
-            }
-            self.events.publish(&batch);
-            if let Some(id) = parse_id(&position.id) {
-                self.progress.advance(bucket, id);
             }
         }
         Ok(())

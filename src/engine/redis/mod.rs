@@ -71,6 +71,7 @@ pub(crate) struct RedisEngine {
     retention: u64,
     reader: Mutex<Option<Reader>>,
     progress: Arc<events::Progress>,
+    events: Arc<EventHub>,
     gate: Arc<Gate>,
     turns: Turns,
     commits: AtomicU64,
@@ -115,10 +116,11 @@ impl RedisEngine {
             Ok((sync, created, buckets))
         })?;
         let keys = Keys::new(&settings.prefix, buckets);
-        let reader = Reader::start(pool.clone(), keys.clone(), events, poison)?;
+        let reader = Reader::start(pool.clone(), keys.clone(), events.clone(), poison)?;
         let engine = RedisEngine {
             progress: reader.progress.clone(),
             reader: Mutex::new(Some(reader)),
+            events,
             pool,
             keys,
             script: redis::Script::new(include_str!("commit.lua")),
@@ -189,18 +191,24 @@ impl RedisEngine {
             self.wait_aof()?;
         }
         // Answer once this node has published the change's events, so a
-        // caller hears them before its call returns, as on every engine.
-        for pair in reply[1..].chunks(2) {
-            let (Some((bucket, _)), Some(id)) = (
-                pair.first().and_then(|k| self.keys.split(k)),
-                pair.get(1).and_then(|id| events::parse_id(id)),
+        // caller hears them before its call returns, as on every engine:
+        // at once when this node has published everything before them in
+        // their stream, else once the reader has.
+        let appended = plan.events.iter().filter(|e| events::encode(e).is_some());
+        for (event, entry) in appended.zip(reply[1..].chunks(3)) {
+            let [stream, prev, id] = entry else { break };
+            let (Some((bucket, _)), Some(prev), Some(id)) = (
+                self.keys.split(stream),
+                events::parse_id(prev),
+                events::parse_id(id),
             ) else {
                 continue;
             };
-            if !self
-                .progress
-                .wait_for(bucket, id, deadline.max(Instant::now() + self.timeout))
-            {
+            if self.progress.publish_own(&self.events, bucket, prev, id, event) {
+                continue;
+            }
+            let wait_until = deadline.max(Instant::now() + self.timeout);
+            if !self.progress.wait_for(bucket, id, wait_until) {
                 log::warn!("events of a committed change are not read back yet; they will follow");
                 break;
             }
@@ -565,6 +573,21 @@ impl View for RedisView<'_> {
                 .arg("r")
                 .query(con)
                 .map_err(failed("reading a session"))
+        })
+    }
+
+    fn records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
+        if wanted.len() < 2 {
+            return wanted.iter().map(|(a, d)| self.record(a, d)).collect();
+        }
+        self.0.with(|con| {
+            let mut pipe = redis::pipe();
+            for (actor_id, digest) in wanted {
+                pipe.cmd("HGET")
+                    .arg(self.0.keys.session(actor_id, digest))
+                    .arg("r");
+            }
+            pipe.query(con).map_err(failed("reading sessions"))
         })
     }
 
