@@ -18,6 +18,7 @@ use sessiondb::SessionStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::router;
@@ -26,7 +27,7 @@ use crate::cli::ServeArgs;
 use crate::error::{AnyResult, ApiError};
 use crate::events::Streams;
 use crate::metrics::{spawn_event_counter, Metrics};
-use crate::settings::{open_store, Settings};
+use crate::settings::{open_store, Redactor, Settings};
 use crate::state::AppState;
 
 /// How long shutdown waits for requests in flight before closing the store
@@ -119,11 +120,50 @@ pub async fn run(
     Ok(())
 }
 
-fn init_logging(filter: &str) -> AnyResult<()> {
+/// Log lines to stderr, each with the Redis URL's password hidden, whoever
+/// wrote it (the library's messages included).
+struct RedactedStderr(Arc<Redactor>);
+
+/// One log line, written to stderr (redacted) when dropped.
+struct RedactedLine {
+    redactor: Arc<Redactor>,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        let text = self.redactor.text(&String::from_utf8_lossy(&self.line));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    }
+}
+
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&'a self) -> RedactedLine {
+        RedactedLine {
+            redactor: self.0.clone(),
+            line: Vec::new(),
+        }
+    }
+}
+
+fn init_logging(filter: &str, redactor: Redactor) -> AnyResult<()> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("--log-level {filter:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(RedactedStderr(Arc::new(redactor)))
         .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|e| format!("setting up logging: {e}"))?;
@@ -135,11 +175,11 @@ pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
     let settings = Settings::resolve(args)?;
     // A Redis URL may carry a password: no message shows it.
     let redactor = settings.store.redactor();
-    serve(settings).map_err(|e| redactor.error(e))
+    serve(settings, redactor.clone()).map_err(|e| redactor.error(e))
 }
 
-fn serve(settings: Settings) -> AnyResult<ExitCode> {
-    init_logging(&settings.log_level)?;
+fn serve(settings: Settings, redactor: Redactor) -> AnyResult<ExitCode> {
+    init_logging(&settings.log_level, redactor)?;
     tracing::debug!(?settings, "settings");
     for note in &settings.notes {
         tracing::warn!("{note}");
