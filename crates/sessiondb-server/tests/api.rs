@@ -227,6 +227,10 @@ fn every_route_does_what_design_says() {
         "sessiondb_event_backlog",
         "sessiondb_events_dropped_total",
         r#"sessiondb_http_request_duration_seconds_count{method="POST",route="/v1/sessions",status="201"} 3"#,
+        // One /healthz and this scrape pinged the engine.
+        "sessiondb_engine_ping_seconds_count 2",
+        "sessiondb_engine_up 1",
+        "sessiondb_engine_unavailable_total 0",
     ] {
         assert!(r.body.contains(name), "metrics lack {name:?}:\n{}", r.body);
     }
@@ -688,7 +692,23 @@ fn help_and_version_cover_every_command_and_flag() {
         "./sessiondb-data",
         "127.0.0.1:7420",
         "10m",
+        "--redis-url",
+        "--redis-prefix",
+        "SESSIONDB_REDIS_URL",
+        "SESSIONDB_REDIS_PREFIX",
+        "rediss://",
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
+    }
+    for command in [
+        "stats", "list", "show", "expire", "check", "export", "import", "compact",
+    ] {
+        let help = text(&tool(&[command, "--help"]).stdout);
+        for flag in ["--data-dir", "--redis-url", "--redis-prefix"] {
+            assert!(
+                help.contains(flag),
+                "{command} --help lacks {flag}:\n{help}"
+            );
+        }
     }
 }

@@ -15,9 +15,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 11] = [
+pub const ENV_NAMES: [&str; 13] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
+    "SESSIONDB_REDIS_URL",
+    "SESSIONDB_REDIS_PREFIX",
     "SESSIONDB_LISTEN",
     "SESSIONDB_TTL",
     "SESSIONDB_DURABILITY",
@@ -87,6 +89,36 @@ impl Server {
             .stderr(Stdio::from(log_file));
         adjust(&mut cmd);
         Server::spawn(cmd, data_dir, log)
+    }
+
+    /// Starts `sessiondb serve --listen 127.0.0.1:0 --redis-url <url>` with
+    /// `extra` arguments; its log goes to `dir`.
+    pub fn start_redis(dir: &Path, url: &str, extra: &[&str]) -> Server {
+        Server::start_redis_with(dir, url, extra, |_| {})
+    }
+
+    /// As `start_redis`, letting the caller adjust the command.
+    pub fn start_redis_with(
+        dir: &Path,
+        url: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        let log = dir.join("server.log");
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = command();
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--redis-url", url])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        adjust(&mut cmd);
+        Server::spawn(cmd, dir.join("unused-data-dir"), log)
     }
 
     /// Spawns a prepared command and waits for its `listening on` line.
