@@ -236,7 +236,8 @@ pub(crate) trait Engine: Send + Sync {
     ) -> Result<bool>;
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
-    /// Up to `limit` expiry entries at or before `now`, earliest first.
+    /// Up to `limit` expiry entries at or before `now`; an actor's entries
+    /// earliest first (sled: all entries earliest first).
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>>;
     /// The earliest expiry entry's time.
     fn next_expiry(&self) -> Result<Option<u64>>;

@@ -78,8 +78,20 @@ if i ~= n + 1 then
   return redis.error_reply('sessiondb: truncated plan')
 end
 
--- Pass 2: the changes and events.
+-- Pass 2: the changes and events. Counts and event sequence numbers are
+-- summed in Lua and written once per key, and each stream's last entry is
+-- looked up once: a reap batch changes many sessions of one bucket.
 local out = {'ok'}
+local counts, count_keys = {}, {}
+local sequences, sequence_keys = {}, {}
+local last_ids = {}
+local function count(k, delta)
+  if counts[k] == nil then
+    counts[k] = 0
+    count_keys[#count_keys + 1] = k
+  end
+  counts[k] = counts[k] + delta
+end
 i = 4
 while i <= n do
   local op = ARGV[i]
@@ -91,7 +103,7 @@ while i <= n do
     redis.call('HSET', key(i + 1), 'r', ARGV[i + 9], 'v', ARGV[i + 8])
     redis.call('ZADD', key(i + 2), ARGV[i + 7], ARGV[i + 5])
     redis.call('SADD', key(i + 3), ARGV[i + 6])
-    redis.call('INCR', key(i + 4))
+    count(key(i + 4), 1)
     i = i + 10
   elseif op == 'U' then
     redis.call('HSET', key(i + 1), 'r', ARGV[i + 6], 'v', ARGV[i + 5])
@@ -101,25 +113,41 @@ while i <= n do
     redis.call('DEL', key(i + 1))
     redis.call('ZREM', key(i + 2), ARGV[i + 5])
     redis.call('SREM', key(i + 3), ARGV[i + 6])
-    redis.call('DECR', key(i + 4))
+    count(key(i + 4), -1)
     i = i + 7
   elseif op == 'X' then
     redis.call('ZREM', key(i + 1), ARGV[i + 2])
     i = i + 3
   elseif op == 'E' then
-    local stream = key(i + 1)
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    local prev = '0-0'
-    if last[1] then
-      prev = last[1][1]
+    local stream, qkey = key(i + 1), key(i + 2)
+    local prev = last_ids[stream]
+    if prev == nil then
+      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      prev = '0-0'
+      if last[1] then
+        prev = last[1][1]
+      end
     end
-    local seq = redis.call('INCR', key(i + 2))
-    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', seq, 'e', ARGV[i + 3])
+    if sequences[qkey] == nil then
+      sequences[qkey] = tonumber(redis.call('GET', qkey) or '0')
+      sequence_keys[#sequence_keys + 1] = qkey
+    end
+    sequences[qkey] = sequences[qkey] + 1
+    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', sequences[qkey], 'e', ARGV[i + 3])
+    last_ids[stream] = id
     out[#out + 1] = stream
     out[#out + 1] = prev
     out[#out + 1] = id
     i = i + 4
   end
+end
+for _, k in ipairs(count_keys) do
+  if counts[k] ~= 0 then
+    redis.call('INCRBY', k, counts[k])
+  end
+end
+for _, k in ipairs(sequence_keys) do
+  redis.call('SET', k, sequences[k])
 end
 redis.call('SET', marker, '1', 'PX', marker_ttl)
 return out

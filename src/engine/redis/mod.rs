@@ -39,6 +39,12 @@ const MARKER_TTL_MS: u64 = 60_000;
 /// Keys asked for per SCAN step.
 const SCAN_COUNT: usize = 1_000;
 
+fn random_u32() -> Result<u32> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random { source: e.into() })?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
 /// `url` with its password replaced, for messages and logs.
 pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -74,6 +80,8 @@ pub(crate) struct RedisEngine {
     events: Arc<EventHub>,
     gate: Arc<Gate>,
     turns: Turns,
+    /// The bucket this node's reaper starts from.
+    reap_start: u32,
     commits: AtomicU64,
     plans: AtomicU64,
     syncs: AtomicU64,
@@ -129,6 +137,7 @@ impl RedisEngine {
             retention: settings.event_retention,
             gate: Arc::new(Gate::default()),
             turns: Turns::default(),
+            reap_start: random_u32()? % buckets,
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -638,6 +647,12 @@ impl Engine for RedisEngine {
             }
             pipe.query(con).map_err(failed("scanning expiries"))
         })?;
+        // Bucket by bucket, from a bucket of this node's own: nodes reaping at
+        // once mostly claim different sessions instead of racing for the
+        // same earliest ones (each stays exactly-once either way).
+        let mut replies = replies;
+        let start = self.reap_start as usize % replies.len().max(1);
+        replies.rotate_left(start);
         let mut due: Vec<Due> = replies
             .into_iter()
             .flatten()
@@ -650,7 +665,6 @@ impl Engine for RedisEngine {
                 })
             })
             .collect();
-        due.sort_by_key(|d| (d.at, d.digest));
         due.truncate(limit);
         Ok(due)
     }
