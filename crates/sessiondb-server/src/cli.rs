@@ -19,7 +19,7 @@ servers. Settings come from flags, then SESSIONDB_<NAME> environment
 variables, then the `serve --config` file, then defaults.";
 
 /// sessiondb: a persistent session store for game servers (MAGE's session
-/// module), served over HTTP, with offline tools for a stopped store.
+/// module), served over HTTP, with offline tools.
 #[derive(Debug, Parser)]
 #[command(name = "sessiondb", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
@@ -35,25 +35,27 @@ pub enum Command {
     /// stderr. On SIGINT/SIGTERM, stops accepting connections, finishes the
     /// requests in flight and closes the store cleanly.
     Serve(ServeArgs),
-    /// Print counts about a stopped store: sessions (live and expired),
-    /// actors, earliest expiry, quarantined records, size on disk.
+    /// Print counts about a store: sessions (live and expired), actors,
+    /// earliest expiry, quarantined records, size on disk.
     Stats(StatsArgs),
-    /// List the sessions of a stopped store (no keys: only digests of them
-    /// are stored).
+    /// List the sessions of a store (no keys: only digests of them are
+    /// stored).
     List(ListArgs),
-    /// Show one session of a stopped store, found by its public id.
+    /// Show one session of a store, found by its public id.
     Show(ShowArgs),
-    /// End every session of an actor in a stopped store.
+    /// End every session of an actor.
     Expire(ExpireArgs),
-    /// Check a stopped store's invariants and, with --repair, fix them.
+    /// Check a store's invariants and, with --repair, fix them.
     ///
     /// Exits 0 when the store is healthy (after repairing, with --repair),
     /// 1 when problems remain.
     Check(CheckArgs),
-    /// Write every session of a stopped store as JSON lines (a consistent
-    /// snapshot, with digests, so that keys keep working after an import).
+    /// Write every session of a store as JSON lines (a consistent snapshot
+    /// of a data directory, with digests, so that keys keep working after
+    /// an import).
     Export(ExportArgs),
-    /// Read JSON lines written by `export` into a stopped (or new) store.
+    /// Read JSON lines written by `export` into a store (a stopped or new
+    /// data directory, or Redis).
     ///
     /// Sessions keep their digests, ids, expiries, revisions and data; a
     /// stored session with the same digest is replaced.
