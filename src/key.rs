@@ -67,6 +67,20 @@ fn os_random(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|e| Error::Random { source: e.into() })
 }
 
+/// `N` bytes from the operating system's CSPRNG.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    os_random(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A random number in [0, 1), for jitter; 0.5 if the generator fails.
+pub(crate) fn unit_random() -> f64 {
+    random_bytes::<4>().map_or(0.5, |b| {
+        f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+    })
+}
+
 /// A fresh secret of `len` URL-safe characters, 6 random bits each.
 pub(crate) fn new_secret(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len.div_ceil(4) * 3];
@@ -79,9 +93,7 @@ pub(crate) fn new_secret(len: usize) -> Result<String> {
 /// A fresh public session id: 16 URL-safe characters (96 random bits), safe
 /// to log and to show other players.
 pub(crate) fn new_public_id() -> Result<String> {
-    let mut bytes = [0u8; 12];
-    os_random(&mut bytes)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<12>()?))
 }
 
 /// A full key split into its parts.

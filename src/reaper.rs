@@ -94,6 +94,9 @@ fn run(shared: &Shared, interval: Duration, stopped: &Receiver<()>) {
             Ok(Some(at)) => interval.min(Duration::from_millis(at.saturating_sub(shared.now()))),
             _ => interval,
         };
+        // Spread: nodes sharing a store (Redis) then do not all wake at the
+        // same instant; each due session is still ended exactly once.
+        let wait = wait.mul_f64(0.75 + 0.5 * crate::key::unit_random());
         match stopped.recv_timeout(wait.max(Duration::from_millis(1))) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,

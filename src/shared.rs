@@ -32,12 +32,7 @@ fn backoff(attempt: u32) -> Duration {
     let ceiling = Duration::from_micros(50)
         .saturating_mul(1 << attempt.min(16))
         .min(MAX_BACKOFF);
-    let mut random = [0u8; 4];
-    let fraction = match getrandom::fill(&mut random) {
-        Ok(()) => f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX),
-        Err(_) => 0.5,
-    };
-    ceiling.mul_f64(fraction)
+    ceiling.mul_f64(crate::key::unit_random())
 }
 
 /// Counters of the store's own (engine-neutral) work.

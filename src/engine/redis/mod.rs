@@ -31,19 +31,13 @@ use crate::engine::{
 };
 use crate::error::{Error, Result, StorageError};
 use crate::events::EventHub;
-use crate::key::Digest;
+use crate::key::{random_bytes, Digest};
 use crate::worker::Poison;
 
 /// How long a committed plan's marker is kept for idempotent retries.
 const MARKER_TTL_MS: u64 = 60_000;
 /// Keys asked for per SCAN step.
 const SCAN_COUNT: usize = 1_000;
-
-fn random_u32() -> Result<u32> {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random { source: e.into() })?;
-    Ok(u32::from_le_bytes(bytes))
-}
 
 /// `url` with its password replaced, for messages and logs.
 pub(crate) fn redacted(url: &str) -> String {
@@ -137,7 +131,7 @@ impl RedisEngine {
             retention: settings.event_retention,
             gate: Arc::new(Gate::default()),
             turns: Turns::default(),
-            reap_start: random_u32()? % buckets,
+            reap_start: u32::from_le_bytes(random_bytes::<4>()?) % buckets,
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -266,8 +260,7 @@ impl RedisEngine {
                 }))
                 .next()
                 .unwrap_or("");
-        let mut id = [0u8; 12];
-        getrandom::fill(&mut id).map_err(|e| Error::Random { source: e.into() })?;
+        let id = random_bytes::<12>()?;
         let marker = p.key(k.done(k.bucket(first_actor), &crate::key::hex(&id)));
         p.args = vec![
             marker.to_string().into_bytes(),
