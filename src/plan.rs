@@ -99,9 +99,7 @@ impl<'a> Planner<'a> {
         let bytes = self.view.records(&asked)?;
         let mut out = Vec::with_capacity(bytes.len());
         for ((actor_id, digest), bytes) in wanted.iter().zip(bytes) {
-            let record = bytes
-                .map(|b| codec::decode_stored(digest, &b))
-                .transpose();
+            let record = bytes.map(|b| codec::decode_stored(digest, &b)).transpose();
             if let Ok(record) = &record {
                 self.relied_on(Precondition::Record {
                     actor_id: (*actor_id).to_owned(),
@@ -356,8 +354,10 @@ impl<'a> Planner<'a> {
     /// Ends the due sessions the reaper found; returns how many.
     pub fn reap(&mut self, due: &[Due], now: u64) -> Result<usize> {
         let mut reaped = 0;
-        let wanted: Vec<(&str, Digest)> =
-            due.iter().map(|d| (d.actor_id.as_str(), d.digest)).collect();
+        let wanted: Vec<(&str, Digest)> = due
+            .iter()
+            .map(|d| (d.actor_id.as_str(), d.digest))
+            .collect();
         let loaded = self.load_all(&wanted)?;
         for (
             Due {

@@ -39,16 +39,32 @@ const MARKER_TTL_MS: u64 = 60_000;
 /// Keys asked for per SCAN step.
 const SCAN_COUNT: usize = 1_000;
 
-/// `url` with its password replaced, for messages and logs.
+/// `url` with its password replaced, for messages and logs: the
+/// `user:password@` part, and a `pass=` query parameter (unix sockets).
 pub(crate) fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let auth = &url[scheme + 3..at];
+            let auth = &base[scheme + 3..at];
             let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            format!("{}{user}:***{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((name @ ("pass" | "password"), _)) => format!("{name}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
     }
+    out
 }
 
 /// How a commit is made durable.
@@ -207,7 +223,10 @@ impl RedisEngine {
             ) else {
                 continue;
             };
-            if self.progress.publish_own(&self.events, bucket, prev, id, event) {
+            if self
+                .progress
+                .publish_own(&self.events, bucket, prev, id, event)
+            {
                 continue;
             }
             let wait_until = deadline.max(Instant::now() + self.timeout);
@@ -950,6 +969,10 @@ mod tests {
             "rediss://:***@db.local"
         );
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted("redis+unix:///run/r.sock?db=2&pass=s3cret"),
+            "redis+unix:///run/r.sock?db=2&pass=***"
+        );
         let id = entry_id("k:x", b"m\x01");
         let (key, member) = split_entry_id(&id);
         assert_eq!((key, member), (&b"k:x"[..], &b"m\x01"[..]));
