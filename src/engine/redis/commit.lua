@@ -3,7 +3,8 @@
 -- KEYS holds every key the plan touches; operands named `*key` below are
 -- indexes into KEYS. ARGV[1] is the index of the plan's done-marker key,
 -- ARGV[2] the marker's lifetime in ms, ARGV[3] the events streams'
--- retention (entries kept per stream). From ARGV[4] on comes the program,
+-- retention (entries kept per stream), ARGV[4] the committing node's origin
+-- tag (stored with its events). From ARGV[5] on comes the program,
 -- one instruction after another, each an opcode and its operands:
 --
 --   R skey rev                 the session hash's revision is `rev` ('' = no session)
@@ -19,8 +20,9 @@
 --
 -- Every precondition is checked before the first write (Redis has no
 -- rollback). The done marker makes a retried call (same marker) a no-op.
--- Returns {'ok', xkey, prev, id, ...} with, for every event appended, its
--- stream, the id of the entry before it ('0-0' for none) and its own id,
+-- Returns {'ok', xkey, prev, id, n, ...} with, for every event appended, its
+-- stream, the id of the entry before it ('0-0' for none), its own id and
+-- its sequence number,
 -- {'conflict', key} when a precondition does not hold, or {'done'}.
 
 local marker = KEYS[tonumber(ARGV[1])]
@@ -29,6 +31,7 @@ if redis.call('EXISTS', marker) == 1 then
 end
 local marker_ttl = ARGV[2]
 local retention = ARGV[3]
+local origin = ARGV[4]
 local n = #ARGV
 
 local function key(i)
@@ -36,7 +39,7 @@ local function key(i)
 end
 
 -- Pass 1: preconditions, and the program's shape. Nothing is written.
-local i = 4
+local i = 5
 while i <= n do
   local op = ARGV[i]
   if op == 'R' then
@@ -92,7 +95,7 @@ local function count(k, delta)
   end
   counts[k] = counts[k] + delta
 end
-i = 4
+i = 5
 while i <= n do
   local op = ARGV[i]
   if op == 'R' then
@@ -133,11 +136,12 @@ while i <= n do
       sequence_keys[#sequence_keys + 1] = qkey
     end
     sequences[qkey] = sequences[qkey] + 1
-    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', sequences[qkey], 'e', ARGV[i + 3])
+    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', sequences[qkey], 'o', origin, 'e', ARGV[i + 3])
     last_ids[stream] = id
     out[#out + 1] = stream
     out[#out + 1] = prev
     out[#out + 1] = id
+    out[#out + 1] = tostring(sequences[qkey])
     i = i + 4
   end
 end

@@ -118,71 +118,79 @@ struct Position {
     sequence: u64,
 }
 
-/// What the reader has published, for writers that wait for their events.
-#[derive(Default)]
+/// The last entry of a bucket's stream that was published on this node:
+/// its id and sequence number. Everything before it was published too (or
+/// reported as missed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Mark {
+    id: (u64, u64),
+    sequence: u64,
+}
+
+/// What has been published of each bucket's stream, shared by the reader
+/// and this node's writers, which publish their own events themselves.
 pub(crate) struct Progress {
-    published: Mutex<HashMap<u32, (u64, u64)>>,
+    published: Mutex<HashMap<u32, Mark>>,
     moved: Condvar,
+    /// Tags this node's own events in the streams.
+    origin: String,
+    /// How long the reader leaves an own event to its writer.
+    patience: Duration,
 }
 
 impl Progress {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Mark>> {
         self.published
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn advance(&self, bucket: u32, id: (u64, u64)) {
-        self.lock().insert(bucket, id);
+    fn new(origin: String, patience: Duration) -> Self {
+        Progress {
+            published: Mutex::new(HashMap::new()),
+            moved: Condvar::new(),
+            origin,
+            patience,
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn advance(&self, bucket: u32, id: (u64, u64), sequence: u64) {
+        self.lock().insert(bucket, Mark { id, sequence });
         self.moved.notify_all();
     }
 
+    fn published(&self, bucket: u32) -> Mark {
+        self.lock().get(&bucket).copied().unwrap_or_default()
+    }
+
     /// A writer's own event, entry `id` of `bucket`'s stream whose entry
-    /// before it is `prev`: published now if everything up to `prev` has
+    /// before it is `prev`: published once everything up to `prev` has
     /// been, so that per-actor order holds. Returns whether it is published
-    /// (now, or already by the reader).
+    /// (now, or earlier by the reader), or false when `deadline` passed.
     pub fn publish_own(
         &self,
         hub: &EventHub,
         bucket: u32,
         prev: (u64, u64),
         id: (u64, u64),
+        sequence: u64,
         event: &Event,
+        deadline: Instant,
     ) -> bool {
         let mut published = self.lock();
-        let at = published.get(&bucket).copied().unwrap_or((0, 0));
-        if at >= id {
-            return true;
-        }
-        if at < prev {
-            return false;
-        }
-        hub.publish(std::slice::from_ref(event));
-        published.insert(bucket, id);
-        self.moved.notify_all();
-        true
-    }
-
-    /// The reader's event, entry `id` of `bucket`'s stream: published
-    /// unless a writer already did.
-    fn publish_read(&self, hub: &EventHub, bucket: u32, id: (u64, u64), event: Option<Event>) {
-        let mut published = self.lock();
-        if published.get(&bucket).is_some_and(|at| *at >= id) {
-            return;
-        }
-        if let Some(event) = event {
-            hub.publish(&[event]);
-        }
-        published.insert(bucket, id);
-        self.moved.notify_all();
-    }
-
-    /// Waits until the reader has published entry `id` of `bucket`'s stream,
-    /// or `deadline` passes; returns whether it has.
-    pub fn wait_for(&self, bucket: u32, id: (u64, u64), deadline: Instant) -> bool {
-        let mut published = self.lock();
         loop {
-            if published.get(&bucket).is_some_and(|p| *p >= id) {
+            let at = published.get(&bucket).copied().unwrap_or_default().id;
+            if at >= id {
+                return true;
+            }
+            if at >= prev {
+                hub.publish(std::slice::from_ref(event));
+                published.insert(bucket, Mark { id, sequence });
+                self.moved.notify_all();
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -196,6 +204,29 @@ impl Progress {
                 .0;
         }
     }
+
+    /// Waits a little for a writer to publish its own event.
+    fn wait_a_little(&self) {
+        let published = self.lock();
+        let _ = self
+            .moved
+            .wait_timeout(published, Duration::from_millis(1))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
+    /// The reader's event, entry `id` of `bucket`'s stream: published
+    /// unless a writer already did.
+    fn publish_read(&self, hub: &EventHub, bucket: u32, mark: Mark, event: Option<Event>) {
+        let mut published = self.lock();
+        if published.get(&bucket).is_some_and(|at| at.id >= mark.id) {
+            return;
+        }
+        if let Some(event) = event {
+            hub.publish(&[event]);
+        }
+        published.insert(bucket, mark);
+        self.moved.notify_all();
+    }
 }
 
 pub(crate) struct Reader {
@@ -205,18 +236,22 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Starts following every bucket's stream from its current end.
+    /// Starts following every bucket's stream from its current end. This
+    /// node's own events (tagged `origin`) are left to their writers for up
+    /// to `patience`.
     pub fn start(
         pool: Arc<Pool>,
         keys: Keys,
         events: Arc<EventHub>,
         poison: Arc<Poison>,
+        origin: String,
+        patience: Duration,
     ) -> Result<Reader> {
         let positions = pool.with(|con| current_ends(con, &keys))?;
-        let progress = Arc::new(Progress::default());
+        let progress = Arc::new(Progress::new(origin, patience));
         for (bucket, p) in positions.iter().enumerate() {
             if let Some(id) = parse_id(&p.id) {
-                progress.advance(bucket as u32, id);
+                progress.advance(bucket as u32, id, p.sequence);
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -227,6 +262,7 @@ impl Reader {
             progress: progress.clone(),
             stop: stop.clone(),
             positions,
+            deferred: HashMap::new(),
         };
         let handle = worker::spawn("events", poison, move || follow.run()).map_err(|source| {
             Error::WorkerStart {
@@ -296,6 +332,8 @@ struct Follow {
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     positions: Vec<Position>,
+    /// Own events left to their writers: bucket → (entry id, since when).
+    deferred: HashMap<u32, (String, Instant)>,
 }
 
 impl Follow {
@@ -350,6 +388,7 @@ impl Follow {
         let Some(reply) = reply else {
             return Ok(());
         };
+        let mut waiting = false;
         for stream in reply.keys {
             let Some((bucket, _)) = self.keys.split(&stream.key) else {
                 continue;
@@ -358,8 +397,36 @@ impl Follow {
                 continue;
             };
             for entry in &stream.ids {
-                let sequence: u64 = entry.get("n").unwrap_or(position.sequence + 1);
-                let missed = sequence.saturating_sub(position.sequence + 1);
+                let Some(id) = parse_id(&entry.id) else {
+                    continue;
+                };
+                let origin: Option<String> = entry.get("o");
+                let mark = self.progress.published(bucket);
+                if id > mark.id && origin.as_deref() == Some(self.progress.origin()) {
+                    // This node's writer publishes it, in its plan's order;
+                    // read on from here once it has (or has taken too long).
+                    let since = match self.deferred.get(&bucket) {
+                        Some((d, since)) if *d == entry.id => *since,
+                        _ => {
+                            let now = Instant::now();
+                            self.deferred.insert(bucket, (entry.id.clone(), now));
+                            now
+                        }
+                    };
+                    if since.elapsed() < self.progress.patience {
+                        waiting = true;
+                        break;
+                    }
+                }
+                self.deferred.remove(&bucket);
+                // What came before this entry was read here, or published
+                // by this node's writers: whichever got further.
+                let before = position.sequence.max(
+                    mark.sequence
+                        .min(entry.get::<u64>("n").unwrap_or(u64::MAX).saturating_sub(1)),
+                );
+                let sequence: u64 = entry.get("n").unwrap_or(before + 1);
+                let missed = sequence.saturating_sub(before + 1);
                 if missed > 0 {
                     self.events.publish_gap(missed);
                 }
@@ -368,12 +435,14 @@ impl Follow {
                 if event.is_none() {
                     log::error!("event {} in {} does not decode", entry.id, stream.key);
                 }
-                if let Some(id) = parse_id(&entry.id) {
-                    self.progress.publish_read(&self.events, bucket, id, event);
-                }
+                self.progress
+                    .publish_read(&self.events, bucket, Mark { id, sequence }, event);
                 position.sequence = sequence;
                 position.id = entry.id.clone();
             }
+        }
+        if waiting {
+            self.progress.wait_a_little();
         }
         Ok(())
     }

@@ -134,7 +134,15 @@ impl RedisEngine {
             Ok((sync, created, buckets))
         })?;
         let keys = Keys::new(&settings.prefix, buckets);
-        let reader = Reader::start(pool.clone(), keys.clone(), events.clone(), poison)?;
+        let origin = crate::key::hex(&random_bytes::<8>()?);
+        let reader = Reader::start(
+            pool.clone(),
+            keys.clone(),
+            events.clone(),
+            poison,
+            origin,
+            settings.timeout,
+        )?;
         let engine = RedisEngine {
             progress: reader.progress.clone(),
             reader: Mutex::new(Some(reader)),
@@ -209,29 +217,36 @@ impl RedisEngine {
         if self.sync == Sync::WaitAof {
             self.wait_aof()?;
         }
-        // Answer once this node has published the change's events, so a
-        // caller hears them before its call returns, as on every engine:
-        // at once when this node has published everything before them in
-        // their stream, else once the reader has.
+        // This node publishes its own change's events, in the plan's order,
+        // before the call returns (as on every engine); the reader leaves
+        // them to it. Each waits until everything before it in its stream
+        // is published, so per-actor commit order holds across nodes.
         let appended = plan.events.iter().filter(|e| events::encode(e).is_some());
-        for (event, entry) in appended.zip(reply[1..].chunks(3)) {
-            let [stream, prev, id] = entry else { break };
-            let (Some((bucket, _)), Some(prev), Some(id)) = (
+        let wait_until = deadline.max(Instant::now() + self.timeout);
+        for (event, entry) in appended.zip(reply[1..].chunks(4)) {
+            let [stream, prev, id, sequence] = entry else {
+                break;
+            };
+            let (Some((bucket, _)), Some(prev), Some(id), Ok(sequence)) = (
                 self.keys.split(stream),
                 events::parse_id(prev),
                 events::parse_id(id),
+                sequence.parse::<u64>(),
             ) else {
                 continue;
             };
-            if self
-                .progress
-                .publish_own(&self.events, bucket, prev, id, event)
-            {
-                continue;
-            }
-            let wait_until = deadline.max(Instant::now() + self.timeout);
-            if !self.progress.wait_for(bucket, id, wait_until) {
-                log::warn!("events of a committed change are not read back yet; they will follow");
+            let published = self.progress.publish_own(
+                &self.events,
+                bucket,
+                prev,
+                id,
+                sequence,
+                event,
+                wait_until,
+            );
+            if !published {
+                // The reader publishes it once its patience runs out.
+                log::warn!("the events of a committed change are late; they will follow");
                 break;
             }
         }
@@ -285,6 +300,7 @@ impl RedisEngine {
             marker.to_string().into_bytes(),
             MARKER_TTL_MS.to_string().into_bytes(),
             self.retention.to_string().into_bytes(),
+            self.progress.origin().as_bytes().to_vec(),
         ];
         for c in &plan.preconditions {
             match c {
