@@ -127,6 +127,31 @@ struct Mark {
     sequence: u64,
 }
 
+/// Where the commit script appended one event: its bucket's stream, the
+/// entry before it, its own entry id and sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub bucket: u32,
+    pub prev: (u64, u64),
+    pub id: (u64, u64),
+    pub sequence: u64,
+}
+
+impl Appended {
+    /// One `stream, prev, id, n` group of the script's reply.
+    pub fn parse(keys: &Keys, group: &[String]) -> Option<Appended> {
+        let [stream, prev, id, sequence] = group else {
+            return None;
+        };
+        Some(Appended {
+            bucket: keys.split(stream)?.0,
+            prev: parse_id(prev)?,
+            id: parse_id(id)?,
+            sequence: sequence.parse().ok()?,
+        })
+    }
+}
+
 /// What has been published of each bucket's stream, shared by the reader
 /// and this node's writers, which publish their own events themselves.
 pub(crate) struct Progress {
@@ -167,20 +192,23 @@ impl Progress {
         self.lock().get(&bucket).copied().unwrap_or_default()
     }
 
-    /// A writer's own event, entry `id` of `bucket`'s stream whose entry
-    /// before it is `prev`: published once everything up to `prev` has
-    /// been, so that per-actor order holds. Returns whether it is published
-    /// (now, or earlier by the reader), or false when `deadline` passed.
+    /// A writer's own event, appended as `entry`: published once
+    /// everything before it in its stream has been, so that per-actor order
+    /// holds. Returns whether it is published (now, or earlier by the
+    /// reader), or false when `deadline` passed.
     pub fn publish_own(
         &self,
         hub: &EventHub,
-        bucket: u32,
-        prev: (u64, u64),
-        id: (u64, u64),
-        sequence: u64,
+        entry: Appended,
         event: &Event,
         deadline: Instant,
     ) -> bool {
+        let Appended {
+            bucket,
+            prev,
+            id,
+            sequence,
+        } = entry;
         let mut published = self.lock();
         loop {
             let at = published.get(&bucket).copied().unwrap_or_default().id;

@@ -223,27 +223,13 @@ impl RedisEngine {
         // is published, so per-actor commit order holds across nodes.
         let appended = plan.events.iter().filter(|e| events::encode(e).is_some());
         let wait_until = deadline.max(Instant::now() + self.timeout);
-        for (event, entry) in appended.zip(reply[1..].chunks(4)) {
-            let [stream, prev, id, sequence] = entry else {
-                break;
-            };
-            let (Some((bucket, _)), Some(prev), Some(id), Ok(sequence)) = (
-                self.keys.split(stream),
-                events::parse_id(prev),
-                events::parse_id(id),
-                sequence.parse::<u64>(),
-            ) else {
+        for (event, group) in appended.zip(reply[1..].chunks(4)) {
+            let Some(entry) = events::Appended::parse(&self.keys, group) else {
                 continue;
             };
-            let published = self.progress.publish_own(
-                &self.events,
-                bucket,
-                prev,
-                id,
-                sequence,
-                event,
-                wait_until,
-            );
+            let published = self
+                .progress
+                .publish_own(&self.events, entry, event, wait_until);
             if !published {
                 // The reader publishes it once its patience runs out.
                 log::warn!("the events of a committed change are late; they will follow");
