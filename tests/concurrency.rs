@@ -154,22 +154,7 @@ on_every_engine! {
 
         // Every session was set once and, but the survivor, replaced once.
         let events = drain(&rx);
-        let sets = events
-            .iter()
-            .filter(|e| matches!(e, Event::Set { .. }))
-            .count();
-        let replaced = events
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Event::Unset {
-                        reason: UnsetReason::Replaced,
-                        ..
-                    }
-                )
-            })
-            .count();
+        let (sets, replaced) = common::sets_and_replaced(&events);
         assert_eq!(
             (sets, replaced, events.len()),
             (total, total - 1, 2 * total - 1)

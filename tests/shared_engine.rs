@@ -97,22 +97,7 @@ fn racing_registers_at_the_cap_leave_exactly_the_cap() {
     });
     let total = 2 * 3 * PER_THREAD;
     let events = hear(&heard, |h| h.len() == 2 * total - 2);
-    let sets = events
-        .iter()
-        .filter(|e| matches!(e, Event::Set { .. }))
-        .count();
-    let replaced = events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                Event::Unset {
-                    reason: UnsetReason::Replaced,
-                    ..
-                }
-            )
-        })
-        .count();
+    let (sets, replaced) = common::sets_and_replaced(&events);
     assert_eq!((sets, replaced), (total, total - 2));
     for node in &nodes {
         assert_eq!(node.stats().unwrap().sessions, 2);

@@ -159,6 +159,28 @@ pub fn drain(rx: &crossbeam_channel::Receiver<Event>) -> Vec<Event> {
     rx.try_iter().collect()
 }
 
+/// How many `session.set` events, and how many `session.unset` with reason
+/// `replaced`, are among `events`.
+pub fn sets_and_replaced(events: &[Event]) -> (usize, usize) {
+    let sets = events
+        .iter()
+        .filter(|e| matches!(e, Event::Set { .. }))
+        .count();
+    let replaced = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Unset {
+                    reason: UnsetReason::Replaced,
+                    ..
+                }
+            )
+        })
+        .count();
+    (sets, replaced)
+}
+
 /// The full key of a session that has one (registered, resolved, reassigned).
 pub fn key_of(session: &sessiondb::Session) -> String {
     session

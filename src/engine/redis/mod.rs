@@ -322,13 +322,7 @@ impl RedisEngine {
                     revision,
                     record,
                 } => {
-                    let b = k.bucket(actor_id);
-                    let (s, e, a, n) = (
-                        p.key(k.session(actor_id, digest)),
-                        p.key(k.expiries(b)),
-                        p.key(k.actor(actor_id)),
-                        p.key(k.count(b)),
-                    );
+                    let (s, e, a, n) = p.session_keys(k, actor_id, digest);
                     p.op(
                         "I",
                         &[
@@ -371,13 +365,7 @@ impl RedisEngine {
                 Change::Delete {
                     digest, actor_id, ..
                 } => {
-                    let b = k.bucket(actor_id);
-                    let (s, e, a, n) = (
-                        p.key(k.session(actor_id, digest)),
-                        p.key(k.expiries(b)),
-                        p.key(k.actor(actor_id)),
-                        p.key(k.count(b)),
-                    );
+                    let (s, e, a, n) = p.session_keys(k, actor_id, digest);
                     p.op(
                         "D",
                         &[
@@ -476,6 +464,23 @@ impl Program {
         let i = self.keys.len();
         self.index.insert(key, i);
         i
+    }
+
+    /// The indexes of a session's record, its bucket's expiry index, its
+    /// actor's set and its bucket's count.
+    fn session_keys(
+        &mut self,
+        k: &Keys,
+        actor_id: &str,
+        digest: &Digest,
+    ) -> (usize, usize, usize, usize) {
+        let b = k.bucket(actor_id);
+        (
+            self.key(k.session(actor_id, digest)),
+            self.key(k.expiries(b)),
+            self.key(k.actor(actor_id)),
+            self.key(k.count(b)),
+        )
     }
 
     fn op(&mut self, code: &str, operands: &[&str]) {
