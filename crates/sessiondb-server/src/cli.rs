@@ -79,7 +79,7 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below as snake_case keys
-    /// (`data_dir`, `redis_url`, `redis_prefix`, `listen`, `ttl`,
+    /// (`data_dir`, `redis_url`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
     /// `max_sessions_per_actor`, `reaper`). Flags and environment variables
     /// override it.
@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// environments) share one server [default: sessiondb]
     #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
+
+    /// For `rediss://`: trust server certificates signed by the CA in this
+    /// PEM file (a private CA) instead of the system's roots
+    #[arg(long, env = "SESSIONDB_REDIS_TLS_CA", value_name = "PEM")]
+    pub redis_tls_ca: Option<PathBuf>,
 
     /// Address to listen on; port 0 picks a free port (the real address is
     /// printed) [default: 127.0.0.1:7420]
@@ -173,6 +178,11 @@ pub struct StoreArgs {
     /// Prefix of the store's keys on the Redis server [default: sessiondb]
     #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
+
+    /// For `rediss://`: trust server certificates signed by the CA in this
+    /// PEM file (a private CA) instead of the system's roots
+    #[arg(long, env = "SESSIONDB_REDIS_TLS_CA", value_name = "PEM")]
+    pub redis_tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_tls_ca: Option<PathBuf>,
     listen: Option<String>,
     ttl: Option<String>,
     durability: Option<DurabilityArg>,
@@ -54,9 +55,16 @@ struct FileSettings {
 pub enum Location {
     /// The embedded sled engine in this directory.
     Directory(PathBuf),
-    /// The shared Redis / Valkey engine at `url`, under `prefix` (the
-    /// library's default when `None`).
-    Redis { url: String, prefix: Option<String> },
+    /// The shared Redis / Valkey engine at `url`.
+    Redis { url: String, options: RedisOptions },
+}
+
+/// How to use a Redis server: the key prefix (the library's default when
+/// `None`) and, for `rediss://`, a private CA to trust.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisOptions {
+    pub prefix: Option<String>,
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Location {
@@ -65,12 +73,15 @@ impl Location {
     pub fn config(&self) -> Config {
         match self {
             Location::Directory(dir) => Config::new(dir),
-            Location::Redis { url, prefix } => {
-                let config = Config::redis(url.clone());
-                match prefix {
-                    Some(p) => config.redis_prefix(p.clone()),
-                    None => config,
+            Location::Redis { url, options } => {
+                let mut config = Config::redis(url.clone());
+                if let Some(p) = &options.prefix {
+                    config = config.redis_prefix(p.clone());
                 }
+                if let Some(ca) = &options.tls_ca {
+                    config = config.redis_tls_ca(ca);
+                }
+                config
             }
         }
     }
@@ -106,11 +117,11 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Directory(dir) => write!(f, "{}", dir.display()),
-            Location::Redis { url, prefix } => write!(
+            Location::Redis { url, options } => write!(
                 f,
                 "{} (prefix {:?})",
                 redact_url(url),
-                prefix.as_deref().unwrap_or(DEFAULT_REDIS_PREFIX)
+                options.prefix.as_deref().unwrap_or(DEFAULT_REDIS_PREFIX)
             ),
         }
     }
@@ -156,7 +167,7 @@ pub struct Named {
 /// One source names both a directory and a Redis URL, or an empty URL.
 pub fn locate(
     sources: &[Named],
-    prefix: Option<String>,
+    redis: RedisOptions,
 ) -> Result<(Location, Vec<String>), SettingsError> {
     let mut notes = Vec::new();
     let chosen = sources
@@ -181,7 +192,7 @@ pub fn locate(
                 }
                 (_, Some(url)) => Location::Redis {
                     url: url.trim().to_owned(),
-                    prefix: prefix.clone(),
+                    options: redis.clone(),
                 },
                 (Some(dir), None) => Location::Directory(dir.clone()),
                 (None, None) => Location::Directory(DEFAULT_DATA_DIR.into()),
@@ -201,10 +212,10 @@ pub fn locate(
             _ => {}
         }
     }
-    if matches!(location, Location::Directory(_)) && prefix.is_some() {
+    if matches!(location, Location::Directory(_)) && redis != RedisOptions::default() {
         notes.push(
-            "the Redis key prefix (--redis-prefix, SESSIONDB_REDIS_PREFIX, redis_prefix) is not \
-             used with a data directory"
+            "the Redis settings (--redis-prefix, --redis-tls-ca and their environment variables \
+             and config keys) are not used with a data directory"
                 .into(),
         );
     }
@@ -253,7 +264,10 @@ pub fn tool_store(args: &StoreArgs) -> Result<(Location, Vec<String>), SettingsE
             },
             from_environment()?,
         ],
-        args.redis_prefix.clone(),
+        RedisOptions {
+            prefix: args.redis_prefix.clone(),
+            tls_ca: args.redis_tls_ca.clone(),
+        },
     )
 }
 
@@ -262,32 +276,7 @@ pub fn tool_store(args: &StoreArgs) -> Result<(Location, Vec<String>), SettingsE
 /// `url` with its password replaced by `***` (`redis://user:***@host`,
 /// and `pass=***` / `password=***` in a query), for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], Some(&url[q + 1..])),
-        None => (url, None),
-    };
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme + 3 => {
-            let auth = &base[scheme + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme + 3], &base[at..]),
-                None => base.to_owned(),
-            }
-        }
-        _ => base.to_owned(),
-    };
-    if let Some(query) = query {
-        out.push('?');
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if is_password_param(k) => format!("{k}=***"),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out.push_str(&params.join("&"));
-    }
-    out
+    sessiondb::redact_url(url)
 }
 
 fn is_password_param(name: &str) -> bool {
@@ -555,7 +544,10 @@ impl Settings {
                     redis_url: file.redis_url,
                 },
             ],
-            args.redis_prefix.or(file.redis_prefix),
+            RedisOptions {
+                prefix: args.redis_prefix.or(file.redis_prefix),
+                tls_ca: args.redis_tls_ca.or(file.redis_tls_ca),
+            },
         )?;
         let settings = Settings {
             store,
@@ -671,7 +663,7 @@ mod tests {
     fn the_store_comes_from_the_source_of_highest_precedence() {
         let redis = |url: &str| Location::Redis {
             url: url.into(),
-            prefix: None,
+            options: RedisOptions::default(),
         };
         let (l, notes) = locate(
             &[
@@ -679,7 +671,7 @@ mod tests {
                 named(Source::Environment, None, Some("redis://e")),
                 named(Source::ConfigFile, Some("/file"), None),
             ],
-            None,
+            RedisOptions::default(),
         )
         .unwrap();
         assert_eq!(l, redis("redis://e"));
@@ -691,24 +683,31 @@ mod tests {
                 named(Source::Flags, Some("/flag"), None),
                 named(Source::Environment, None, Some("redis://e")),
             ],
-            Some("game1".into()),
+            RedisOptions {
+                prefix: Some("game1".into()),
+                tls_ca: None,
+            },
         )
         .unwrap();
         assert_eq!(l, Location::Directory("/flag".into()));
         assert_eq!(notes.len(), 2, "{notes:?}");
 
-        let (l, _) = locate(&[named(Source::Flags, None, None)], None).unwrap();
+        let (l, _) = locate(&[named(Source::Flags, None, None)], RedisOptions::default()).unwrap();
         assert_eq!(l, Location::Directory(DEFAULT_DATA_DIR.into()));
 
         let e = locate(
             &[named(Source::Environment, Some("/d"), Some("redis://e"))],
-            None,
+            RedisOptions::default(),
         )
         .unwrap_err();
         assert!(e
             .to_string()
             .contains("both SESSIONDB_DATA_DIR and SESSIONDB_REDIS_URL"));
-        let e = locate(&[named(Source::Flags, None, Some(" "))], None).unwrap_err();
+        let e = locate(
+            &[named(Source::Flags, None, Some(" "))],
+            RedisOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("--redis-url is empty"), "{e}");
     }
 }

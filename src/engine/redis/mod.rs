@@ -39,18 +39,29 @@ const MARKER_TTL_MS: u64 = 60_000;
 /// Keys asked for per SCAN step.
 const SCAN_COUNT: usize = 1_000;
 
-/// `url` with its password replaced, for messages and logs: the
-/// `user:password@` part, and a `pass=` query parameter (unix sockets).
-pub(crate) fn redacted(url: &str) -> String {
+/// `url` with its password replaced by `***`, for messages and logs: the
+/// `user:password@` part, and `pass=` / `password=` query parameters (unix
+/// sockets).
+///
+/// ```
+/// assert_eq!(
+///     sessiondb::redact_url("redis://app:s3cret@db:6379/2"),
+///     "redis://app:***@db:6379/2"
+/// );
+/// ```
+pub fn redacted(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
     };
     let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
             let auth = &base[scheme + 3..at];
-            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-            format!("{}{user}:***{}", &base[..scheme + 3], &base[at..])
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme + 3], &base[at..]),
+                // A user name alone: no password to hide.
+                None => base.to_owned(),
+            }
         }
         _ => base.to_owned(),
     };
@@ -58,7 +69,12 @@ pub(crate) fn redacted(url: &str) -> String {
         let params: Vec<String> = query
             .split('&')
             .map(|p| match p.split_once('=') {
-                Some((name @ ("pass" | "password"), _)) => format!("{name}=***"),
+                Some((name, _))
+                    if name.eq_ignore_ascii_case("pass")
+                        || name.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{name}=***")
+                }
                 _ => p.to_owned(),
             })
             .collect();
@@ -126,7 +142,22 @@ impl RedisEngine {
     ) -> Result<(RedisEngine, Opened)> {
         let settings = &config.redis;
         let info = url.into_connection_info().map_err(|e| bad_url(url, e))?;
-        let client = redis::Client::open(info).map_err(|e| bad_url(url, e))?;
+        let client = match &settings.tls_ca {
+            None => redis::Client::open(info),
+            Some(pem) => {
+                let root_cert = std::fs::read(pem).map_err(|source| Error::Io {
+                    action: "reading the Redis CA certificate",
+                    path: pem.clone(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| bad_url(url, e))?;
         let pool = Arc::new(Pool::new(client, settings.timeout));
         let (sync, created, buckets) = pool.with(|con| {
             let sync = check_server(con, config.durability)?;

@@ -15,11 +15,12 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 13] = [
+pub const ENV_NAMES: [&str; 14] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
     "SESSIONDB_REDIS_URL",
     "SESSIONDB_REDIS_PREFIX",
+    "SESSIONDB_REDIS_TLS_CA",
     "SESSIONDB_LISTEN",
     "SESSIONDB_TTL",
     "SESSIONDB_DURABILITY",
