@@ -728,3 +728,39 @@ fn a_rediss_url_talks_tls_to_a_server_signed_by_a_private_ca() {
     );
     assert!(untrusted.is_err(), "{untrusted:?}");
 }
+
+#[test]
+fn a_password_and_a_database_index_in_the_url_are_used() {
+    let Some(server) = server("password_and_database_index", &["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let in_db3 = Config::redis(format!("{}&db=3", server.url))
+        .clock(Arc::new(clock.clone()))
+        .reaper_thread(false);
+    let store = SessionStore::open(in_db3).unwrap();
+    let key = key_of(&store.register("p1", "en", Data::new()).unwrap());
+    store.is_valid(&key).unwrap();
+    // The keys are in database 3, not 0.
+    let mut raw = server.connection();
+    let count = |raw: &mut redis::Connection| -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("sessiondb*").query(raw).unwrap();
+        keys.len()
+    };
+    assert_eq!(count(&mut raw), 0);
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut raw).unwrap();
+    assert!(count(&mut raw) > 0);
+    // A wrong or missing password is a configuration error, not an outage,
+    // and the password is not shown.
+    let wrong = server.url.replace("s3cret", "wrong-pass");
+    let missing = server.url.replace("?pass=s3cret", "");
+    for url in [wrong, missing] {
+        let e = SessionStore::open(Config::redis(&url).redis_timeout(Duration::from_millis(500)))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidConfig { setting: "redis_url", problem } if problem.contains("password")),
+            "{e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains("wrong-pass"), "{e:?}");
+    }
+}

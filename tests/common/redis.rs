@@ -70,9 +70,15 @@ impl RedisServer {
     pub fn start(binary: &Path, args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
+        // A server that requires a password is reached with it.
+        let password = args
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| format!("?pass={}", w[1]))
+            .unwrap_or_default();
         let mut server = RedisServer {
             binary: binary.to_path_buf(),
-            url: format!("redis+unix://{}", socket.display()),
+            url: format!("redis+unix://{}{password}", socket.display()),
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,

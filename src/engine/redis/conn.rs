@@ -18,11 +18,24 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// Maps a client error: unreachable, too slow, or not ready yet (a server
-/// still loading its data after a restart, a failover under way) is
-/// `Unavailable`; anything else a storage failure.
+/// Maps a client error: refused credentials are `InvalidConfig`;
+/// unreachable, too slow, or not ready yet (a server still loading its data
+/// after a restart, a failover under way) is `Unavailable`; anything else a
+/// storage failure.
 pub(crate) fn failed(context: &'static str) -> impl Fn(RedisError) -> Error {
     move |e| {
+        // Refused credentials are the configuration's fault: retrying
+        // cannot help.
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        {
+            return Error::InvalidConfig {
+                setting: "redis_url",
+                problem: format!(
+                    "the server refused the URL's user name or password ({context}: {e}); check them"
+                ),
+            };
+        }
         let down = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_refusal()
