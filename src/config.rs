@@ -18,10 +18,13 @@ pub const MAX_KEY_LENGTH: usize = 128;
 pub enum Durability {
     /// sled flushes in the background every interval. A crash loses at most
     /// the writes acknowledged during the last interval (plus the time one
-    /// flush takes), and never leaves the store inconsistent.
+    /// flush takes), and never leaves the store inconsistent. On Redis: the
+    /// server's own fsync policy (the interval is not used).
     Periodic(Duration),
     /// A call returns only after its write is on disk (sled flush plus an
-    /// fsync of the database file). Concurrent writers share one flush.
+    /// fsync of the database file; concurrent writers share one flush). On
+    /// Redis: `WAITAOF` where the server has it, else a server running
+    /// `appendfsync always`; `open` refuses any other server.
     Immediate,
 }
 
