@@ -25,6 +25,10 @@ pub struct Ctx {
     pub work: PathBuf,
     pub rows: Vec<Row>,
     pub redis: bool,
+    /// Print each row as a JSON line on stdout as soon as it is measured.
+    pub json: bool,
+    /// Systems (or steps) that failed; the run carried on past them.
+    pub failures: Vec<String>,
     /// sessiondb Immediate: acknowledged registers per fsync.
     pub acks_per_fsync: Option<f64>,
     started: Instant,
@@ -37,6 +41,8 @@ impl Ctx {
             work,
             rows: Vec::new(),
             redis: redis_sys::available(),
+            json: false,
+            failures: Vec::new(),
             acks_per_fsync: None,
             started: Instant::now(),
         }
@@ -69,7 +75,38 @@ impl Ctx {
             row.threads.map_or(String::new(), |t| format!("x{t}")),
             row.note.as_deref().unwrap_or("")
         ));
+        if self.json {
+            // At once, so that a run that dies later keeps what it measured.
+            use std::io::Write as _;
+            let line = serde_json::to_string(&row.rounded()).unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
         self.rows.push(row);
+    }
+
+    /// Records that `what` failed, and marks each of `cells` of `system`
+    /// that has no row yet as failed, so the run can carry on.
+    pub fn failed(
+        &mut self,
+        what: &str,
+        system: &str,
+        cells: &[(&str, Option<usize>)],
+        error: &anyhow::Error,
+    ) {
+        let why = format!("failed: {error:#}");
+        self.say(format!("{what} {why}"));
+        for &(workload, threads) in cells {
+            let measured = self
+                .rows
+                .iter()
+                .any(|r| r.workload == workload && r.system == system && r.threads == threads);
+            if !measured && self.plan.runs(workload) {
+                self.push(Row::new(workload, system, threads).note(why.clone()));
+            }
+        }
+        self.failures.push(format!("{what}: {error:#}"));
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {
@@ -403,7 +440,23 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             );
             continue;
         }
-        one_system(ctx, spec, &clock).with_context(|| spec.name().to_owned())?;
+        if let Err(e) = one_system(ctx, spec, &clock) {
+            let plan = ctx.plan.clone();
+            let cells: Vec<(&str, Option<usize>)> =
+                ["resolve_hot", "extend", "set_data", "register"]
+                    .iter()
+                    .flat_map(|w| {
+                        let threads = if *w == "resolve_hot" {
+                            &plan.read_threads
+                        } else {
+                            &plan.write_threads
+                        };
+                        threads.iter().map(move |t| (*w, Some(*t)))
+                    })
+                    .chain([("durable_register", Some(plan.durable_callers))])
+                    .collect();
+            ctx.failed(spec.name(), spec.name(), &cells, &e);
+        }
     }
     if ctx.plan.runs("durable_register") && ctx.plan.has("redis_aof_always") {
         durable_redis(ctx, &clock)?;
@@ -428,4 +481,36 @@ fn durable_redis(ctx: &mut Ctx, clock: &BenchClock) -> Result<()> {
     }
     remove_dir(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_system_marks_only_its_unmeasured_cells_and_the_run_goes_on() {
+        let plan = Plan::new(true, None, None);
+        let mut ctx = Ctx::new(plan, std::env::temp_dir());
+        ctx.push(Row::new("register", "sqlite_normal", Some(1)));
+        let e = anyhow::anyhow!("disk full");
+        ctx.failed(
+            "sqlite_normal",
+            "sqlite_normal",
+            &[("register", Some(1)), ("register", Some(2))],
+            &e,
+        );
+        let rows: Vec<_> = ctx
+            .rows
+            .iter()
+            .map(|r| (r.threads, r.note.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (Some(1), None),
+                (Some(2), Some("failed: disk full".to_owned()))
+            ]
+        );
+        assert_eq!(ctx.failures, vec!["sqlite_normal: disk full".to_owned()]);
+    }
 }

@@ -166,6 +166,7 @@ fn compare(
         .tempdir_in(&parent)
         .with_context(|| format!("making a work directory in {}", parent.display()))?;
     let mut ctx = compare::Ctx::new(plan, work.path().to_path_buf());
+    ctx.json = json;
     ctx.say(format!(
         "sessiondb-bench compare{}: {} cores, work dir {}, redis-server {}",
         if quick { " --quick" } else { "" },
@@ -188,9 +189,7 @@ fn compare(
         "sessiondb vs sled, Redis, SQLite (one run, one machine)"
     };
     if json {
-        for row in report::sorted(&ctx.rows) {
-            println!("{}", serde_json::to_string(&row.rounded())?);
-        }
+        // The rows went to stdout as they were measured.
         eprintln!("\n{table}\n{targets}");
     } else {
         println!("\n{table}\n{targets}");
@@ -201,6 +200,13 @@ fn compare(
         }
         chart::write(&ctx.rows, &path, title)?;
         ctx.say(format!("chart written to {}", path.display()));
+    }
+    if !ctx.failures.is_empty() {
+        anyhow::bail!(
+            "{} part(s) of the run failed (their rows say `failed:`): {}",
+            ctx.failures.len(),
+            ctx.failures.join("; ")
+        );
     }
     Ok(())
 }

@@ -23,14 +23,27 @@ pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const REAP_SCAN: usize = 1_000;
 
 /// Opens a sled database the way sessiondb does (same cache, same flush
-/// interval).
+/// interval). sled releases its file lock asynchronously after a close, so
+/// a directory just closed (by sessiondb or by this harness) is retried for
+/// up to 10 s, as `SessionStore::open` does.
 pub fn open_db(dir: &Path) -> Result<sled::Db> {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(CACHE_BYTES)
-        .flush_every_ms(Some(500))
-        .open()
-        .with_context(|| format!("opening sled at {}", dir.display()))
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.with_context(|| format!("opening sled at {}", dir.display())),
+        }
+    }
 }
 
 #[derive(Clone)]
