@@ -86,28 +86,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Store directory of the embedded engine, created if missing; not used
-    /// with a Redis URL [env: SESSIONDB_DATA_DIR] [default: ./sessiondb-data]
-    #[arg(long, value_name = "DIR", conflicts_with = "redis_url")]
-    pub data_dir: Option<PathBuf>,
-
-    /// A store shared through Redis or Valkey instead of a data directory:
-    /// `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, or
-    /// `redis+unix:///path/to/socket`. Several `serve` processes on one URL
-    /// and prefix share every session and hear every event. Logs and
-    /// messages show it without its password [env: SESSIONDB_REDIS_URL]
-    #[arg(long, value_name = "URL")]
-    pub redis_url: Option<String>,
-
-    /// Prefix of every key on the Redis server, so that several games (or
-    /// environments) share one server [default: sessiondb]
-    #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
-    pub redis_prefix: Option<String>,
-
-    /// For `rediss://`: trust server certificates signed by the CA in this
-    /// PEM file (a private CA) instead of the system's roots
-    #[arg(long, env = "SESSIONDB_REDIS_TLS_CA", value_name = "PEM")]
-    pub redis_tls_ca: Option<PathBuf>,
+    /// Where the sessions are: a data directory (created if missing) or a
+    /// Redis / Valkey URL; several `serve` processes on one URL and prefix
+    /// share every session and hear every event.
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Address to listen on; port 0 picks a free port (the real address is
     /// printed) [default: 127.0.0.1:7420]
@@ -171,11 +154,13 @@ pub struct StoreArgs {
 
     /// A store shared through Redis or Valkey instead of a directory:
     /// `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, or
-    /// `redis+unix:///path/to/socket` [env: SESSIONDB_REDIS_URL]
+    /// `redis+unix:///path/to/socket`; logs and messages show it without
+    /// its password [env: SESSIONDB_REDIS_URL]
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
 
-    /// Prefix of the store's keys on the Redis server [default: sessiondb]
+    /// Prefix of the store's keys on the Redis server, so that several
+    /// games (or environments) share one server [default: sessiondb]
     #[arg(long, env = "SESSIONDB_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
 

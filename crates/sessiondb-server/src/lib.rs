@@ -68,7 +68,7 @@ use crate::settings::{Redactor, ENV_REDIS_URL};
 /// the environment.
 fn redactor(command: &Command) -> Redactor {
     let flag = match command {
-        Command::Serve(args) => args.redis_url.clone(),
+        Command::Serve(args) => args.store.redis_url.clone(),
         Command::Stats(args) => args.store.redis_url.clone(),
         Command::List(args) => args.store.redis_url.clone(),
         Command::Show(args) => args.store.redis_url.clone(),

@@ -534,8 +534,8 @@ impl Settings {
             &[
                 Named {
                     source: Source::Flags,
-                    data_dir: args.data_dir,
-                    redis_url: args.redis_url,
+                    data_dir: args.store.data_dir,
+                    redis_url: args.store.redis_url,
                 },
                 from_environment()?,
                 Named {
@@ -545,8 +545,8 @@ impl Settings {
                 },
             ],
             RedisOptions {
-                prefix: args.redis_prefix.or(file.redis_prefix),
-                tls_ca: args.redis_tls_ca.or(file.redis_tls_ca),
+                prefix: args.store.redis_prefix.or(file.redis_prefix),
+                tls_ca: args.store.redis_tls_ca.or(file.redis_tls_ca),
             },
         )?;
         let settings = Settings {
