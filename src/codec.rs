@@ -13,8 +13,13 @@ use crate::key::Digest;
 use crate::session::{Data, Record, RecordHead, Text};
 
 /// The record format this build writes, stored as the first byte of every
-/// session record.
-pub const RECORD_FORMAT: u8 = 1;
+/// session record. Format 2 appends the expiry entry's lead (`expires_at -
+/// filed_at`) to format 1's fields; format 1 records (whose entry is at their
+/// expiry) are still read, and written as format 2 when next changed.
+pub const RECORD_FORMAT: u8 = 2;
+
+/// The oldest record format this build reads.
+const OLDEST_RECORD_FORMAT: u8 = 1;
 
 /// Largest record accepted by the decoder; guards allocations against
 /// corrupt length prefixes.
@@ -84,6 +89,8 @@ impl From<WireIn> for Record {
         Record {
             actor_id: w.actor_id,
             expires_at: w.expires_at,
+            // Format 1 files every entry at its expiry; format 2 reads its lead.
+            filed_at: w.expires_at,
             app_version: w.app_version,
             revision: w.revision,
             id: w.id,
@@ -117,24 +124,49 @@ fn optional_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<
     Option::<Text>::deserialize(d).map(|t| t.map(|t| t.0))
 }
 
+/// How far before its expiry a record's expiry entry is filed (format 2's
+/// last field). Never negative: an entry after the expiry would let the
+/// session outlive it.
+fn lead(record: &Record) -> u64 {
+    record.expires_at.saturating_sub(record.filed_at)
+}
+
+/// Writes a record's body in the current format: format 1's fields, then
+/// the lead.
+fn encode_body<W: bincode::enc::write::Writer>(
+    record: &Record,
+    mut out: W,
+) -> std::result::Result<(), bincode::error::EncodeError> {
+    bincode::serde::encode_into_writer(WireOut::from(record), &mut out, config())?;
+    bincode::encode_into_writer(lead(record), out, config())
+}
+
 /// Encodes a record: the format byte, then the bincode body.
 pub(crate) fn encode(record: &Record) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128 + record.data.size());
     out.push(RECORD_FORMAT);
-    bincode::serde::encode_into_std_write(WireOut::from(record), &mut out, config()).map_err(
-        |e| Error::Corrupt {
-            what: format!("session {}", record.id),
-            problem: format!("could not be encoded: {e}"),
-        },
-    )?;
+    encode_body(record, VecWriter(&mut out)).map_err(|e| Error::Corrupt {
+        what: format!("session {}", record.id),
+        problem: format!("could not be encoded: {e}"),
+    })?;
     Ok(out)
 }
 
-fn body(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The record's format byte and its body.
+fn body(bytes: &[u8]) -> std::result::Result<(u8, &[u8]), String> {
     match bytes.split_first() {
-        Some((&RECORD_FORMAT, body)) => Ok(body),
+        Some((&v, body)) if (OLDEST_RECORD_FORMAT..=RECORD_FORMAT).contains(&v) => Ok((v, body)),
         Some((v, _)) => Err(format!(
-            "unknown record format {v} (this build reads {RECORD_FORMAT})"
+            "unknown record format {v} (this build reads {OLDEST_RECORD_FORMAT} to {RECORD_FORMAT})"
         )),
         None => Err("empty record".into()),
     }
@@ -142,10 +174,19 @@ fn body(bytes: &[u8]) -> std::result::Result<&[u8], String> {
 
 /// Decodes a whole record. The whole input must be consumed.
 pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
-    let body = body(bytes)?;
-    let (wire, used): (WireIn, usize) =
+    let (format, body) = body(bytes)?;
+    let (wire, mut used): (WireIn, usize) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
-    let record = Record::from(wire);
+    let mut record = Record::from(wire);
+    if format >= 2 {
+        let (lead, n): (u64, usize) =
+            bincode::decode_from_slice(&body[used..], config()).map_err(|e| e.to_string())?;
+        used += n;
+        record.filed_at = record
+            .expires_at
+            .checked_sub(lead)
+            .ok_or_else(|| format!("expiry entry filed {lead} ms before time 0"))?;
+    }
     if used != body.len() {
         return Err(format!(
             "{} trailing bytes after the record",
@@ -155,7 +196,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
     // bincode also reads integers in a wider form than needed, and data
     // names out of order or repeated; the stored format has one encoding
     // per record, so any other is corruption.
-    if !encodes_to(&record, body) {
+    if !encodes_to(&record, body, format) {
         return Err(
             "not in the canonical encoding (an integer wider than needed, \
                     or data names out of order or repeated)"
@@ -168,7 +209,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
 /// Whether `record` encodes to exactly `body`, checked by encoding into a
 /// writer that compares as it goes: no buffer, and it stops at the first
 /// difference.
-fn encodes_to(record: &Record, body: &[u8]) -> bool {
+fn encodes_to(record: &Record, body: &[u8], format: u8) -> bool {
     struct Compare<'a> {
         rest: &'a [u8],
     }
@@ -184,8 +225,12 @@ fn encodes_to(record: &Record, body: &[u8]) -> bool {
         }
     }
     let mut compare = Compare { rest: body };
-    bincode::serde::encode_into_writer(WireOut::from(record), &mut compare, config()).is_ok()
-        && compare.rest.is_empty()
+    let encoded = if format >= 2 {
+        encode_body(record, &mut compare)
+    } else {
+        bincode::serde::encode_into_writer(WireOut::from(record), &mut compare, config())
+    };
+    encoded.is_ok() && compare.rest.is_empty()
 }
 
 /// Decodes the record stored under `digest`, reporting a failure as
@@ -208,7 +253,7 @@ fn corrupt(digest: &Digest, problem: String) -> Error {
 
 /// Decodes only the leading fields a validity check needs.
 pub(crate) fn decode_head(bytes: &[u8]) -> std::result::Result<RecordHead, String> {
-    let body = body(bytes)?;
+    let (_, body) = body(bytes)?;
     let (head, _): (WireHead, usize) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
     Ok(RecordHead {
@@ -229,6 +274,7 @@ mod tests {
         Record {
             actor_id: "player-1".into(),
             expires_at: 1_700_000_600_000,
+            filed_at: 1_700_000_300_000,
             app_version: Some("1.2.3".into()),
             revision: 3,
             id: "AAAAAAAAAAAAAAAA".into(),
@@ -248,6 +294,7 @@ mod tests {
         Record {
             actor_id: "p1".into(),
             expires_at: 1_700_000_600_000,
+            filed_at: 1_700_000_600_000 - 300,
             app_version: Some("1.2.0".into()),
             revision: 300,
             id: "AbCdEfGhIjKlMnOp".into(),
@@ -264,7 +311,7 @@ mod tests {
     /// bump `RECORD_FORMAT`, keep a fixture of the old format in
     /// `tests/fixtures/`, and update the document, in that order.
     const DOCUMENTED_HEX: &[&str] = &[
-        "01",                                                 // RECORD_FORMAT
+        "02",                                                 // RECORD_FORMAT
         "02 70 31",                                           // actor_id "p1"
         "fd c0 8f ee cf 8b 01 00 00",                         // expires_at 1700000600000
         "01 05 31 2e 32 2e 30",                               // app_version Some("1.2.0")
@@ -277,6 +324,7 @@ mod tests {
         "02",                                                 // data: 2 entries
         "04 6e 61 6d 65 05 22 41 64 61 22",                   // "name" => "\"Ada\""
         "06 76 69 73 69 74 73 01 33",                         // "visits" => "3"
+        "fb 2c 01", // lead 300: filed_at = expires_at - 300
     ];
 
     #[test]
@@ -292,7 +340,7 @@ mod tests {
             bytes, expected,
             "the stored format changed; see docs/format.md"
         );
-        assert_eq!(bytes.len(), 75);
+        assert_eq!(bytes.len(), 78);
         assert_eq!(decode(&expected).unwrap(), record);
         let head = decode_head(&expected).unwrap();
         assert_eq!(head.actor_id, "p1");
@@ -310,6 +358,36 @@ mod tests {
             .collect()
     }
 
+    /// Format 1 (before `filed_at`): the same fields without the lead; the
+    /// entry is filed at the expiry.
+    #[test]
+    fn decodes_format_1_with_the_entry_at_the_expiry() {
+        let mut v1 = documented_bytes_with(0, "01");
+        v1.truncate(v1.len() - 3);
+        let record = decode(&v1).unwrap();
+        let mut expected = documented_example();
+        expected.filed_at = expected.expires_at;
+        assert_eq!(record, expected);
+        assert_eq!(decode_head(&v1).unwrap().expires_at, expected.expires_at);
+        // A format 1 record that carries a lead has trailing bytes.
+        let mut with_lead = v1.clone();
+        with_lead.push(0);
+        assert!(decode(&with_lead).unwrap_err().contains("trailing"));
+        // Written again, it is format 2.
+        assert_eq!(encode(&record).unwrap()[0], 2);
+    }
+
+    #[test]
+    fn refuses_an_entry_filed_before_time_zero() {
+        let mut r = documented_example();
+        r.expires_at = 5;
+        r.filed_at = 5;
+        let mut bytes = encode(&r).unwrap();
+        // Lead 6 > expires_at 5.
+        *bytes.last_mut().unwrap() = 6;
+        assert!(decode(&bytes).unwrap_err().contains("before time 0"));
+    }
+
     #[test]
     fn rejects_encodings_that_are_not_canonical() {
         // The id's length 16 written in the three-byte form.
@@ -319,9 +397,9 @@ mod tests {
         );
         // The two data entries in the wrong order.
         let mut swapped = documented_bytes_with(11, "06 76 69 73 69 74 73 01 33");
-        swapped.truncate(swapped.len() - 9);
+        swapped.truncate(swapped.len() - 9 - 3);
         swapped.extend([
-            0x04, 0x6e, 0x61, 0x6d, 0x65, 0x05, 0x22, 0x41, 0x64, 0x61, 0x22,
+            0x04, 0x6e, 0x61, 0x6d, 0x65, 0x05, 0x22, 0x41, 0x64, 0x61, 0x22, 0xfb, 0x2c, 0x01,
         ]);
         // Both decode field by field, and both are refused.
         for bytes in [wide, swapped] {
@@ -349,10 +427,15 @@ mod tests {
         let bytes = encode(&sample()).unwrap();
         assert!(decode(&[]).is_err());
         let mut newer = bytes.clone();
-        newer[0] = 2;
+        newer[0] = RECORD_FORMAT + 1;
         assert!(decode(&newer)
             .unwrap_err()
-            .contains("unknown record format 2"));
+            .contains("unknown record format 3"));
+        let mut older = bytes.clone();
+        older[0] = 0;
+        assert!(decode(&older)
+            .unwrap_err()
+            .contains("unknown record format 0"));
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         let mut longer = bytes.clone();
         longer.push(0);

@@ -145,6 +145,9 @@ impl Line {
             Record {
                 actor_id: self.actor_id,
                 expires_at: self.expires_at,
+                // Filed where it expires; `Planner::import` keeps a stored
+                // session's entry where it is when that is still early enough.
+                filed_at: self.expires_at,
                 app_version: self.app_version,
                 revision: self.revision,
                 id: self.id,

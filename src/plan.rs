@@ -170,7 +170,7 @@ impl<'a> Planner<'a> {
         self.plan.changes.push(Change::Insert {
             digest: *digest,
             actor_id: record.actor_id.clone(),
-            expires_at: record.expires_at,
+            filed_at: record.filed_at,
             revision: record.revision,
             record: codec::encode(record)?,
         });
@@ -182,7 +182,7 @@ impl<'a> Planner<'a> {
         self.plan.changes.push(Change::Delete {
             digest: *digest,
             actor_id: record.actor_id.clone(),
-            expires_at: record.expires_at,
+            filed_at: record.filed_at,
         });
         self.plan.events.push(Event::Unset {
             id: record.id.clone(),
@@ -191,14 +191,23 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Rewrites a stored record (same actor), moving its expiry entry from
-    /// `expires_at_was` if the expiry changed.
-    fn update(&mut self, digest: &Digest, expires_at_was: u64, record: &Record) -> Result<()> {
+    /// Rewrites a stored record (same actor) whose expiry entry is filed at
+    /// `filed_at_was`. The entry stays there while that is at or before the
+    /// new expiry (the reaper files it again when it finds the session not
+    /// due); an expiry moved earlier than it takes the entry along.
+    fn update(&mut self, digest: &Digest, filed_at_was: u64, record: &mut Record) -> Result<()> {
+        record.filed_at = filed_at_was.min(record.expires_at);
+        self.file_update(digest, filed_at_was, record)
+    }
+
+    /// Rewrites a stored record, its expiry entry moving from `filed_at_was`
+    /// to where the record says.
+    fn file_update(&mut self, digest: &Digest, filed_at_was: u64, record: &Record) -> Result<()> {
         self.plan.changes.push(Change::Update {
             digest: *digest,
             actor_id: record.actor_id.clone(),
-            expires_at_was,
-            expires_at: record.expires_at,
+            filed_at_was,
+            filed_at: record.filed_at,
             revision: record.revision,
             record: codec::encode(record)?,
         });
@@ -243,10 +252,9 @@ impl<'a> Planner<'a> {
             Touch::Extend => wanted != record.expires_at,
         };
         if write {
-            let was = record.expires_at;
             record.expires_at = wanted;
             record.revision += 1;
-            self.update(digest, was, &record)?;
+            self.update(digest, record.filed_at, &mut record)?;
         }
         if touch == Touch::Restore {
             self.plan.events.push(set_event(&record));
@@ -315,7 +323,7 @@ impl<'a> Planner<'a> {
             return Err(Error::DataTooLarge { size, limit });
         }
         record.revision += 1;
-        self.update(digest, record.expires_at, &record)?;
+        self.update(digest, record.filed_at, &mut record)?;
         Ok(true)
     }
 
@@ -347,6 +355,7 @@ impl<'a> Planner<'a> {
         moved.actor_id = to.to_owned();
         moved.revision += 1;
         moved.expires_at = self.rules.expiry_at(now, moved.deadline);
+        moved.filed_at = moved.expires_at;
         self.insert(new_digest, &moved)?;
         Ok(moved)
     }
@@ -369,15 +378,20 @@ impl<'a> Planner<'a> {
         ) in due.iter().zip(loaded)
         {
             match record {
-                // Re-checked here: a resolve may have moved the expiry since
-                // the reaper scanned the index.
-                Ok(Some(r)) if r.expires_at == *at => {
+                // Re-checked here: a use may have slid the expiry later since
+                // the entry was filed (or since the reaper scanned the index).
+                Ok(Some(r)) if r.filed_at == *at => {
                     if r.expires_at <= now {
                         self.delete(digest, &r, UnsetReason::Expired);
                         reaped += 1;
+                    } else if r.filed_at <= now {
+                        // Not due: file the entry again at the real expiry.
+                        let mut r = r;
+                        r.filed_at = r.expires_at;
+                        self.file_update(digest, *at, &r)?;
                     }
                 }
-                // A stale entry (no session, or one with another expiry), or a
+                // A stale entry (no session, or one filed elsewhere), or a
                 // record that does not decode: drop the entry so the reaper
                 // does not return to it; `check` deals with the record.
                 Ok(_) | Err(Error::Corrupt { .. }) => self.plan.changes.push(Change::DropExpiry {
@@ -438,13 +452,13 @@ impl<'a> Planner<'a> {
                         ),
                     })
                 }
-                Some(old) => self.update(&s.digest, old.expires_at, &s.record)?,
+                Some(old) => self.update(&s.digest, old.filed_at, &mut s.record.clone())?,
                 None => {
                     new += 1;
                     self.plan.changes.push(Change::Insert {
                         digest: s.digest,
                         actor_id: s.record.actor_id.clone(),
-                        expires_at: s.record.expires_at,
+                        filed_at: s.record.filed_at,
                         revision: s.record.revision,
                         record: codec::encode(&s.record)?,
                     });

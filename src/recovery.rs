@@ -2,7 +2,8 @@
 //! so the same check and repair serve every engine.
 //!
 //! Invariants (see `docs/format.md`): every decodable session has exactly
-//! one expiry entry (at its stored expiry) and one actor entry; no index
+//! one expiry entry, at the time its record says it is filed (`filed_at`,
+//! at or before its expiry), and one actor entry; no index
 //! entry points at a missing session or disagrees with it; the stored
 //! session count equals the number of sessions. An engine that finds its
 //! last run did not close cleanly has `open` run the full check with repair.
@@ -22,9 +23,10 @@ pub struct CheckReport {
     pub sessions: u64,
     /// Records that failed to decode (moved to the quarantine when repairing).
     pub corrupt: u64,
-    /// Sessions that had no expiry entry at their stored expiry.
+    /// Sessions that had no expiry entry where their record files it.
     pub missing_expiries: u64,
-    /// Expiry entries that pointed at nothing, at another expiry, or were malformed.
+    /// Expiry entries that pointed at nothing, were filed at another time
+    /// than their record says, or were malformed.
     pub stale_expiries: u64,
     /// Sessions that had no actor entry.
     pub missing_actors: u64,
@@ -99,7 +101,7 @@ pub(crate) fn recover(
 /// A decodable session, as its index entries must name it.
 struct Expected {
     digest: Digest,
-    expires_at: u64,
+    filed_at: u64,
     actor_id: String,
 }
 
@@ -178,7 +180,7 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
         match decoded {
             Some((digest, record)) => sessions.push(Expected {
                 digest,
-                expires_at: record.expires_at,
+                filed_at: record.filed_at,
                 actor_id: record.actor_id,
             }),
             None => {
@@ -196,7 +198,7 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
     let mut expiries = Found::new(&sessions);
     engine.scan_expiries(&mut |id, entry| {
         let (at, digest) = entry.map_or((0, None), |(at, d)| (at, Some(d)));
-        expiries.entry(Index::Expiries, id, digest, |e| e.expires_at == at);
+        expiries.entry(Index::Expiries, id, digest, |e| e.filed_at == at);
         Ok(true)
     })?;
     let mut actors = Found::new(&sessions);
@@ -212,7 +214,7 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
     for e in expiries.missing() {
         report.missing_expiries += 1;
         fixes.push(Fix::AddExpiry {
-            at: e.expires_at,
+            at: e.filed_at,
             actor_id: e.actor_id.clone(),
             digest: e.digest,
         });
@@ -224,10 +226,14 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
             digest: e.digest,
         });
     }
-    let stored = engine.session_count()?;
-    if stored != report.sessions {
-        report.count_was = Some(stored);
-        fixes.push(Fix::Count(report.sessions));
+    match engine.session_count()? {
+        Some(stored) if stored == report.sessions => {}
+        Some(stored) => {
+            report.count_was = Some(stored);
+            fixes.push(Fix::Count(report.sessions));
+        }
+        // Not kept through an unclean shutdown: counting is no repair.
+        None => fixes.push(Fix::Count(report.sessions)),
     }
     if repair && !fixes.is_empty() {
         engine.repair(&fixes)?;

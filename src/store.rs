@@ -217,9 +217,11 @@ impl SessionStore {
         let now = shared.now();
         let secret = key::new_secret(shared.key_length)?;
         let deadline = shared.rules.deadline_for(now);
+        let expires_at = shared.rules.expiry_at(now, deadline);
         let record = Record {
             actor_id: actor_id.to_owned(),
-            expires_at: shared.rules.expiry_at(now, deadline),
+            expires_at,
+            filed_at: expires_at,
             app_version: shared.app_version.clone(),
             revision: 1,
             id: key::new_public_id()?,
@@ -598,7 +600,7 @@ impl SessionStore {
         s.ensure_open()?;
         let commits = s.engine.commit_counts();
         Ok(Stats {
-            sessions: s.engine.session_count()?,
+            sessions: s.engine.session_count()?.unwrap_or(0),
             subscribers: s.events.subscriber_count(),
             events_missed: s.events.missed_total(),
             reaped: s.counters.reaped.load(Ordering::Relaxed),

@@ -155,6 +155,53 @@ on_every_engine! {
         assert_eq!(f.store.reap_expired().unwrap(), 0);
     }
 
+    /// A use that slides the expiry later leaves the session's expiry entry
+    /// where it was filed (one key written); the reaper, meeting the entry
+    /// before the session is due, files it again at the real expiry and ends
+    /// nothing, and ends the session when it is really due. The store stays
+    /// consistent at every step.
+    fn a_slid_expiry_is_filed_again_by_the_reaper_not_ended() {
+        let f = Fixture::new();
+        let s = register(&f, "p1");
+        let key = key_of(&s);
+        let rx = f.store.subscribe();
+        f.advance(Duration::from_secs(300));
+        let slid = f.store.extend(&key).unwrap();
+        assert_eq!(slid.expires_at_ms(), T0 + 300_000 + TTL_MS);
+        assert!(f.store.check().unwrap().is_healthy());
+
+        // Past the first expiry: the entry is met, the session is not due.
+        f.clock.set(s.expires_at_ms() + 1);
+        assert_eq!(f.store.reap_expired().unwrap(), 0);
+        assert!(drain(&rx).is_empty(), "nothing ended, nothing announced");
+        f.store.is_valid(&key).unwrap();
+        assert!(f.store.check().unwrap().is_healthy());
+        // Filed again: the next pass meets nothing.
+        assert_eq!(f.store.reap_expired().unwrap(), 0);
+        assert_eq!(f.store.stats().unwrap().sessions, 1);
+
+        // At the real expiry it ends, once, as expired.
+        f.clock.set(slid.expires_at_ms());
+        assert_eq!(f.store.reap_expired().unwrap(), 1);
+        assert_eq!(drain(&rx), vec![expired_event(&s)]);
+        assert_eq!(f.store.stats().unwrap().sessions, 0);
+        assert!(f.store.check().unwrap().is_healthy());
+    }
+
+    /// Ending a session whose entry was filed before its expiry removes that
+    /// entry too: nothing is left for the reaper or the check to find.
+    fn ending_a_slid_session_leaves_no_entry_behind() {
+        let f = Fixture::new();
+        let s = register(&f, "p1");
+        f.advance(Duration::from_secs(300));
+        f.store.extend(&key_of(&s)).unwrap();
+        f.store.logout(&key_of(&s)).unwrap();
+        let check = f.store.check().unwrap();
+        assert!(check.is_healthy(), "{check:?}");
+        f.clock.set(T0 + 10 * TTL_MS);
+        assert_eq!(f.store.reap_expired().unwrap(), 0);
+    }
+
     fn register_expires_a_ttl_from_now() {
         let f = Fixture::new();
         f.advance(Duration::from_millis(1_234));

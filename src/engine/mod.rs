@@ -54,29 +54,31 @@ pub(crate) enum Precondition {
 /// expiry entry and actor entry) and its session count in step with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Stores a session that is not stored yet, with its index entries.
+    /// Stores a session that is not stored yet, with its index entries (its
+    /// expiry entry at `filed_at`).
     Insert {
         digest: Digest,
         actor_id: String,
-        expires_at: u64,
+        filed_at: u64,
         revision: u64,
         record: Vec<u8>,
     },
     /// Rewrites a stored session's record; its actor stays the same, and its
-    /// expiry entry moves from `expires_at_was` to `expires_at` when they differ.
+    /// expiry entry moves from `filed_at_was` to `filed_at` when they differ.
     Update {
         digest: Digest,
         actor_id: String,
-        expires_at_was: u64,
-        expires_at: u64,
+        filed_at_was: u64,
+        filed_at: u64,
         revision: u64,
         record: Vec<u8>,
     },
-    /// Deletes a stored session and its index entries.
+    /// Deletes a stored session and its index entries (its expiry entry is
+    /// at `filed_at`).
     Delete {
         digest: Digest,
         actor_id: String,
-        expires_at: u64,
+        filed_at: u64,
     },
     /// Drops an expiry entry that no session stands behind (its session is
     /// gone, expires at another time, or does not decode).
@@ -242,7 +244,9 @@ pub(crate) trait Engine: Send + Sync {
     /// The earliest expiry entry's time.
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// How many sessions are stored.
-    fn session_count(&self) -> Result<u64>;
+    /// How many sessions are stored; `None` while the engine does not know
+    /// (sled after an unclean shutdown, until the check has recounted).
+    fn session_count(&self) -> Result<Option<u64>>;
     /// How many records repair has moved aside.
     fn quarantined(&self) -> Result<u64>;
 

@@ -23,7 +23,10 @@ use sha2::{Digest as _, Sha256};
 use crate::key::{hex, Digest, DIGEST_LEN};
 
 /// The layout version of a Redis store, kept in `P:meta` under `format`.
-pub(crate) const REDIS_FORMAT: u32 = 1;
+/// Format 2: an expiry entry may be filed before its session's expiry
+/// (record format 2's `filed_at`). A format 1 store is upgraded on open; its
+/// entries, at their expiries, already hold format 2's invariant.
+pub(crate) const REDIS_FORMAT: u32 = 2;
 
 /// Buckets of a store created without `Config::redis_buckets`.
 pub(crate) const DEFAULT_BUCKETS: u32 = 16;

@@ -349,7 +349,7 @@ impl RedisEngine {
                 Change::Insert {
                     digest,
                     actor_id,
-                    expires_at,
+                    filed_at,
                     revision,
                     record,
                 } => {
@@ -363,7 +363,7 @@ impl RedisEngine {
                             &n.to_string(),
                             &expiry_member(digest, actor_id),
                             &digest_hex(digest),
-                            &expires_at.to_string(),
+                            &filed_at.to_string(),
                             &revision.to_string(),
                         ],
                     );
@@ -372,7 +372,7 @@ impl RedisEngine {
                 Change::Update {
                     digest,
                     actor_id,
-                    expires_at,
+                    filed_at,
                     revision,
                     record,
                     ..
@@ -387,7 +387,7 @@ impl RedisEngine {
                             &s.to_string(),
                             &e.to_string(),
                             &expiry_member(digest, actor_id),
-                            &expires_at.to_string(),
+                            &filed_at.to_string(),
                             &revision.to_string(),
                         ],
                     );
@@ -603,6 +603,15 @@ fn meta(con: &mut Connection, prefix: &str, wanted: Option<u32>) -> Result<(bool
             supported: REDIS_FORMAT,
         });
     }
+    if format < REDIS_FORMAT {
+        // Nodes of the older build refuse the store from their next open.
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg("format")
+            .arg(REDIS_FORMAT)
+            .query::<()>(con)
+            .map_err(&fail)?;
+    }
     let buckets: u32 = stored
         .get("buckets")
         .and_then(|v| v.parse().ok())
@@ -739,7 +748,7 @@ impl Engine for RedisEngine {
             .min())
     }
 
-    fn session_count(&self) -> Result<u64> {
+    fn session_count(&self) -> Result<Option<u64>> {
         let counts: Vec<Option<i64>> = self.with(|con| {
             let mut cmd = redis::cmd("MGET");
             for b in 0..self.keys.buckets() {
@@ -747,10 +756,12 @@ impl Engine for RedisEngine {
             }
             cmd.query(con).map_err(failed("reading the session count"))
         })?;
-        Ok(counts
-            .into_iter()
-            .map(|c| u64::try_from(c.unwrap_or(0)).unwrap_or(0))
-            .sum())
+        Ok(Some(
+            counts
+                .into_iter()
+                .map(|c| u64::try_from(c.unwrap_or(0)).unwrap_or(0))
+                .sum(),
+        ))
     }
 
     fn quarantined(&self) -> Result<u64> {

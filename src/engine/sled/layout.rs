@@ -2,8 +2,10 @@
 //! layouts of the two index trees, and the `meta` entries.
 //!
 //! - `sessions`: digest → encoded record (`codec`);
-//! - `expiries`: `expires_at` as 8 big-endian bytes ++ digest, so a range scan
-//!   from the start up to `now` yields exactly the sessions due, oldest first.
+//! - `expiries`: `filed_at` as 8 big-endian bytes ++ digest, so a range scan
+//!   from the start up to `now` yields every session due, oldest first (and
+//!   sessions whose expiry slid later since they were filed, which the
+//!   reaper files again).
 //! - `actors`: actor id length as 1 byte ++ actor id ++ digest, so a prefix
 //!   scan over `len ++ actor id` lists one actor's sessions and no other's;
 //! - `meta`: the store format, the clean-shutdown marker, the session count;
@@ -13,15 +15,20 @@
 use crate::key::{Digest, DIGEST_LEN};
 
 /// The on-disk layout version of the whole store (trees and keys), kept in
-/// the `meta` tree under [`META_FORMAT`].
-pub const STORE_FORMAT: u32 = 1;
+/// the `meta` tree under [`META_FORMAT`]. Format 2: an expiry entry may be
+/// filed before its session's expiry (record format 2's `filed_at`), and the
+/// session count is stored at a clean close only. A format 1 store opens as
+/// it is (its entries sit at their expiries and its count is exact after a
+/// clean close) and is marked format 2.
+pub const STORE_FORMAT: u32 = 2;
 
 /// Meta key of the store format (4 bytes, big-endian).
 pub(crate) const META_FORMAT: &[u8] = b"format";
 /// Meta key of the clean-shutdown marker (`[1]`), present only while closed
 /// cleanly.
 pub(crate) const META_CLEAN: &[u8] = b"clean";
-/// Meta key of the stored session count (8 bytes, big-endian).
+/// Meta key of the session count (8 bytes, big-endian), written at a clean
+/// close: exact only while the clean-shutdown marker is there.
 pub(crate) const META_COUNT: &[u8] = b"sessions";
 
 /// Reads the stored session count; absent means zero.

@@ -147,6 +147,11 @@ fn open_meta(trees: &Trees) -> Result<bool> {
                     supported: STORE_FORMAT,
                 });
             }
+            if found < STORE_FORMAT {
+                // Format 1 needs no migration (see `STORE_FORMAT`); from
+                // here an older build refuses the store.
+                trees.set_meta(META_FORMAT, Some(&STORE_FORMAT.to_be_bytes()))?;
+            }
         }
     }
     let clean = trees.meta(META_CLEAN)?.is_some_and(|v| v == [1]);
@@ -177,8 +182,8 @@ impl Engine for SledEngine {
         self.trees.next_expiry()
     }
 
-    fn session_count(&self) -> Result<u64> {
-        self.trees.session_count()
+    fn session_count(&self) -> Result<Option<u64>> {
+        Ok(self.trees.session_count())
     }
 
     fn quarantined(&self) -> Result<u64> {
@@ -271,6 +276,7 @@ impl Engine for SledEngine {
     fn close(&self, clean: bool) -> Result<()> {
         self.stop_committer()?;
         if clean {
+            self.trees.store_count()?;
             self.trees.flush(true)?;
             self.trees.set_meta(META_CLEAN, Some(&[1]))?;
         }

@@ -5,12 +5,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use super::files::{self, DurableFiles};
-use super::layout::{self, decode_count, META_COUNT};
+use super::layout::{self, decode_count, META_CLEAN, META_COUNT};
 use super::txn::SledTxn;
 use crate::engine::{Due, Fix, Index, IndexVisit, RecordVisit, Stored};
 use crate::error::{Error, Result, StorageError};
@@ -32,6 +33,13 @@ pub(crate) struct Trees {
     pub actors: Tree,
     pub meta: Tree,
     quarantine: Tree,
+    /// The session count, kept here rather than in every transaction (one
+    /// key fewer written per insert or delete); stored at a clean close,
+    /// recounted by the check after an unclean one.
+    count: AtomicU64,
+    /// Whether `count` is exact: after a clean close, or once the check has
+    /// recounted.
+    count_known: AtomicBool,
     files: DurableFiles,
     /// Held for the store's life; declared last so that it is released
     /// after sled's handles are dropped.
@@ -75,12 +83,26 @@ impl Trees {
             other => Error::Storage(StorageError::new("opening the store", other)),
         })?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err("opening a tree"));
+        let meta = tree("meta")?;
+        // Exact in a new store, and after a clean close.
+        let count_known = facts.created
+            || meta
+                .get(META_CLEAN)
+                .map_err(sled_err("reading the store's meta"))?
+                .is_some_and(|v| v == [1]);
+        let count = decode_count(
+            meta.get(META_COUNT)
+                .map_err(sled_err("reading the session count"))?
+                .as_deref(),
+        );
         let trees = Trees {
             sessions: tree("sessions")?,
             expiries: tree("expiries")?,
             actors: tree("actors")?,
-            meta: tree("meta")?,
+            meta,
             quarantine: tree("quarantine")?,
+            count: AtomicU64::new(count),
+            count_known: AtomicBool::new(count_known),
             files: DurableFiles::open(path)?,
             db,
             _lock: lock,
@@ -147,13 +169,17 @@ impl Trees {
         Ok(out)
     }
 
-    pub fn session_count(&self) -> Result<u64> {
-        Ok(decode_count(
-            self.meta
-                .get(META_COUNT)
-                .map_err(sled_err("reading the session count"))?
-                .as_deref(),
-        ))
+    /// The session count, `None` while it is not known (after an unclean
+    /// shutdown, until the check recounts).
+    pub fn session_count(&self) -> Option<u64> {
+        let count = self.count.load(Ordering::Relaxed);
+        self.count_known.load(Ordering::Relaxed).then_some(count)
+    }
+
+    /// Stores the session count (at a clean close).
+    pub fn store_count(&self) -> Result<()> {
+        let count = self.count.load(Ordering::Relaxed);
+        self.set_meta(META_COUNT, Some(&count.to_be_bytes()))
     }
 
     pub fn quarantined(&self) -> u64 {
@@ -201,7 +227,14 @@ impl Trees {
                     let list = self.actor_sessions(&actor)?;
                     lists.insert(actor, list);
                 }
-                _ => return outcome,
+                _ => {
+                    let delta = outcome?;
+                    // Only the writer changes the count, one batch at a time.
+                    let count = self.count.load(Ordering::Relaxed);
+                    let count = count.saturating_add_signed(delta);
+                    self.count.store(count, Ordering::Relaxed);
+                    return Ok(());
+                }
             }
         }
     }
@@ -211,28 +244,20 @@ impl Trees {
         lists: &HashMap<String, Vec<Digest>>,
         unlisted: &RefCell<Option<String>>,
         body: &dyn Fn(&SledTxn<'_>) -> Result<()>,
-    ) -> Result<()> {
-        let outcome = (&self.sessions, &self.expiries, &self.actors, &self.meta).transaction(
-            |(s, e, a, m)| {
-                let txn = SledTxn::new(s, e, a, lists.clone(), unlisted);
-                let result = body(&txn);
-                if let Some(failure) = txn.take_failure() {
-                    return Err(failure.into());
-                }
-                if let Err(e) = result {
-                    return Err(ConflictableTransactionError::Abort(e));
-                }
-                let delta = txn.count_delta();
-                if delta != 0 {
-                    let count = decode_count(m.get(META_COUNT)?.as_deref());
-                    let count = count.saturating_add_signed(delta);
-                    m.insert(META_COUNT, &count.to_be_bytes())?;
-                }
-                Ok(())
-            },
-        );
+    ) -> Result<i64> {
+        let outcome = (&self.sessions, &self.expiries, &self.actors).transaction(|(s, e, a)| {
+            let txn = SledTxn::new(s, e, a, lists.clone(), unlisted);
+            let result = body(&txn);
+            if let Some(failure) = txn.take_failure() {
+                return Err(failure.into());
+            }
+            if let Err(e) = result {
+                return Err(ConflictableTransactionError::Abort(e));
+            }
+            Ok(txn.count_delta())
+        });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(delta) => Ok(delta),
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => {
                 Err(Error::Storage(StorageError::new("committing a batch", e)))
@@ -311,9 +336,8 @@ impl Trees {
                     self.index(*index).remove(id).map_err(fail())?;
                 }
                 Fix::Count(n) => {
-                    self.meta
-                        .insert(META_COUNT, &n.to_be_bytes())
-                        .map_err(fail())?;
+                    self.count.store(*n, Ordering::Relaxed);
+                    self.count_known.store(true, Ordering::Relaxed);
                 }
             }
         }

@@ -67,12 +67,12 @@ impl<'a> SledTxn<'a> {
             Change::Insert {
                 digest,
                 actor_id,
-                expires_at,
+                filed_at,
                 record,
                 ..
             } => {
                 self.check(self.sessions.insert(&digest.0, record.as_slice()))?;
-                self.insert_expiry(*expires_at, digest)?;
+                self.insert_expiry(*filed_at, digest)?;
                 self.check(self.actors.insert(layout::actor_key(actor_id, digest), &[]))?;
                 if let Some(list) = self.lists.borrow_mut().get_mut(actor_id) {
                     if !list.contains(digest) {
@@ -83,24 +83,24 @@ impl<'a> SledTxn<'a> {
             }
             Change::Update {
                 digest,
-                expires_at_was,
-                expires_at,
+                filed_at_was,
+                filed_at,
                 record,
                 ..
             } => {
                 self.check(self.sessions.insert(&digest.0, record.as_slice()))?;
-                if expires_at_was != expires_at {
-                    self.remove_expiry(*expires_at_was, digest)?;
-                    self.insert_expiry(*expires_at, digest)?;
+                if filed_at_was != filed_at {
+                    self.remove_expiry(*filed_at_was, digest)?;
+                    self.insert_expiry(*filed_at, digest)?;
                 }
             }
             Change::Delete {
                 digest,
                 actor_id,
-                expires_at,
+                filed_at,
             } => {
                 self.check(self.sessions.remove(&digest.0))?;
-                self.remove_expiry(*expires_at, digest)?;
+                self.remove_expiry(*filed_at, digest)?;
                 self.check(self.actors.remove(layout::actor_key(actor_id, digest)))?;
                 if let Some(list) = self.lists.borrow_mut().get_mut(actor_id) {
                     list.retain(|d| d != digest);
