@@ -16,7 +16,7 @@ impl Poison {
         self.0.get().copied()
     }
 
-    fn set(&self, worker: &'static str) {
+    pub(crate) fn set(&self, worker: &'static str) {
         let _ = self.0.set(worker);
     }
 }

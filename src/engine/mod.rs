@@ -10,6 +10,7 @@
 //! business, behind [`Engine`]. `docs/architecture.md` lists what a new
 //! engine must implement.
 
+pub(crate) mod gate;
 pub(crate) mod redis;
 pub(crate) mod sled;
 

@@ -10,7 +10,6 @@
 
 mod conn;
 mod events;
-mod gate;
 mod keys;
 
 use std::collections::HashMap;
@@ -22,9 +21,9 @@ use redis::{Connection, IntoConnectionInfo};
 
 use self::conn::{failed, Pool};
 use self::events::Reader;
-use self::gate::{Gate, Turns};
 use self::keys::{digest_hex, expiry_member, parse_expiry_member, Keys, REDIS_FORMAT};
 use crate::config::{Config, Durability};
+use crate::engine::gate::{Gate, Turns};
 use crate::engine::{
     Change, Commit, CommitCounts, Due, Engine, Fix, Index, IndexVisit, Opened, Plan, Precondition,
     RecordVisit, Stored, Task, Ticket, View, WritesHeld,

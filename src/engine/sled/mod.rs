@@ -2,7 +2,7 @@
 //!
 //! sled facts this engine designs around:
 //! - a transaction serialises the whole process and forces two log-buffer
-//!   writes, so the committer groups many plans into one (`committer`);
+//!   writes, so concurrent writers share transactions (`write_group`);
 //! - a transaction holds a process-wide lock that every read waits on, so
 //!   transactions stay short and the reaper's batches are read ahead
 //!   (`prefetch`) outside it;
@@ -14,24 +14,18 @@
 //!   removes such files first (`files`);
 //! - `cache_capacity` defaults to 1 GiB, so it is always set.
 
-mod committer;
 mod files;
-mod handoff;
 pub(crate) mod layout;
 mod trees;
 mod txn;
+mod write_group;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
-use self::committer::{CommitStats, Committer, Msg, Request};
 use self::layout::{META_CLEAN, META_FORMAT, STORE_FORMAT};
 use self::trees::Trees;
+use self::write_group::WriteGroup;
 use crate::codec;
 use crate::config::{millis, Config, Durability};
 use crate::engine::{
@@ -41,29 +35,16 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::events::EventHub;
 use crate::key::Digest;
-use crate::worker::{self, Poison};
+use crate::worker::Poison;
 
 pub(crate) struct SledEngine {
     trees: Arc<Trees>,
-    to_committer: Sender<Msg>,
-    committer: Mutex<Option<JoinHandle<()>>>,
-    stats: Arc<CommitStats>,
-    /// Callers waiting for the committer's answer.
-    waiting: AtomicUsize,
-    /// How long a lone waiting caller polls for its answer (see `handoff`):
-    /// zero in immediate mode, where the fsync outlasts any sensible spin.
-    reply_spin: Duration,
-}
-
-fn committer_failed() -> Error {
-    Error::WorkerFailed {
-        worker: "committer",
-    }
+    writes: WriteGroup,
 }
 
 impl SledEngine {
     /// Opens (or creates) the store directory, checks its format, takes
-    /// and clears the clean-shutdown marker, and starts the committer.
+    /// and clears the clean-shutdown marker.
     pub fn open(
         path: &Path,
         config: &Config,
@@ -77,54 +58,20 @@ impl SledEngine {
         let (trees, dir) = Trees::open(path, config.cache_capacity, flush_every)?;
         let clean_shutdown = open_meta(&trees)?;
         let trees = Arc::new(trees);
-        let stats = Arc::new(CommitStats::default());
-        let committer = Committer {
-            trees: trees.clone(),
+        let writes = WriteGroup::new(
+            trees.clone(),
             events,
-            stats: stats.clone(),
-            sync: config.durability == Durability::Immediate,
-            max_batch: config.max_batch,
-            poison: poison.clone(),
-        };
-        let (to_committer, from_callers) = crossbeam_channel::unbounded();
-        let handle = worker::spawn("committer", poison, move || {
-            committer.run(&from_callers);
-        })
-        .map_err(|source| Error::WorkerStart {
-            worker: "committer",
-            source,
-        })?;
-        let engine = SledEngine {
-            trees,
-            to_committer,
-            committer: Mutex::new(Some(handle)),
-            stats,
-            waiting: AtomicUsize::new(0),
-            reply_spin: match config.durability {
-                Durability::Periodic(_) => handoff::SPIN,
-                Durability::Immediate => Duration::ZERO,
-            },
-        };
+            config.durability == Durability::Immediate,
+            config.max_batch,
+            poison,
+        );
+        let engine = SledEngine { trees, writes };
         let opened = Opened {
             created: dir.created,
             clean_shutdown,
             stale_files_removed: dir.stale_snapshots_removed,
         };
         Ok((engine, opened))
-    }
-
-    /// Stops the committer after what is queued; idempotent.
-    fn stop_committer(&self) -> Result<()> {
-        let handle = self
-            .committer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(handle) = handle else {
-            return Ok(());
-        };
-        let _ = self.to_committer.send(Msg::Shutdown);
-        handle.join().map_err(|_| committer_failed())
     }
 }
 
@@ -191,25 +138,11 @@ impl Engine for SledEngine {
     }
 
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
-        let (reply, outcome) = crossbeam_channel::bounded(1);
-        self.to_committer
-            .send(Msg::Write(Request { task, reply }))
-            .map_err(|_| committer_failed())?;
-        Ok(Ticket(outcome))
+        self.writes.submit(task)
     }
 
     fn wait(&self, ticket: Ticket) -> Result<Commit> {
-        // Only a lone caller polls: concurrent ones are batched anyway, and
-        // their polling would take the cores from the committer.
-        let alone = self.waiting.fetch_add(1, Ordering::Relaxed) == 0;
-        let spin = if alone {
-            self.reply_spin
-        } else {
-            Duration::ZERO
-        };
-        let answer = handoff::recv(&ticket.0, spin);
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        answer.map_err(|_| committer_failed())?
+        self.writes.wait(&ticket)
     }
 
     /// Reads each due session's record and actor entry, so that the
@@ -239,20 +172,11 @@ impl Engine for SledEngine {
     }
 
     fn commit_counts(&self) -> CommitCounts {
-        self.stats.counts()
+        self.writes.counts()
     }
 
     fn hold_writes(&self) -> Result<WritesHeld> {
-        let (ready, is_ready) = crossbeam_channel::bounded(1);
-        let (release, released) = crossbeam_channel::bounded::<()>(0);
-        self.to_committer
-            .send(Msg::Hold {
-                ready,
-                release: released,
-            })
-            .map_err(|_| committer_failed())?;
-        is_ready.recv().map_err(|_| committer_failed())?;
-        Ok(WritesHeld(Box::new(release)))
+        Ok(WritesHeld(Box::new(self.writes.hold())))
     }
 
     fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()> {
@@ -274,20 +198,12 @@ impl Engine for SledEngine {
     }
 
     fn close(&self, clean: bool) -> Result<()> {
-        self.stop_committer()?;
+        self.writes.close();
         if clean {
             self.trees.store_count()?;
             self.trees.flush(true)?;
             self.trees.set_meta(META_CLEAN, Some(&[1]))?;
         }
         self.trees.flush(true)
-    }
-}
-
-impl Drop for SledEngine {
-    fn drop(&mut self) {
-        // A store whose open failed after the engine started is never
-        // closed; its committer still stops, and releases the directory.
-        let _ = self.stop_committer();
     }
 }
