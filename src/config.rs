@@ -108,6 +108,7 @@ pub struct Config {
     pub(crate) reap_interval: Duration,
     pub(crate) reap_batch: usize,
     pub(crate) reaper_thread: bool,
+    pub(crate) check_in_background: bool,
     pub(crate) durability: Durability,
     pub(crate) cache_capacity: u64,
     pub(crate) max_data_bytes: usize,
@@ -158,6 +159,7 @@ impl Config {
             reap_interval: Duration::from_secs(1),
             reap_batch: 64,
             reaper_thread: true,
+            check_in_background: true,
             durability: Durability::default(),
             cache_capacity: 64 * 1024 * 1024,
             max_data_bytes: 64 * 1024,
@@ -310,6 +312,17 @@ impl Config {
     /// With it off, call `SessionStore::reap_expired` yourself.
     pub fn reaper_thread(mut self, enabled: bool) -> Self {
         self.reaper_thread = enabled;
+        self
+    }
+
+    /// Whether the check after an unclean shutdown runs in the background.
+    /// Default true: `open` returns as soon as the engine has recovered its
+    /// own log, and the store serves while a thread checks the indexes
+    /// against the records; writes wait only while what it found is checked
+    /// again and repaired (`Stats::checking`, `SessionStore::wait_for_recovery`).
+    /// With false, `open` returns after the check.
+    pub fn check_in_background(mut self, enabled: bool) -> Self {
+        self.check_in_background = enabled;
         self
     }
 

@@ -8,6 +8,7 @@
 //! session count equals the number of sessions. An engine that finds its
 //! last run did not close cleanly has `open` run the full check with repair.
 
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::codec;
@@ -67,35 +68,107 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     /// `snap.*.generating` files from a crash during open that were removed.
     pub stale_snapshots_removed: usize,
-    /// The check run after an unclean shutdown.
+    /// The check run after an unclean shutdown, once it has finished.
     pub check: Option<CheckReport>,
+    /// The check after an unclean shutdown is running in the background
+    /// (`SessionStore::wait_for_recovery` waits for it).
+    pub checking: bool,
+    /// Why the background check failed, if it did (the store stays marked
+    /// unclean, so the next open checks again).
+    pub check_error: Option<String>,
     /// Time from the start of `open` to a ready store.
     pub duration: Duration,
 }
 
-/// Runs the full check with repair if the engine's last run did not close
-/// cleanly, and reports what `open` found.
+/// Reports what `open` found; when the engine's last run did not close
+/// cleanly, runs the full check with repair, or, `in_background`, leaves it
+/// to `check_while_serving` and says so (`checking`).
 pub(crate) fn recover(
     engine: &dyn Engine,
     opened: Opened,
     started: Instant,
+    in_background: bool,
 ) -> Result<RecoveryReport> {
-    let check = if opened.clean_shutdown || opened.created {
-        None
+    let unclean = !(opened.clean_shutdown || opened.created);
+    let check = if unclean && !in_background {
+        Some(logged(check(engine, true)?))
     } else {
-        let report = check(engine, true)?;
-        if !report.is_healthy() {
-            log::warn!("recovered from an unclean shutdown: {report:?}");
-        }
-        Some(report)
+        None
     };
     Ok(RecoveryReport {
         created: opened.created,
         clean_shutdown: opened.clean_shutdown,
         stale_snapshots_removed: opened.stale_files_removed,
         check,
+        checking: unclean && in_background,
+        check_error: None,
         duration: started.elapsed(),
     })
+}
+
+/// The recovery report of an open store, completed by the background check.
+#[derive(Debug)]
+pub(crate) struct Recovering {
+    report: Mutex<RecoveryReport>,
+    finished: Condvar,
+}
+
+impl Recovering {
+    pub fn new(report: RecoveryReport) -> Self {
+        Recovering {
+            report: Mutex::new(report),
+            finished: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RecoveryReport> {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn report(&self) -> RecoveryReport {
+        self.lock().clone()
+    }
+
+    pub fn checking(&self) -> bool {
+        self.lock().checking
+    }
+
+    /// Waits until no check runs; returns the report.
+    pub fn wait(&self) -> RecoveryReport {
+        let mut report = self.lock();
+        while report.checking {
+            report = self
+                .finished
+                .wait(report)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        report.clone()
+    }
+
+    /// Runs the background check and records how it ended.
+    pub fn check(&self, engine: &dyn Engine) {
+        let outcome = check_while_serving(engine).map(logged);
+        let mut report = self.lock();
+        match outcome {
+            Ok(check) => report.check = Some(check),
+            Err(e) => {
+                log::error!("the check after an unclean shutdown failed: {e}");
+                report.check_error = Some(e.to_string());
+            }
+        }
+        report.checking = false;
+        self.finished.notify_all();
+    }
+}
+
+/// Logs what recovery after an unclean shutdown repaired.
+pub(crate) fn logged(report: CheckReport) -> CheckReport {
+    if !report.is_healthy() {
+        log::warn!("recovered from an unclean shutdown: {report:?}");
+    }
+    report
 }
 
 /// A decodable session, as its index entries must name it.
@@ -159,18 +232,87 @@ impl<'a> Found<'a> {
 
 /// Walks the whole store and checks the invariants; with `repair`, fixes
 /// what it finds. Nothing may write to the store meanwhile.
+pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
+    let started = Instant::now();
+    let (mut report, mut fixes) = survey(engine)?;
+    let stored = engine.session_count()?;
+    if stored.sessions != report.sessions {
+        // Not kept exactly through an unclean shutdown: counting is no repair.
+        if stored.exact {
+            report.count_was = Some(stored.sessions);
+        }
+        fixes.push(Fix::Count(report.sessions));
+    }
+    if repair && !fixes.is_empty() {
+        engine.repair(&fixes)?;
+    }
+    report.repaired = repair;
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// The check after an unclean shutdown, made while the store serves: the
+/// survey runs beside the writes, so what it finds may be a write it met
+/// half-way (a session stored after the records were scanned, say). With
+/// writes held, the engine checks each finding again (`still_needed`), and
+/// repairs what is still broken. Writes wait only for that, not for the
+/// scans. The session count comes from the engine, which recounts during
+/// the record scan (sled) or never loses it (Redis).
+pub(crate) fn check_while_serving(engine: &dyn Engine) -> Result<CheckReport> {
+    let started = Instant::now();
+    let (surveyed, suspects) = survey(engine)?;
+    let mut report = CheckReport {
+        sessions: surveyed.sessions,
+        repaired: true,
+        ..CheckReport::default()
+    };
+    if !suspects.is_empty() {
+        let _held = engine.hold_writes()?;
+        let fixes = engine.still_needed(suspects)?;
+        if !fixes.is_empty() {
+            engine.repair(&fixes)?;
+        }
+        tally(&mut report, &fixes);
+    }
+    let count = engine.session_count()?;
+    if count.exact {
+        report.sessions = count.sessions;
+    }
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// Adds what `fixes` repair to `report`'s problem counts.
+fn tally(report: &mut CheckReport, fixes: &[Fix]) {
+    for fix in fixes {
+        let counter = match fix {
+            Fix::Quarantine { .. } => &mut report.corrupt,
+            Fix::AddExpiry { .. } => &mut report.missing_expiries,
+            Fix::AddActor { .. } => &mut report.missing_actors,
+            Fix::Drop {
+                index: Index::Expiries,
+                ..
+            } => &mut report.stale_expiries,
+            Fix::Drop {
+                index: Index::Actors,
+                ..
+            } => &mut report.stale_actors,
+            Fix::Count(_) => continue,
+        };
+        *counter += 1;
+    }
+}
+
+/// Reads the whole store and finds what breaks the invariants between the
+/// records and the indexes (the count is the caller's); returns the report
+/// of the problems and the fixes.
 ///
 /// Each part of the store is read once, by a scan: the records give the
 /// index entries that must exist (sorted by digest), and each index entry
 /// met is looked up among them. No random reads, so a large store is
 /// checked at the speed of a scan (point reads missed the page cache and
 /// took a minute at 1,000,000 sessions). Memory: one entry per session.
-pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
-    let started = Instant::now();
-    let mut report = CheckReport {
-        repaired: repair,
-        ..CheckReport::default()
-    };
+fn survey(engine: &dyn Engine) -> Result<(CheckReport, Vec<Fix>)> {
     let mut sessions = Vec::new();
     let mut fixes = Vec::new();
     engine.scan_records(&mut |stored| {
@@ -184,7 +326,6 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
                 actor_id: record.actor_id,
             }),
             None => {
-                report.corrupt += 1;
                 let id = stored.id;
                 log::warn!("corrupt session record {}", hex(&id[..id.len().min(80)]));
                 fixes.push(Fix::Quarantine { id: id.to_vec() });
@@ -192,7 +333,6 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
         }
         Ok(true)
     })?;
-    report.sessions = sessions.len() as u64;
     sessions.sort_unstable_by_key(|e| e.digest);
 
     let mut expiries = Found::new(&sessions);
@@ -207,37 +347,21 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
         actors.entry(Index::Actors, id, digest, |e| e.actor_id == actor);
         Ok(true)
     })?;
-    report.stale_expiries = expiries.stale.len() as u64;
-    report.stale_actors = actors.stale.len() as u64;
     fixes.append(&mut expiries.stale);
     fixes.append(&mut actors.stale);
-    for e in expiries.missing() {
-        report.missing_expiries += 1;
-        fixes.push(Fix::AddExpiry {
-            at: e.filed_at,
-            actor_id: e.actor_id.clone(),
-            digest: e.digest,
-        });
-    }
-    for e in actors.missing() {
-        report.missing_actors += 1;
-        fixes.push(Fix::AddActor {
-            actor_id: e.actor_id.clone(),
-            digest: e.digest,
-        });
-    }
-    match engine.session_count()? {
-        Some(stored) if stored == report.sessions => {}
-        Some(stored) => {
-            report.count_was = Some(stored);
-            fixes.push(Fix::Count(report.sessions));
-        }
-        // Not kept through an unclean shutdown: counting is no repair.
-        None => fixes.push(Fix::Count(report.sessions)),
-    }
-    if repair && !fixes.is_empty() {
-        engine.repair(&fixes)?;
-    }
-    report.duration = started.elapsed();
-    Ok(report)
+    fixes.extend(expiries.missing().map(|e| Fix::AddExpiry {
+        at: e.filed_at,
+        actor_id: e.actor_id.clone(),
+        digest: e.digest,
+    }));
+    fixes.extend(actors.missing().map(|e| Fix::AddActor {
+        actor_id: e.actor_id.clone(),
+        digest: e.digest,
+    }));
+    let mut report = CheckReport {
+        sessions: sessions.len() as u64,
+        ..CheckReport::default()
+    };
+    tally(&mut report, &fixes);
+    Ok((report, fixes))
 }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -17,11 +18,11 @@ use crate::events::{Event, EventHub, UnsetReason};
 use crate::key::{self, Digest, FullKey};
 use crate::plan::{DataEdit, Touch};
 use crate::reaper::{self, Reaper};
-use crate::recovery::{self, CheckReport, RecoveryReport};
+use crate::recovery::{self, CheckReport, Recovering, RecoveryReport};
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{check_data_name, ActorAddress, Data, Record, Session};
 use crate::shared::{About, Counters, Shared};
-use crate::worker::Poison;
+use crate::worker::{self, Poison};
 
 /// Counters describing a running store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,15 +49,20 @@ pub struct Stats {
     /// Operations that met a session record that does not decode (each
     /// answered with `Error::Corrupt`); `check` and `repair` deal with them.
     pub corrupt_records: u64,
+    /// The check after an unclean shutdown is still running: the store
+    /// serves meanwhile, and `sessions` may be off until it ends.
+    pub checking: bool,
 }
 
 /// Owns the reaper and the engine; dropping the last handle closes the store.
 struct Handle {
     shared: Arc<Shared>,
     reaper: Mutex<Option<Reaper>>,
+    /// The background check after an unclean shutdown, while it runs.
+    checker: Mutex<Option<JoinHandle<()>>>,
     /// Set once `close` has run.
     closing: AtomicBool,
-    recovery: RecoveryReport,
+    recovery: Arc<Recovering>,
 }
 
 impl Handle {
@@ -66,17 +72,33 @@ impl Handle {
         }
         let shared = &self.shared;
         shared.closed.store(true, Ordering::SeqCst);
+        // The check finishes first: it may be holding writes the reaper waits for.
+        let checker = self
+            .checker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .map_or(Ok(()), |h| {
+                h.join()
+                    .map_err(|_| Error::WorkerFailed { worker: "checker" })
+            });
         let reaper = self
             .reaper
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .map_or(Ok(()), Reaper::stop);
-        // A store whose worker died is not marked clean: the next open
-        // checks it.
-        let healthy = reaper.is_ok() && shared.poison.failed().is_none();
+        // A store whose worker died, or whose check failed, is not marked
+        // clean: the next open checks it.
+        let recovery = self.recovery.report();
+        let healthy = reaper.is_ok()
+            && checker.is_ok()
+            && shared.poison.failed().is_none()
+            && !recovery.checking
+            && recovery.check_error.is_none();
         shared.engine.close(healthy)?;
         reaper?;
+        checker?;
         match shared.poison.failed() {
             Some(worker) => Err(Error::WorkerFailed { worker }),
             None => Ok(()),
@@ -140,7 +162,8 @@ impl SessionStore {
         let events = Arc::new(EventHub::new(config.event_capacity));
         let poison = Arc::new(Poison::default());
         let (engine, opened) = engine::open(&config, events.clone(), poison.clone())?;
-        let recovery = recovery::recover(engine.as_ref(), opened, started)?;
+        let recovery =
+            recovery::recover(engine.as_ref(), opened, started, config.check_in_background)?;
         log::info!(
             "opened session store at {}: {recovery:?}",
             config.describe()
@@ -160,12 +183,28 @@ impl SessionStore {
         });
         // Built before the reaper starts, so that a failure to start it
         // still closes the engine (through Drop).
+        let checking = recovery.checking;
         let handle = Arc::new(Handle {
             shared: shared.clone(),
             reaper: Mutex::new(None),
+            checker: Mutex::new(None),
             closing: AtomicBool::new(false),
-            recovery,
+            recovery: Arc::new(Recovering::new(recovery)),
         });
+        if checking {
+            let (recovery, engine) = (handle.recovery.clone(), shared.engine.clone());
+            let checker = worker::spawn("checker", shared.poison.clone(), move || {
+                recovery.check(engine.as_ref());
+            })
+            .map_err(|source| Error::WorkerStart {
+                worker: "checker",
+                source,
+            })?;
+            *handle
+                .checker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(checker);
+        }
         let events = subscribe.then(|| shared.events.subscribe());
         if config.reaper_thread {
             let reaper = Reaper::spawn(shared, config.reap_interval).map_err(|source| {
@@ -186,9 +225,16 @@ impl SessionStore {
         &self.handle.shared
     }
 
-    /// What `open` found and repaired.
-    pub fn recovery_report(&self) -> &RecoveryReport {
-        &self.handle.recovery
+    /// What `open` found and repaired. After an unclean shutdown the check
+    /// may still be running (`checking`); its report is here once it ends.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.handle.recovery.report()
+    }
+
+    /// Waits until the check after an unclean shutdown has finished (at
+    /// once if none runs) and returns the report, with the check's.
+    pub fn wait_for_recovery(&self) -> RecoveryReport {
+        self.handle.recovery.wait()
     }
 
     /// Creates a session for `actor_id` with `language` (MAGE's default is
@@ -600,7 +646,7 @@ impl SessionStore {
         s.ensure_open()?;
         let commits = s.engine.commit_counts();
         Ok(Stats {
-            sessions: s.engine.session_count()?.unwrap_or(0),
+            sessions: s.engine.session_count()?.sessions,
             subscribers: s.events.subscriber_count(),
             events_missed: s.events.missed_total(),
             reaped: s.counters.reaped.load(Ordering::Relaxed),
@@ -609,6 +655,7 @@ impl SessionStore {
             syncs: commits.syncs,
             touches_skipped: s.counters.touches_skipped.load(Ordering::Relaxed),
             corrupt_records: s.counters.corrupt.load(Ordering::Relaxed),
+            checking: self.handle.recovery.checking(),
         })
     }
 

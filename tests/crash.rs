@@ -3,10 +3,12 @@
 //! The parent runs this same binary as a child (`--child`) that opens a
 //! store and hammers it from several threads, printing a line before
 //! (`B`) and after (`A`) every operation. The parent kills the child with
-//! SIGKILL at a random moment (during open, during a reaper pass, during
-//! writes), twice per round, then reopens the store and checks:
-//! - the store opens, the recovery check after the crash found no broken
-//!   invariant (transactions are atomic across trees), and `check()` is healthy;
+//! SIGKILL at a random moment (during open, during the background check
+//! after an unclean shutdown, during a reaper pass, during writes), twice
+//! per round, then reopens the store and checks:
+//! - the store opens, the recovery check after the crash (which runs in the
+//!   background while the child writes) found no broken invariant
+//!   (transactions are atomic across trees), and `check()` is healthy;
 //! - per child thread, the store holds exactly the effect of a prefix of
 //!   that thread's operations (plus sessions the reaper legitimately ended);
 //! - immediate durability: that prefix covers every acknowledged operation;
@@ -85,20 +87,30 @@ fn child_config(place: &str, mode: &str) -> Config {
 
 // ---------------------------------------------------------------- child --
 
-/// The child: `--child DIR MODE RUN SEED`. Prints `O <problems>` once open,
-/// then `B`/`A` lines per operation, until killed.
+/// The child: `--child DIR MODE RUN SEED`. Prints `O <checking>` once open
+/// (`1` while the check after an unclean shutdown runs in the background),
+/// `C <problems>` when that check ends, and `B`/`A` lines per operation,
+/// until killed.
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let [place, mode, run, seed] = args else {
         return Err("usage: --child PLACE MODE RUN SEED".into());
     };
     let store = SessionStore::open(child_config(place, mode))?;
     let out = Arc::new(Mutex::new(std::io::stdout()));
-    let problems = store
-        .recovery_report()
-        .check
-        .as_ref()
-        .map_or(0, |c| c.problems());
-    say(&out, &format!("O {problems}"));
+    let checking = store.recovery_report().checking;
+    say(&out, &format!("O {}", u8::from(checking)));
+    {
+        let (store, out) = (store.clone(), out.clone());
+        std::thread::spawn(move || {
+            let report = store.wait_for_recovery();
+            let problems = match (&report.check, &report.check_error) {
+                (_, Some(e)) => format!("failed:{}", e.replace(' ', "_")),
+                (Some(c), None) => c.problems().to_string(),
+                (None, None) => "0".into(),
+            };
+            say(&out, &format!("C {problems}"));
+        });
+    }
     let seed: u64 = seed.parse()?;
     let mut workers = Vec::new();
     for t in 0..THREADS {
@@ -270,7 +282,10 @@ fn agrees(expected: &Option<Expect>, got: &Option<Found>, killed_at: u64) -> boo
 
 struct RunLog {
     opened: bool,
-    open_problems: Option<u64>,
+    /// The check after an unclean shutdown ran in the background.
+    checking: bool,
+    /// What that check found (`C` line), once it ended.
+    check_result: Option<String>,
     threads: Vec<Vec<Step>>,
     killed: Instant,
 }
@@ -290,20 +305,24 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().expect("child stdout");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut log = RunLog {
             opened: false,
-            open_problems: None,
+            checking: false,
+            check_result: None,
             threads: vec![Vec::new(); THREADS],
             killed: Instant::now(),
         };
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let f: Vec<&str> = line.split(' ').collect();
             match f.as_slice() {
-                ["O", problems] => {
+                ["O", checking] => {
                     log.opened = true;
-                    log.open_problems = problems.parse().ok();
+                    log.checking = *checking == "1";
+                    let _ = opened_tx.send(());
                 }
+                ["C", result] => log.check_result = Some((*result).to_owned()),
                 ["B", t, seq, op, a, b] => {
                     let t: usize = t.parse().expect("thread");
                     log.threads[t].push(Step {
@@ -335,13 +354,16 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
     });
     // One kill in four lands in the first 40 ms: during start-up, open and
     // recovery (including the first reaper pass over sessions that expired
-    // while no process ran).
-    let delay = if rng.below(4) == 0 {
-        rng.below(40)
-    } else {
-        rng.below(700)
-    };
-    std::thread::sleep(Duration::from_millis(delay));
+    // while no process ran). One in four lands as soon as the store is open,
+    // while the check after the previous kill runs in the background beside
+    // the child's first writes.
+    match rng.below(4) {
+        0 => std::thread::sleep(Duration::from_millis(rng.below(40))),
+        1 => {
+            let _ = opened.recv_timeout(Duration::from_secs(10));
+        }
+        _ => std::thread::sleep(Duration::from_millis(rng.below(700))),
+    }
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let killed = Instant::now();
@@ -355,6 +377,8 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
 struct Tally {
     kills: usize,
     kills_before_open: usize,
+    /// Kills while the background check after an unclean shutdown ran.
+    kills_during_check: usize,
     acked: usize,
     lost: usize,
     worst_loss: Duration,
@@ -377,9 +401,12 @@ fn crash_mode(mode: &str, place: &str, kills: usize, seed: u64) -> Result<Tally,
             if !log.opened {
                 tally.kills_before_open += 1;
             }
-            if let Some(p) = log.open_problems.filter(|&p| p > 0) {
+            if log.checking && log.check_result.is_none() {
+                tally.kills_during_check += 1;
+            }
+            if let Some(result) = log.check_result.as_ref().filter(|r| *r != "0") {
                 return Err(format!(
-                    "run {}: recovery after a kill found {p} broken invariants",
+                    "run {}: recovery after a kill found broken invariants: {result}",
                     run - 1
                 ));
             }
@@ -405,7 +432,11 @@ fn verify(
         .clock(Arc::new(ManualClock::new(0)))
         .reaper_thread(false);
     let store = SessionStore::open(config).map_err(|e| format!("reopen failed: {e}"))?;
-    if let Some(check) = &store.recovery_report().check {
+    let recovery = store.wait_for_recovery();
+    if let Some(e) = recovery.check_error {
+        return Err(format!("the check after a kill failed: {e}"));
+    }
+    if let Some(check) = recovery.check {
         if !check.is_healthy() {
             return Err(format!(
                 "recovery after a kill found broken invariants: {check:?}"
@@ -535,9 +566,14 @@ fn main() {
     for (mode, place) in &places {
         match crash_mode(mode, place, kills, seed) {
             Ok(t) => println!(
-                "{mode}: {} kills ({} before open finished), {} acknowledged ops checked, {} lost \
-                 (oldest lost acknowledged {:?} before its kill)",
-                t.kills, t.kills_before_open, t.acked, t.lost, t.worst_loss
+                "{mode}: {} kills ({} before open finished, {} during the background check), \
+                 {} acknowledged ops checked, {} lost (oldest lost acknowledged {:?} before its kill)",
+                t.kills,
+                t.kills_before_open,
+                t.kills_during_check,
+                t.acked,
+                t.lost,
+                t.worst_loss
             ),
             Err(e) => {
                 println!("{mode}: FAILED: {e} (seed {seed})");

@@ -59,12 +59,20 @@ fn two_sessions() -> (Fixture, String, String) {
 
 /// Closes the fixture's store, lets `damage` write the trees, and opens again.
 fn damage_and_reopen(f: Fixture, damage: impl FnOnce(&sled::Db)) -> Fixture {
+    damage_and_reopen_with(f, damage, |c| c)
+}
+
+fn damage_and_reopen_with(
+    f: Fixture,
+    damage: impl FnOnce(&sled::Db),
+    configure: impl FnOnce(sessiondb::Config) -> sessiondb::Config,
+) -> Fixture {
     let Fixture {
         dir, clock, store, ..
     } = f;
     store.close().unwrap();
     with_raw(dir.path(), damage);
-    let store = SessionStore::open(config(&dir, &clock)).unwrap();
+    let store = SessionStore::open(configure(config(&dir, &clock))).unwrap();
     Fixture {
         dir,
         clock,
@@ -82,11 +90,81 @@ fn a_clean_close_skips_the_check_and_an_unclean_one_runs_it() {
     assert!(report.check.is_none());
 
     let f = damage_and_reopen(f, mark_unclean);
-    let report = f.store.recovery_report();
+    let report = f.store.wait_for_recovery();
     assert!(!report.clean_shutdown);
+    assert!(!report.checking);
+    assert!(!f.store.stats().unwrap().checking);
     let check = report.check.as_ref().expect("unclean open checks");
     assert!(check.is_healthy(), "{check:?}");
     assert_eq!(check.sessions, 2);
+
+    // With the check in the foreground, `open` returns after it.
+    let f = damage_and_reopen_with(f, mark_unclean, |c| c.check_in_background(false));
+    let report = f.store.recovery_report();
+    assert!(!report.checking);
+    assert!(report.check.expect("checked during open").is_healthy());
+}
+
+/// After a crash the store serves at once: the check runs beside the
+/// writes, its findings are checked again with writes held, and only real
+/// damage is reported and repaired; the count comes out exact.
+#[test]
+fn the_background_check_repairs_real_damage_while_writes_go_on() {
+    let (f, a, b) = two_sessions();
+    let f = damage_and_reopen(f, |db| {
+        let key = first_key(db, "expiries");
+        db.open_tree("expiries").unwrap().remove(key).unwrap();
+        let mut ghost = vec![5u8];
+        ghost.extend_from_slice(b"ghost");
+        ghost.extend_from_slice(&[3; 32]);
+        db.open_tree("actors").unwrap().insert(ghost, &[]).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("sessions", &99u64.to_be_bytes())
+            .unwrap();
+        mark_unclean(db);
+    });
+    // Writes while the check runs (or after it, on a fast machine: the
+    // outcome must be the same either way).
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let store = f.store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let s = store
+                        .register(&format!("w{t}-{i}"), "en", Data::new())
+                        .unwrap();
+                    if i % 2 == 0 {
+                        store.logout(s.key().unwrap()).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    f.store.is_valid(&a).unwrap();
+    f.store.is_valid(&b).unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let report = f.store.wait_for_recovery();
+    assert_eq!(report.check_error, None);
+    let check = report.check.expect("the background check ended");
+    assert_eq!(
+        (
+            check.missing_expiries,
+            check.stale_actors,
+            check.stale_expiries,
+            check.missing_actors,
+            check.corrupt
+        ),
+        (1, 1, 0, 0, 0),
+        "only the damage done before the crash: {check:?}"
+    );
+    assert!(check.repaired);
+    assert_eq!(f.store.stats().unwrap().sessions, 2 + 4 * 25);
+    let after = f.store.check().unwrap();
+    assert!(after.is_healthy(), "{after:?}");
+    assert_eq!(after.sessions, 2 + 4 * 25);
 }
 
 #[test]
@@ -97,7 +175,7 @@ fn recovery_restores_a_missing_expiry_entry() {
         db.open_tree("expiries").unwrap().remove(key).unwrap();
         mark_unclean(db);
     });
-    let check = f.store.recovery_report().check.clone().unwrap();
+    let check = f.store.wait_for_recovery().check.unwrap();
     assert_eq!(check.missing_expiries, 1);
     assert!(check.repaired);
     // The restored entry works: both sessions are reaped when due.
@@ -127,7 +205,7 @@ fn recovery_removes_stale_and_misdated_expiry_entries() {
         expiries.insert(ghost, &[]).unwrap();
         mark_unclean(db);
     });
-    let check = f.store.recovery_report().check.clone().unwrap();
+    let check = f.store.wait_for_recovery().check.unwrap();
     assert_eq!(
         (check.stale_expiries, check.missing_expiries),
         (2, 1),
@@ -152,7 +230,7 @@ fn recovery_restores_missing_and_removes_stale_actor_entries() {
         actors.insert(ghost, &[]).unwrap();
         mark_unclean(db);
     });
-    let check = f.store.recovery_report().check.clone().unwrap();
+    let check = f.store.wait_for_recovery().check.unwrap();
     assert_eq!(
         (check.missing_actors, check.stale_actors),
         (1, 1),
@@ -193,7 +271,7 @@ fn after_an_unclean_shutdown_the_count_is_recounted_not_trusted() {
             .unwrap();
         mark_unclean(db);
     });
-    let check = f.store.recovery_report().check.clone().unwrap();
+    let check = f.store.wait_for_recovery().check.unwrap();
     assert!(check.is_healthy(), "{check:?}");
     assert_eq!(check.sessions, 2);
     assert_eq!(f.store.stats().unwrap().sessions, 2);

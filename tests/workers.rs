@@ -78,7 +78,7 @@ fn a_panicking_reaper_poisons_every_later_call_and_the_next_open_checks() {
 
     // Not marked clean: the next open checks, and nothing was lost.
     let store = SessionStore::open(config().reaper_thread(false)).unwrap();
-    let report = store.recovery_report();
+    let report = store.wait_for_recovery();
     assert!(!report.clean_shutdown);
     assert!(report.check.as_ref().is_some_and(|c| c.is_healthy()));
     assert_eq!(store.resolve(&key).unwrap().actor_id(), "p1");

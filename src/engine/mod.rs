@@ -201,6 +201,17 @@ pub(crate) enum Fix {
     Count(u64),
 }
 
+/// The session count as an engine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Count {
+    pub sessions: u64,
+    /// False while the engine does not know the count exactly (sled after
+    /// an unclean shutdown, until a whole scan of the records recounts):
+    /// `sessions` is then the count stored at the last clean close moved by
+    /// the writes since.
+    pub exact: bool,
+}
+
 /// Counters an engine keeps about its commits.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CommitCounts {
@@ -245,9 +256,8 @@ pub(crate) trait Engine: Send + Sync {
     /// The earliest expiry entry's time.
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// How many sessions are stored.
-    /// How many sessions are stored; `None` while the engine does not know
-    /// (sled after an unclean shutdown, until the check has recounted).
-    fn session_count(&self) -> Result<Option<u64>>;
+    /// How many sessions are stored.
+    fn session_count(&self) -> Result<Count>;
     /// How many records repair has moved aside.
     fn quarantined(&self) -> Result<u64>;
 
@@ -279,6 +289,10 @@ pub(crate) trait Engine: Send + Sync {
     /// Applies what the consistency check found, then makes it durable.
     /// Nothing else may write meanwhile (see `hold_writes`).
     fn repair(&self, fixes: &[Fix]) -> Result<()>;
+    /// Of the fixes found by a check that ran while writes went on, those
+    /// still needed now, with writes held: each is checked again against
+    /// what is stored.
+    fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>>;
 
     /// Commits what is queued, stops the engine's threads and, with `clean`,
     /// records a clean shutdown so that the next open skips the check.

@@ -214,9 +214,22 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
         created = report.created,
         clean_shutdown = report.clean_shutdown,
         recovered = ?report.check,
+        checking = report.checking,
         millis = report.duration.as_millis() as u64,
         "store open"
     );
+    if report.checking {
+        // Serving already; say what the check after the crash found when it ends.
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = store.wait_for_recovery();
+            tracing::info!(
+                check = ?report.check,
+                error = ?report.check_error,
+                "the check after an unclean shutdown finished"
+            );
+        });
+    }
 
     println!("listening on {address}");
     {

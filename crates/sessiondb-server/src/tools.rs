@@ -397,7 +397,7 @@ pub fn check(args: &CheckArgs) -> AnyResult<ExitCode> {
             }
         );
     }
-    let recovery = store.recovery_report().clone();
+    let recovery = store.wait_for_recovery();
     if !recovery.clean_shutdown {
         println!("The store was not closed cleanly; opening it ran recovery, which repaired:");
         match &recovery.check {

@@ -167,7 +167,7 @@ fn restart_after_kill_9_reports_recovery() {
     let data_dir = server.data_dir.clone();
     server.kill9();
     let store = open_store(&data_dir);
-    let report = store.recovery_report().clone();
+    let report = store.wait_for_recovery();
     assert!(!report.clean_shutdown);
     assert!(
         report.check.as_ref().is_some_and(|c| c.is_healthy()),

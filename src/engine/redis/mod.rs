@@ -25,8 +25,8 @@ use self::keys::{digest_hex, expiry_member, parse_expiry_member, Keys, REDIS_FOR
 use crate::config::{Config, Durability};
 use crate::engine::gate::{Gate, Turns};
 use crate::engine::{
-    Change, Commit, CommitCounts, Due, Engine, Fix, Index, IndexVisit, Opened, Plan, Precondition,
-    RecordVisit, Stored, Task, Ticket, View, WritesHeld,
+    Change, Commit, CommitCounts, Count, Due, Engine, Fix, Index, IndexVisit, Opened, Plan,
+    Precondition, RecordVisit, Stored, Task, Ticket, View, WritesHeld,
 };
 use crate::error::{Error, Result, StorageError};
 use crate::events::EventHub;
@@ -747,7 +747,7 @@ impl Engine for RedisEngine {
             .min())
     }
 
-    fn session_count(&self) -> Result<Option<u64>> {
+    fn session_count(&self) -> Result<Count> {
         let counts: Vec<Option<i64>> = self.with(|con| {
             let mut cmd = redis::cmd("MGET");
             for b in 0..self.keys.buckets() {
@@ -755,12 +755,13 @@ impl Engine for RedisEngine {
             }
             cmd.query(con).map_err(failed("reading the session count"))
         })?;
-        Ok(Some(
-            counts
+        Ok(Count {
+            sessions: counts
                 .into_iter()
                 .map(|c| u64::try_from(c.unwrap_or(0)).unwrap_or(0))
                 .sum(),
-        ))
+            exact: true,
+        })
     }
 
     fn quarantined(&self) -> Result<u64> {
@@ -902,6 +903,13 @@ impl Engine for RedisEngine {
             }
         }
         Ok(())
+    }
+
+    /// The Redis engine never opens unclean (every commit is one atomic
+    /// script), so its checks run with writes held, where every finding
+    /// stands as found.
+    fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
+        Ok(fixes)
     }
 
     fn repair(&self, fixes: &[Fix]) -> Result<()> {

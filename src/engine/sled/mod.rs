@@ -29,8 +29,8 @@ use self::write_group::WriteGroup;
 use crate::codec;
 use crate::config::{millis, Config, Durability};
 use crate::engine::{
-    Commit, CommitCounts, Due, Engine, Fix, Index, IndexVisit, Opened, RecordVisit, Task, Ticket,
-    WritesHeld,
+    Commit, CommitCounts, Count, Due, Engine, Fix, Index, IndexVisit, Opened, RecordVisit, Task,
+    Ticket, WritesHeld,
 };
 use crate::error::{Error, Result};
 use crate::events::EventHub;
@@ -129,7 +129,7 @@ impl Engine for SledEngine {
         self.trees.next_expiry()
     }
 
-    fn session_count(&self) -> Result<Option<u64>> {
+    fn session_count(&self) -> Result<Count> {
         Ok(self.trees.session_count())
     }
 
@@ -195,6 +195,10 @@ impl Engine for SledEngine {
 
     fn repair(&self, fixes: &[Fix]) -> Result<()> {
         self.trees.repair(fixes)
+    }
+
+    fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
+        self.trees.still_needed(fixes)
     }
 
     fn close(&self, clean: bool) -> Result<()> {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
@@ -13,7 +14,8 @@ use sled::{Transactional, Tree};
 use super::files::{self, DurableFiles};
 use super::layout::{self, decode_count, META_CLEAN, META_COUNT};
 use super::txn::SledTxn;
-use crate::engine::{Due, Fix, Index, IndexVisit, RecordVisit, Stored};
+use crate::codec;
+use crate::engine::{Count, Due, Fix, Index, IndexVisit, RecordVisit, Stored};
 use crate::error::{Error, Result, StorageError};
 use crate::key::Digest;
 
@@ -40,10 +42,38 @@ pub(crate) struct Trees {
     /// Whether `count` is exact: after a clean close, or once the check has
     /// recounted.
     count_known: AtomicBool,
+    /// A recount in progress (see `scan_records`); taken by every
+    /// transaction, so that a commit and a step of the scan never interleave.
+    recount: Mutex<Option<Recount>>,
     files: DurableFiles,
     /// Held for the store's life; declared last so that it is released
     /// after sled's handles are dropped.
     _lock: File,
+}
+
+/// How many records a step of a whole-tree scan reads.
+const SCAN_STEP: usize = 1024;
+
+/// A count of the sessions tree made by a scan in key order while writes go
+/// on: a write below the scan's position is one the scan will not see, so it
+/// is counted here; one at or above it, the scan will see.
+struct Recount {
+    /// Every key below this one has been read.
+    read_below: Vec<u8>,
+    /// Records the scan has read.
+    scanned: u64,
+    /// Sessions stored (+1) and deleted (-1) below the scan's position
+    /// since it began.
+    behind: i64,
+}
+
+/// Ends an unfinished recount when its scan stops early.
+struct RecountRunning<'a>(&'a Trees);
+
+impl Drop for RecountRunning<'_> {
+    fn drop(&mut self) {
+        *self.0.lock_recount() = None;
+    }
 }
 
 /// What opening the directory found before sled started.
@@ -103,6 +133,7 @@ impl Trees {
             quarantine: tree("quarantine")?,
             count: AtomicU64::new(count),
             count_known: AtomicBool::new(count_known),
+            recount: Mutex::new(None),
             files: DurableFiles::open(path)?,
             db,
             _lock: lock,
@@ -169,11 +200,18 @@ impl Trees {
         Ok(out)
     }
 
-    /// The session count, `None` while it is not known (after an unclean
-    /// shutdown, until the check recounts).
-    pub fn session_count(&self) -> Option<u64> {
-        let count = self.count.load(Ordering::Relaxed);
-        self.count_known.load(Ordering::Relaxed).then_some(count)
+    pub fn session_count(&self) -> Count {
+        Count {
+            sessions: self.count.load(Ordering::Relaxed),
+            exact: self.count_known.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock_recount(&self) -> MutexGuard<'_, Option<Recount>> {
+        // Nothing panics while holding it.
+        self.recount
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stores the session count (at a clean close).
@@ -219,20 +257,28 @@ impl Trees {
                 lists.insert((*actor).to_owned(), self.actor_sessions(actor)?);
             }
         }
+        let mut recount = self.lock_recount();
         loop {
             let unlisted = RefCell::new(None);
-            let outcome = self.transact_with(&lists, &unlisted, body);
+            let outcome = self.transact_with(&lists, &unlisted, recount.is_some(), body);
             match unlisted.into_inner() {
                 Some(actor) if outcome.is_err() => {
                     let list = self.actor_sessions(&actor)?;
                     lists.insert(actor, list);
                 }
                 _ => {
-                    let delta = outcome?;
-                    // Only the writer changes the count, one batch at a time.
+                    let (delta, counted) = outcome?;
+                    // One group commits at a time, so nothing else moves it.
                     let count = self.count.load(Ordering::Relaxed);
                     let count = count.saturating_add_signed(delta);
                     self.count.store(count, Ordering::Relaxed);
+                    if let Some(recount) = recount.as_mut() {
+                        for (digest, delta) in counted {
+                            if digest.0.as_slice() < recount.read_below.as_slice() {
+                                recount.behind += delta;
+                            }
+                        }
+                    }
                     return Ok(());
                 }
             }
@@ -243,10 +289,11 @@ impl Trees {
         &self,
         lists: &HashMap<String, Vec<Digest>>,
         unlisted: &RefCell<Option<String>>,
+        recounting: bool,
         body: &dyn Fn(&SledTxn<'_>) -> Result<()>,
-    ) -> Result<i64> {
+    ) -> Result<(i64, Vec<(Digest, i64)>)> {
         let outcome = (&self.sessions, &self.expiries, &self.actors).transaction(|(s, e, a)| {
-            let txn = SledTxn::new(s, e, a, lists.clone(), unlisted);
+            let txn = SledTxn::new(s, e, a, lists.clone(), unlisted, recounting);
             let result = body(&txn);
             if let Some(failure) = txn.take_failure() {
                 return Err(failure.into());
@@ -254,7 +301,7 @@ impl Trees {
             if let Err(e) = result {
                 return Err(ConflictableTransactionError::Abort(e));
             }
-            Ok(txn.count_delta())
+            Ok(txn.count_changes())
         });
         match outcome {
             Ok(delta) => Ok(delta),
@@ -275,19 +322,61 @@ impl Trees {
         Ok(())
     }
 
+    /// Visits every record, in steps of [`SCAN_STEP`] keys. While the
+    /// count is not known (after an unclean shutdown), a whole scan also
+    /// recounts the sessions, exactly, though writes go on meanwhile.
     pub fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()> {
-        for kv in self.sessions.iter() {
-            let (k, v) = kv.map_err(sled_err("scanning sessions"))?;
-            let stored = Stored {
-                id: &k,
-                digest: Digest::from_slice(&k),
-                bytes: &v,
+        let recounting = {
+            let mut recount = self.lock_recount();
+            let start = recount.is_none() && !self.count_known.load(Ordering::Relaxed);
+            if start {
+                *recount = Some(Recount {
+                    read_below: Vec::new(),
+                    scanned: 0,
+                    behind: 0,
+                });
+            }
+            start.then(|| RecountRunning(self))
+        };
+        let mut from = Vec::new();
+        loop {
+            let step = {
+                let mut recount = self.lock_recount();
+                let step = self
+                    .sessions
+                    .range(from.as_slice()..)
+                    .take(SCAN_STEP)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(sled_err("scanning sessions"))?;
+                if let Some((last, _)) = step.last() {
+                    from = last.to_vec();
+                    from.push(0);
+                }
+                if let (Some(_), Some(r)) = (&recounting, recount.as_mut()) {
+                    r.read_below.clone_from(&from);
+                    r.scanned += step.len() as u64;
+                    if step.is_empty() {
+                        let count = r.scanned.saturating_add_signed(r.behind);
+                        self.count.store(count, Ordering::Relaxed);
+                        self.count_known.store(true, Ordering::Relaxed);
+                    }
+                }
+                step
             };
-            if !visit(stored)? {
-                break;
+            if step.is_empty() {
+                return Ok(());
+            }
+            for (k, v) in &step {
+                let stored = Stored {
+                    id: k,
+                    digest: Digest::from_slice(k),
+                    bytes: v,
+                };
+                if !visit(stored)? {
+                    return Ok(());
+                }
             }
         }
-        Ok(())
     }
 
     pub fn scan_index<T>(
@@ -310,6 +399,65 @@ impl Trees {
             Index::Expiries => &self.expiries,
             Index::Actors => &self.actors,
         }
+    }
+
+    /// The session stored under `digest`, if it decodes.
+    fn decoded(&self, digest: &Digest) -> Result<Option<crate::session::Record>> {
+        Ok(self
+            .sessions
+            .get(digest.0)
+            .map_err(sled_err("re-checking a session"))?
+            .and_then(|bytes| codec::decode(&bytes).ok()))
+    }
+
+    /// Checks each fix again with point reads (writes are held): a fix found
+    /// while writes went on may describe a write the scans met half-way.
+    pub fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
+        let fail = || sled_err("re-checking an index entry");
+        let mut needed = Vec::new();
+        for fix in fixes {
+            let still = match &fix {
+                Fix::Quarantine { id } => {
+                    self.sessions.get(id).map_err(fail())?.is_some_and(|bytes| {
+                        Digest::from_slice(id).is_none() || codec::decode(&bytes).is_err()
+                    })
+                }
+                Fix::AddExpiry { at, digest, .. } => {
+                    self.decoded(digest)?.is_some_and(|r| r.filed_at == *at)
+                        && !self
+                            .expiries
+                            .contains_key(layout::expiry_key(*at, digest))
+                            .map_err(fail())?
+                }
+                Fix::AddActor { actor_id, digest } => {
+                    self.decoded(digest)?
+                        .is_some_and(|r| r.actor_id == *actor_id)
+                        && !self
+                            .actors
+                            .contains_key(layout::actor_key(actor_id, digest))
+                            .map_err(fail())?
+                }
+                Fix::Drop { index, id } => {
+                    self.index(*index).contains_key(id).map_err(fail())?
+                        && match index {
+                            Index::Expiries => match layout::parse_expiry_key(id) {
+                                Some((at, d)) => self.decoded(&d)?.is_none_or(|r| r.filed_at != at),
+                                None => true,
+                            },
+                            Index::Actors => match layout::parse_actor_key(id) {
+                                Some((a, d)) => self.decoded(&d)?.is_none_or(|r| r.actor_id != a),
+                                None => true,
+                            },
+                        }
+                }
+                // The record scan recounts (`scan_records`).
+                Fix::Count(_) => false,
+            };
+            if still {
+                needed.push(fix);
+            }
+        }
+        Ok(needed)
     }
 
     /// Applies repairs tree by tree (the writers are stopped), then fsyncs.

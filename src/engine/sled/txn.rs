@@ -20,6 +20,9 @@ pub(crate) struct SledTxn<'a> {
     /// An actor planning asked to list that is not in `lists`.
     unlisted: &'a RefCell<Option<String>>,
     count_delta: Cell<i64>,
+    /// Sessions stored (+1) or deleted (-1), kept while a recount runs
+    /// (`Trees::scan_records`).
+    counted: Option<RefCell<Vec<(Digest, i64)>>>,
     /// The first sled error (a conflict or an I/O failure); it decides how
     /// the transaction ends, whatever planning returns.
     failure: RefCell<Option<UnabortableTransactionError>>,
@@ -32,6 +35,7 @@ impl<'a> SledTxn<'a> {
         actors: &'a TransactionalTree,
         lists: HashMap<String, Vec<Digest>>,
         unlisted: &'a RefCell<Option<String>>,
+        recounting: bool,
     ) -> Self {
         SledTxn {
             sessions,
@@ -40,6 +44,7 @@ impl<'a> SledTxn<'a> {
             lists: RefCell::new(lists),
             unlisted,
             count_delta: Cell::new(0),
+            counted: recounting.then(|| RefCell::new(Vec::new())),
             failure: RefCell::new(None),
         }
     }
@@ -48,9 +53,18 @@ impl<'a> SledTxn<'a> {
         self.failure.take()
     }
 
-    /// How much the changes applied so far move the session count.
-    pub fn count_delta(&self) -> i64 {
-        self.count_delta.get()
+    /// How much the changes applied so far move the session count, and,
+    /// while a recount runs, which sessions they stored or deleted.
+    pub fn count_changes(&self) -> (i64, Vec<(Digest, i64)>) {
+        let counted = self.counted.as_ref().map(|c| c.take()).unwrap_or_default();
+        (self.count_delta.get(), counted)
+    }
+
+    fn count(&self, digest: &Digest, delta: i64) {
+        self.count_delta.set(self.count_delta.get() + delta);
+        if let Some(counted) = &self.counted {
+            counted.borrow_mut().push((*digest, delta));
+        }
     }
 
     fn check<T>(&self, r: std::result::Result<T, UnabortableTransactionError>) -> Result<T> {
@@ -79,7 +93,7 @@ impl<'a> SledTxn<'a> {
                         list.push(*digest);
                     }
                 }
-                self.count_delta.set(self.count_delta.get() + 1);
+                self.count(digest, 1);
             }
             Change::Update {
                 digest,
@@ -105,7 +119,7 @@ impl<'a> SledTxn<'a> {
                 if let Some(list) = self.lists.borrow_mut().get_mut(actor_id) {
                     list.retain(|d| d != digest);
                 }
-                self.count_delta.set(self.count_delta.get() - 1);
+                self.count(digest, -1);
             }
             Change::DropExpiry { digest, at, .. } => self.remove_expiry(*at, digest)?,
         }
