@@ -224,10 +224,13 @@ export class SessionClient {
       throw new TypeError(`baseUrl ${JSON.stringify(baseUrl)} must be http:// or https://`);
     }
     this.#baseUrl = url.href.replace(/\/+$/, '');
-    this.#fetch = options.fetch ?? globalThis.fetch;
-    if (typeof this.#fetch !== 'function') {
+    const fetchImpl = options.fetch ?? globalThis.fetch;
+    if (typeof fetchImpl !== 'function') {
       throw new TypeError('no fetch: use a browser or Node 18+, or pass options.fetch');
     }
+    // Called as a plain function: a browser's fetch refuses to run with
+    // another `this` than the window ("Illegal invocation").
+    this.#fetch = (url, init) => fetchImpl(url, init);
     if (storage !== undefined && storage !== null) {
       for (const method of ['getItem', 'setItem', 'removeItem']) {
         if (typeof storage[method] !== 'function') {

@@ -295,6 +295,21 @@ describe('bad input', () => {
     assert.equal(asked, 0);
   });
 
+  it('calls fetch as a plain function, as a browser\'s window.fetch requires', async () => {
+    const seen = [];
+    const c = new SessionClient({
+      baseUrl: 'http://x.test',
+      follow: false,
+      fetch(url, init) {
+        // A browser's fetch throws "Illegal invocation" for any other this.
+        seen.push(this === undefined || this === globalThis);
+        return Promise.resolve(new Response('{"valid":true}', { status: 200 }));
+      },
+    });
+    await c.isValid('p1:AAAA');
+    assert.deepEqual(seen, [true]);
+  });
+
   it('a server that cannot be reached, does not answer, or is not sessiondb gets a clear reason', async () => {
     // A port nothing listens on.
     const closed = http.createServer();
