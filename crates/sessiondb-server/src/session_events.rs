@@ -12,8 +12,10 @@
 //!    opened (opening it resolves the key, which slides the expiry like any
 //!    use of the key). A client that reconnects learns the same way that its
 //!    key still works.
-//! 2. Every later `session.set` of this session (a `restore`), and at last
-//!    its `session.unset` with the reason, after which the stream ends.
+//! 2. A `session.set` each time this session's state changes (a `restore`
+//!    that moved the expiry; one that changed nothing is not repeated), and
+//!    at last its `session.unset` with the reason, after which the stream
+//!    ends.
 //!
 //! No other session's events reach it, not even another session of the
 //! same actor. An invalid key gets `401 {"error": reason}` instead.
@@ -80,6 +82,9 @@ struct Inbox {
     /// then every event of the actor is kept, to be sorted by `identify`.
     id: Option<String>,
     queue: VecDeque<Event>,
+    /// The last `session.set` queued (at first the state the open check
+    /// found): a `set` equal to it tells nothing new and is not queued.
+    last_set: Option<Event>,
     /// Events not queued since the last `session.lagged`.
     missed: u64,
     /// The server's subscription lagged: check the key again.
@@ -116,11 +121,15 @@ impl Mailbox {
                             inbox.end = Some(event.clone());
                         }
                     }
+                    Some(_) if inbox.last_set.as_ref() == Some(event) => return 0,
                     Some(_) if inbox.missed > 0 || inbox.queue.len() >= capacity => {
                         inbox.missed += 1;
                         missed_now = 1;
                     }
-                    Some(_) => inbox.queue.push_back(event.clone()),
+                    Some(_) => {
+                        inbox.queue.push_back(event.clone());
+                        inbox.last_set = Some(event.clone());
+                    }
                 },
                 Event::Lagged { missed } => {
                     inbox.missed += missed;
@@ -133,18 +142,30 @@ impl Mailbox {
         missed_now
     }
 
-    /// The open check found the session `session_id`, expiring at
-    /// `expires_at`: keeps, of what arrived before, its `unset` and the
-    /// `set`s newer than that (the first event tells the state as of the
-    /// check).
-    fn identify(&self, session_id: &str, expires_at: u64) {
+    /// The open check found `state` (the stream's first event): keeps, of
+    /// what arrived before, the session's `unset` and its `set`s with a
+    /// later expiry than that.
+    fn identify(&self, state: &Event) {
+        let Event::Set {
+            id: session_id,
+            expires_at,
+            ..
+        } = state
+        else {
+            return;
+        };
         let mut inbox = lock(&self.inbox);
         let pending = std::mem::take(&mut inbox.queue);
+        inbox.last_set = Some(state.clone());
         for event in pending {
             match &event {
                 Event::Set {
                     id, expires_at: at, ..
-                } if id == session_id && *at > expires_at => {
+                } if id == session_id
+                    && at > expires_at
+                    && inbox.last_set.as_ref() != Some(&event) =>
+                {
+                    inbox.last_set = Some(event.clone());
                     inbox.queue.push_back(event);
                 }
                 Event::Unset { id, .. } if id == session_id && inbox.end.is_none() => {
@@ -153,7 +174,7 @@ impl Mailbox {
                 _ => {}
             }
         }
-        inbox.id = Some(session_id.to_owned());
+        inbox.id = Some(session_id.clone());
     }
 
     fn take(&self) -> Option<Item> {
@@ -318,15 +339,13 @@ pub async fn open(
         }
         Err(e) => return e.into_response(),
     };
-    registration
-        .mailbox
-        .identify(session.id(), session.expires_at_ms());
     let first = Event::Set {
         id: session.id().to_owned(),
         actor_id: session.actor_id().to_owned(),
         language: session.language().to_owned(),
         expires_at: session.expires_at_ms(),
     };
+    registration.mailbox.identify(&first);
     let follow = Follow {
         registration,
         store: store.clone(),
@@ -479,7 +498,7 @@ mod tests {
 
     fn identified(streams: &Arc<SessionStreams>, actor: &str, id: &str) -> Registration {
         let r = streams.register(actor);
-        r.mailbox.identify(id, 100);
+        r.mailbox.identify(&set(id, actor, 100));
         r
     }
 
@@ -541,6 +560,17 @@ mod tests {
     }
 
     #[test]
+    fn a_set_that_changes_nothing_is_not_repeated() {
+        let s = streams(8);
+        let r = identified(&s, "p1", "A");
+        s.dispatch(&set("A", "p1", 100)); // the open's own state, late
+        s.dispatch(&set("A", "p1", 200));
+        s.dispatch(&set("A", "p1", 200)); // a restore that moved nothing
+        s.dispatch(&set("A", "p1", 300));
+        assert_eq!(drain(&r.mailbox), ["set A 200", "set A 300"]);
+    }
+
+    #[test]
     fn a_lagging_server_tells_every_stream_to_resynchronise() {
         let s = streams(4);
         let a = identified(&s, "p1", "A");
@@ -558,7 +588,7 @@ mod tests {
         s.dispatch(&set("A", "p1", 100)); // the register: as of the check
         s.dispatch(&set("A", "p1", 150)); // a restore after the check's read
         s.dispatch(&set("B", "p1", 150));
-        r.mailbox.identify("A", 100);
+        r.mailbox.identify(&set("A", "p1", 100));
         s.dispatch(&unset("A", "p1", "expired"));
         assert_eq!(drain(&r.mailbox), ["set A 150", "unset A expired"]);
     }
