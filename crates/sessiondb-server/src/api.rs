@@ -23,6 +23,7 @@ use sessiondb::{Data, Reason, Session, UnsetReason};
 
 use crate::auth::{bearer, Admin, MetricsReader};
 use crate::clock::now_ms;
+use crate::cors;
 use crate::error::{json_response, ApiError, EngineUnavailable};
 use crate::events::stream as event_stream;
 use crate::state::AppState;
@@ -44,11 +45,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/actors/{actor_id}/session", get(actor_session))
         .route("/v1/actors/{actor_id}/expire", post(expire_actor))
         .route("/v1/actors/{actor_id}/reassign", post(reassign))
+        .route("/v1/session/events", get(session_events))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(
+            state.cors.clone(),
+            cors::layer,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -187,7 +193,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionKey {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> sessiondb::Result<T> + Send + 'static,
 ) -> Result<sessiondb::Result<T>, ApiError> {
     tokio::task::spawn_blocking(job)
@@ -539,6 +545,17 @@ async fn reassign(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+async fn session_events(State(state): State<AppState>, SessionKey(key): SessionKey) -> Response {
+    crate::session_events::open(
+        &state.store,
+        &state.session_streams,
+        &state.metrics,
+        state.shutdown.clone(),
+        key,
+    )
+    .await
 }
 
 async fn events(State(state): State<AppState>, _: Admin) -> Response {

@@ -81,8 +81,8 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below as snake_case keys
     /// (`data_dir`, `redis_url`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
-    /// `max_sessions_per_actor`, `reaper`). Flags and environment variables
-    /// override it.
+    /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list). Flags
+    /// and environment variables override it.
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -136,6 +136,18 @@ pub struct ServeArgs {
     /// the oldest [default: 1, as MAGE]
     #[arg(long, env = "SESSIONDB_MAX_SESSIONS_PER_ACTOR", value_name = "N")]
     pub max_sessions_per_actor: Option<usize>,
+
+    /// A browser origin allowed to call the session routes (CORS), as
+    /// `scheme://host[:port]`, e.g. `https://game.example.com`; repeat the
+    /// flag (or separate with commas) for several. Admin routes never answer
+    /// web pages [default: none, no CORS headers]
+    #[arg(
+        long = "cors-origin",
+        env = "SESSIONDB_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
 
     /// Do not run the background reaper: expired sessions are refused on
     /// read (`expired`) but neither deleted nor announced. For tests and

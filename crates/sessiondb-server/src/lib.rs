@@ -4,13 +4,15 @@
 //! The binary (`src/main.rs`) only parses the command line and calls
 //! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
 //! environment and config file, `server` runs the HTTP service (`api` its
-//! routes, `auth` who may call them, `events` the event streams, `metrics`
-//! the Prometheus figures, `state` what the handlers share, `error` the
-//! error shape), `tools` holds the offline commands and `clock` the time
-//! they share. All session logic lives in the `sessiondb` library.
+//! routes, `auth` who may call them, `cors` which web pages may, `events`
+//! the admins' event stream, `session_events` each session's own,
+//! `metrics` the Prometheus figures, `state` what the handlers share,
+//! `error` the error shape), `tools` holds the offline commands and `clock`
+//! the time they share. All session logic lives in the `sessiondb` library.
 //!
 //! [`run`] is the seam for tests and embedding: it serves a store on a
-//! listener the caller bound until the caller's shutdown future completes.
+//! listener the caller bound until the caller's shutdown future completes;
+//! [`run_with`] takes [`Options`] (browser origins, with [`CorsPolicy`]).
 //!
 //! ```
 //! use sessiondb::{Config, SessionStore};
@@ -46,10 +48,12 @@ mod api;
 mod auth;
 mod cli;
 mod clock;
+mod cors;
 mod error;
 mod events;
 mod metrics;
 mod server;
+mod session_events;
 mod settings;
 mod state;
 mod tools;
@@ -58,8 +62,9 @@ use std::process::ExitCode;
 
 pub use crate::auth::AdminPolicy;
 pub use crate::cli::Cli;
+pub use crate::cors::{CorsPolicy, InvalidOrigin};
 pub use crate::error::AnyResult;
-pub use crate::server::run;
+pub use crate::server::{run, run_with, Options};
 
 use crate::cli::Command;
 use crate::settings::{Redactor, ENV_REDIS_URL};

@@ -60,6 +60,8 @@ pub struct Metrics {
     event_streams: Gauge,
     event_backlog: Gauge,
     events_missed: Counter,
+    session_streams: Gauge,
+    session_events_dropped: Counter,
     engine_ping: Histogram,
     engine_up: Gauge,
     engine_unavailable: Counter,
@@ -80,6 +82,8 @@ impl Metrics {
             event_streams: Gauge::default(),
             event_backlog: Gauge::default(),
             events_missed: Counter::default(),
+            session_streams: Gauge::default(),
+            session_events_dropped: Counter::default(),
             engine_ping: latency_histogram(),
             engine_up: Gauge::default(),
             engine_unavailable: Counter::default(),
@@ -121,6 +125,17 @@ impl Metrics {
             "events_dropped",
             "Events not delivered to full subscriber channels (announced as session.lagged)",
             m.events_missed.clone(),
+        );
+        registry.register(
+            "session_streams",
+            "Open /v1/session/events streams (one per connected game client)",
+            m.session_streams.clone(),
+        );
+        registry.register(
+            "session_events_dropped",
+            "Events not queued for /v1/session/events streams whose queue was full \
+             (announced to them as session.lagged)",
+            m.session_events_dropped.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
@@ -187,6 +202,15 @@ impl Metrics {
 
     pub fn event_streams(&self) -> &Gauge {
         &self.event_streams
+    }
+
+    pub fn session_streams(&self) -> &Gauge {
+        &self.session_streams
+    }
+
+    /// `n` events were not queued for a full per-session stream.
+    pub fn session_events_dropped(&self, n: u64) {
+        self.session_events_dropped.inc_by(n);
     }
 
     fn ended(&self, reason: &UnsetReason) {

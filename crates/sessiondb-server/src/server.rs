@@ -24,9 +24,11 @@ use tracing_subscriber::EnvFilter;
 use crate::api::router;
 use crate::auth::{is_loopback, AdminPolicy};
 use crate::cli::ServeArgs;
+use crate::cors::CorsPolicy;
 use crate::error::{AnyResult, ApiError};
 use crate::events::Streams;
 use crate::metrics::{spawn_event_counter, Metrics};
+use crate::session_events::{spawn_dispatcher, SessionStreams, STREAM_CAPACITY};
 use crate::settings::{open_store, Redactor, Settings};
 use crate::state::AppState;
 
@@ -34,27 +36,86 @@ use crate::state::AppState;
 /// anyway.
 const GRACE: Duration = Duration::from_secs(30);
 
+/// How [`run_with`] serves: who may use the admin routes, which browser
+/// origins may call the session routes, and how many events a
+/// `/v1/session/events` stream queues.
+#[derive(Clone)]
+pub struct Options {
+    admin: AdminPolicy,
+    cors: CorsPolicy,
+    session_stream_capacity: usize,
+}
+
+impl Options {
+    /// `admin` decides who may use the admin routes and `/metrics`; no
+    /// browser origin is allowed (no CORS headers), and each per-session
+    /// stream queues 64 events.
+    pub fn new(admin: AdminPolicy) -> Options {
+        Options {
+            admin,
+            cors: CorsPolicy::default(),
+            session_stream_capacity: STREAM_CAPACITY,
+        }
+    }
+
+    /// The browser origins allowed to call the session routes (CORS).
+    #[must_use]
+    pub fn cors(mut self, cors: CorsPolicy) -> Options {
+        self.cors = cors;
+        self
+    }
+
+    /// How many events a `/v1/session/events` stream queues for a slow
+    /// client before it counts them as missed (`session.lagged`) instead;
+    /// at least 1 [default: 64].
+    #[must_use]
+    pub fn session_stream_capacity(mut self, events: usize) -> Options {
+        self.session_stream_capacity = events.max(1);
+        self
+    }
+}
+
 /// Serves the HTTP API v1 for `store` on `listener` until `shutdown`
-/// completes.
-///
-/// Then it stops accepting connections, lets the requests in flight finish
-/// (at most 30 s), ends open event streams and closes `store`, so that the
-/// next open reports a clean shutdown. `admin` decides who may use the admin
-/// routes and `/metrics`. The caller binds the listener (port 0 picks a free
-/// one; `listener.local_addr()` tells which) and opens the store; `run` owns
-/// both from then on. Call it inside a tokio runtime with its I/O and time
-/// drivers enabled; store calls run on the runtime's blocking pool.
+/// completes: [`run_with`] with `Options::new(admin)`.
 ///
 /// # Errors
-/// The metrics thread could not be started, serving failed, or closing the
-/// store failed (a background worker of the store had panicked: the store
-/// is then not marked clean).
+/// As [`run_with`].
 pub async fn run(
     listener: TcpListener,
     store: SessionStore,
     admin: AdminPolicy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> AnyResult<()> {
+    run_with(listener, store, Options::new(admin), shutdown).await
+}
+
+/// Serves the HTTP API v1 for `store` on `listener` until `shutdown`
+/// completes.
+///
+/// Then it stops accepting connections, lets the requests in flight finish
+/// (at most 30 s), ends open event streams and closes `store`, so that the
+/// next open reports a clean shutdown. `options` decide who may use the
+/// admin routes and `/metrics` and which browser origins may call the
+/// session routes. The caller binds the listener (port 0 picks a free one;
+/// `listener.local_addr()` tells which) and opens the store; `run_with`
+/// owns both from then on. Call it inside a tokio runtime with its I/O and
+/// time drivers enabled; store calls run on the runtime's blocking pool.
+///
+/// # Errors
+/// A background thread (metrics, session events) could not be started,
+/// serving failed, or closing the store failed (a background worker of the
+/// store had panicked: the store is then not marked clean).
+pub async fn run_with(
+    listener: TcpListener,
+    store: SessionStore,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> AnyResult<()> {
+    let Options {
+        admin,
+        cors,
+        session_stream_capacity,
+    } = options;
     let address = listener.local_addr()?;
     if !admin.has_token() && !is_loopback(address.ip()) {
         tracing::warn!(
@@ -66,12 +127,23 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let stop_counting = Arc::new(AtomicBool::new(false));
     let counter = spawn_event_counter(store.subscribe(), metrics.clone(), stop_counting.clone())?;
+    let session_streams = Arc::new(SessionStreams::new(
+        session_stream_capacity,
+        metrics.clone(),
+    ));
+    let dispatcher = spawn_dispatcher(
+        store.subscribe(),
+        session_streams.clone(),
+        stop_counting.clone(),
+    )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         store: store.clone(),
         admin,
         metrics,
         streams: Arc::new(Streams::default()),
+        session_streams,
+        cors,
         shutdown: shutdown_rx.clone(),
     };
     let app = router(state).layer(CatchPanicLayer::custom(|_| {
@@ -111,6 +183,7 @@ pub async fn run(
     stop_counting.store(true, Ordering::Relaxed);
     let closed = tokio::task::spawn_blocking(move || {
         let _ = counter.join();
+        let _ = dispatcher.join();
         store.close()
     })
     .await?;
@@ -238,8 +311,9 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     }
     tracing::info!(%address, durability = ?settings.durability, ttl = settings.ttl, "listening");
 
-    let admin = AdminPolicy::new(settings.admin_token.as_deref());
-    run(listener, store, admin, async move {
+    let options =
+        Options::new(AdminPolicy::new(settings.admin_token.as_deref())).cors(settings.cors.clone());
+    run_with(listener, store, options, async move {
         let signal = signalled.await;
         tracing::info!(signal, "signal received");
     })

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sessiondb::{Config, Durability};
 
 use crate::cli::{DurabilityArg, ServeArgs, StoreArgs};
+use crate::cors::CorsPolicy;
 use crate::error::AnyResult;
 
 pub const DEFAULT_DATA_DIR: &str = "./sessiondb-data";
@@ -46,6 +47,7 @@ struct FileSettings {
     node_id: Option<String>,
     max_sessions_per_actor: Option<usize>,
     reaper: Option<bool>,
+    cors_origin: Option<Vec<String>>,
 }
 
 // ----- where the store is -----
@@ -460,6 +462,8 @@ pub struct Settings {
     pub node_id: Option<String>,
     pub max_sessions_per_actor: Option<usize>,
     pub reaper: bool,
+    /// The browser origins allowed to call the session routes.
+    pub cors: CorsPolicy,
     /// Settings given but not used, to be logged as warnings.
     pub notes: Vec<String>,
 }
@@ -477,6 +481,7 @@ impl std::fmt::Debug for Settings {
             .field("node_id", &self.node_id)
             .field("max_sessions_per_actor", &self.max_sessions_per_actor)
             .field("reaper", &self.reaper)
+            .field("cors_origins", &self.cors.origins())
             .finish()
     }
 }
@@ -549,9 +554,20 @@ impl Settings {
                 tls_ca: args.store.redis_tls_ca.or(file.redis_tls_ca),
             },
         )?;
+        // The flags' (or the environment's) list replaces the file's.
+        let origins = if args.cors_origin.is_empty() {
+            file.cors_origin.unwrap_or_default()
+        } else {
+            args.cors_origin
+        };
+        let cors = CorsPolicy::new(&origins).map_err(|e| SettingsError::Invalid {
+            setting: "cors-origin",
+            problem: e.to_string(),
+        })?;
         let settings = Settings {
             store,
             notes,
+            cors,
             listen: args
                 .listen
                 .or(file.listen)

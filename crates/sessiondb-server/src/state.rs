@@ -7,8 +7,10 @@ use sessiondb::SessionStore;
 use tokio::sync::watch;
 
 use crate::auth::AdminPolicy;
+use crate::cors::CorsPolicy;
 use crate::events::Streams;
 use crate::metrics::Metrics;
+use crate::session_events::SessionStreams;
 
 /// The state of the HTTP service, cloned into every handler.
 #[derive(Clone)]
@@ -17,6 +19,10 @@ pub struct AppState {
     pub admin: AdminPolicy,
     pub metrics: Arc<Metrics>,
     pub streams: Arc<Streams>,
+    /// The open `/v1/session/events` streams.
+    pub session_streams: Arc<SessionStreams>,
+    /// Which browser origins may call the session routes.
+    pub cors: CorsPolicy,
     /// Turns true when shutdown starts; ends event streams.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -25,5 +31,12 @@ pub struct AppState {
 impl FromRef<AppState> for AdminPolicy {
     fn from_ref(state: &AppState) -> Self {
         state.admin.clone()
+    }
+}
+
+/// Lets the CORS middleware find its policy.
+impl FromRef<AppState> for CorsPolicy {
+    fn from_ref(state: &AppState) -> Self {
+        state.cors.clone()
     }
 }

@@ -697,6 +697,8 @@ fn help_and_version_cover_every_command_and_flag() {
         "SESSIONDB_REDIS_URL",
         "SESSIONDB_REDIS_PREFIX",
         "rediss://",
+        "--cors-origin",
+        "SESSIONDB_CORS_ORIGIN",
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
     }

@@ -162,6 +162,72 @@ fn two_nodes_on_one_redis_share_sessions_and_hear_each_others_events() {
 }
 
 #[test]
+fn a_sessions_own_stream_hears_changes_made_on_any_node_and_no_other_session() {
+    let Some(redis) = redis("a_sessions_own_stream_hears_changes_made_on_any_node") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = Server::start_redis(&dir_a, &redis.url, &[]);
+    let b = Server::start_redis(&dir_b, &redis.url, &[]);
+    let mine = register(&a, "p1");
+    let other = register(&b, "p2");
+    let key = key_of(&mine);
+    let id = mine["id"].as_str().unwrap().to_owned();
+    let url = a.url("/v1/session/events");
+    get(&url, Some("p1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).assert_error(401, "keyMismatch");
+    get(&url, Some("ghost:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).assert_error(401, "noSession");
+    let (status, rx) = session_events(&a, &key);
+    assert_eq!(status, 200);
+    let (status, rx_other) = session_events(&b, &key_of(&other));
+    assert_eq!(status, 200);
+    let next = |rx: &Receiver<Sse>| rx.recv_timeout(Duration::from_secs(30)).expect("an event");
+    let first = next(&rx);
+    assert_eq!(
+        (first.event.as_str(), &first.data["id"]),
+        ("session.set", &mine["id"])
+    );
+    assert_eq!(next(&rx_other).data["id"], other["id"]);
+
+    // A restore on B that moves nothing is not repeated; p2's end does not
+    // reach p1's stream either.
+    let r = post(&b.url("/v1/session/restore"), Some(&key), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        &a.url("/v1/actors/p2/expire"),
+        None,
+        r#"{"reason":"kicked"}"#,
+    );
+    assert_eq!(r.json(), json!({"expired": 1}));
+    let ended = next(&rx_other);
+    assert_eq!(ended.data["reason"], "kicked");
+    // The admin expire on B with the game's own reason ends the stream on A
+    // (the next event it hears).
+    let r = post(
+        &b.url("/v1/actors/p1/expire"),
+        None,
+        r#"{"reason":"banned"}"#,
+    );
+    assert_eq!(r.json(), json!({"expired": 1}));
+    let unset = next(&rx);
+    assert_eq!(unset.event, "session.unset");
+    assert_eq!(
+        unset.data,
+        json!({"actorId": "p1", "id": id, "reason": "banned"})
+    );
+    for stream in [&rx, &rx_other] {
+        match stream.recv_timeout(Duration::from_secs(30)) {
+            Err(RecvTimeoutError::Disconnected) => {}
+            other => panic!("the stream should have ended after its unset: {other:?}"),
+        }
+    }
+    assert_eq!(a.terminate().code(), Some(0));
+    assert_eq!(b.terminate().code(), Some(0));
+}
+
+#[test]
 fn healthz_and_requests_answer_503_while_redis_is_down_and_recover_after() {
     let Some(mut redis) = redis("healthz_and_requests_answer_503_while_redis_is_down") else {
         return;

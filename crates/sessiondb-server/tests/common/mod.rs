@@ -15,7 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 14] = [
+pub const ENV_NAMES: [&str; 15] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
     "SESSIONDB_REDIS_URL",
@@ -30,6 +30,7 @@ pub const ENV_NAMES: [&str; 14] = [
     "SESSIONDB_NODE_ID",
     "SESSIONDB_MAX_SESSIONS_PER_ACTOR",
     "SESSIONDB_NO_REAPER",
+    "SESSIONDB_CORS_ORIGIN",
 ];
 
 /// A `sessiondb` command with a clean environment.
@@ -230,10 +231,27 @@ pub struct Resp {
     pub status: u16,
     pub content_type: String,
     pub www_authenticate: Option<String>,
+    /// Every response header, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Resp {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether any header's name starts with `access-control-`.
+    pub fn has_cors_headers(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-"))
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
@@ -292,6 +310,16 @@ fn try_finish(
     };
     let content_type = header("content-type").unwrap_or_default();
     let www_authenticate = header("www-authenticate");
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -303,6 +331,7 @@ fn try_finish(
         status,
         content_type,
         www_authenticate,
+        headers,
         body,
     })
 }
@@ -334,8 +363,22 @@ pub fn try_put(url: &str, bearer: Option<&str>, body: &str) -> Result<Resp, Stri
 
 /// One request; `body` is sent as is (with a JSON content type).
 pub fn call(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Resp {
+    call_with(method, url, bearer, &[], body)
+}
+
+/// One request with extra headers (`Origin`, say); `body` as in `call`.
+pub fn call_with(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Resp {
     let agent = agent(Duration::from_secs(30));
-    let builder = request(method, url, bearer);
+    let mut builder = request(method, url, bearer);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     match body {
         Some(b) => finish(
             agent.run(
@@ -385,6 +428,11 @@ pub struct Sse {
 /// stream's reader thread ends when the server closes the stream.
 pub fn events(server: &Server, bearer: Option<&str>) -> (u16, std::sync::mpsc::Receiver<Sse>) {
     events_at(&server.url("/v1/events"), bearer)
+}
+
+/// Opens `GET /v1/session/events` with the session key `key`.
+pub fn session_events(server: &Server, key: &str) -> (u16, std::sync::mpsc::Receiver<Sse>) {
+    events_at(&server.url("/v1/session/events"), Some(key))
 }
 
 /// As `events`, for the events route at `url`.

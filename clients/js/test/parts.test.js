@@ -1,0 +1,59 @@
+// The client's parts that need no server: the SSE parser and the backoff.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { KEY_REASONS, SseParser, UNSET_REASONS, backoffDelay } from '../src/index.js';
+
+describe('SseParser', () => {
+  it('reads events split anywhere, with any line ending, skipping comments', () => {
+    const text =
+      ': keep-alive\n\nevent: session.set\ndata: {"id":"A"}\n\n' +
+      'event: session.lagged\r\ndata: {"missed":3}\r\n\r\n' +
+      'event: session.unset\rdata: {"reason":\rdata: "banned"}\r\r\n';
+    for (const size of [1, 2, 3, 7, text.length]) {
+      const parser = new SseParser();
+      const events = [];
+      for (let i = 0; i < text.length; i += size) {
+        events.push(...parser.push(text.slice(i, i + size)));
+      }
+      assert.deepEqual(
+        events,
+        [
+          { event: 'session.set', data: '{"id":"A"}' },
+          { event: 'session.lagged', data: '{"missed":3}' },
+          { event: 'session.unset', data: '{"reason":\n"banned"}' },
+        ],
+        `chunks of ${size}`,
+      );
+    }
+  });
+
+  it('keeps an unfinished event until its blank line', () => {
+    const parser = new SseParser();
+    assert.deepEqual(parser.push('event: session.set\ndata: {}\n'), []);
+    assert.deepEqual(parser.push('\n'), [{ event: 'session.set', data: '{}' }]);
+  });
+});
+
+describe('backoffDelay', () => {
+  it('doubles from the initial delay up to the cap, cut by at most the jitter', () => {
+    const options = { initialDelay: 100, maxDelay: 1000, factor: 2, jitter: 0.5 };
+    const top = [0, 1, 2, 3, 4, 5, 50, 5000].map((n) => backoffDelay(n, options, () => 0));
+    assert.deepEqual(top, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
+    const bottom = [0, 1, 4].map((n) => backoffDelay(n, options, () => 1));
+    assert.deepEqual(bottom, [50, 100, 500]);
+    for (let i = 0; i < 100; i += 1) {
+      const d = backoffDelay(3, options);
+      assert.ok(d >= 400 && d <= 800, `${d}`);
+    }
+    // The defaults: 500 ms doubling to 30 s.
+    assert.equal(backoffDelay(0, undefined, () => 0), 500);
+    assert.equal(backoffDelay(20, undefined, () => 0), 30_000);
+  });
+});
+
+it('exports MAGE\'s reason strings', () => {
+  assert.deepEqual([...UNSET_REASONS], ['expired', 'loggedOut', 'replaced', 'reassigned']);
+  assert.deepEqual([...KEY_REASONS], ['invalidSessionKey', 'noSession', 'keyMismatch', 'badVersion', 'expired']);
+});

@@ -1,0 +1,206 @@
+// Test harness: runs the real `sessiondb` binary on a free loopback port
+// with a temporary data directory (or a redis-server on a unix socket),
+// and kills every process it started when the tests end.
+//
+// The binary: $SESSIONDB_BIN, else the repository's target/debug/sessiondb
+// (`cargo build -p sessiondb-server`).
+
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const BIN = process.env.SESSIONDB_BIN
+  ? path.resolve(process.env.SESSIONDB_BIN)
+  : path.resolve(here, '../../../../target/debug/sessiondb');
+export const ADMIN_TOKEN = 'js-client-tests-admin-token';
+
+const running = new Set();
+const scratch = new Set();
+process.on('exit', () => {
+  for (const child of running) {
+    child.kill('SIGKILL');
+  }
+  for (const dir of scratch) {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+export function tempDir(prefix = 'sessiondb-js-') {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  scratch.add(dir);
+  return dir;
+}
+
+/** The environment without the variables sessiondb reads. */
+function cleanEnv() {
+  const env = { ...process.env };
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('SESSIONDB_')) {
+      delete env[name];
+    }
+  }
+  return env;
+}
+
+function exited(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve();
+    } else {
+      child.once('exit', () => resolve());
+    }
+  });
+}
+
+/**
+ * Starts `sessiondb serve` on 127.0.0.1 (`port` 0 picks a free one) with
+ * an admin token, on `dataDir` (a new temporary one by default) or, with
+ * `redisUrl`, on Redis; `args` are more flags. Resolves once it says
+ * `listening on`.
+ */
+export async function startServer({ port = 0, dataDir, redisUrl, args = [] } = {}) {
+  if (!existsSync(BIN)) {
+    throw new Error(`no sessiondb binary at ${BIN}: run \`cargo build -p sessiondb-server\` or set SESSIONDB_BIN`);
+  }
+  const store = redisUrl ? ['--redis-url', redisUrl] : ['--data-dir', dataDir ?? path.join(tempDir(), 'data')];
+  const child = spawn(
+    BIN,
+    ['serve', '--listen', `127.0.0.1:${port}`, '--admin-token', ADMIN_TOKEN, ...store, ...args],
+    { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  let log = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (text) => {
+    log += text;
+  });
+  child.stdout.setEncoding('utf8');
+  const address = await new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => fail(new Error('sessiondb did not say it was listening within 60 s')), 60_000);
+    const fail = (error) => {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(new Error(`${error.message}\n${log}`));
+    };
+    child.stdout.on('data', (text) => {
+      out += text;
+      const match = /^listening on (\S+)\n/m.exec(out);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.once('exit', (code, signal) => fail(new Error(`sessiondb exited (${code ?? signal}) before listening`)));
+  });
+  const dir = store[0] === '--data-dir' ? store[1] : null;
+  const url = `http://${address}`;
+  return {
+    url,
+    port: Number(address.split(':').pop()),
+    dataDir: dir,
+    log: () => log,
+    /** SIGTERM: the server ends its streams and closes the store cleanly. */
+    async stop() {
+      child.kill('SIGTERM');
+      await exited(child);
+    },
+    /** SIGKILL: a crash. */
+    async kill() {
+      child.kill('SIGKILL');
+      await exited(child);
+    },
+    admin: adminApi(url),
+  };
+}
+
+/** The admin API, as a game server calls it. */
+export function adminApi(url) {
+  const call = async (method, route, body) => {
+    const response = await fetch(`${url}${route}`, {
+      method,
+      headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    if (!response.ok) {
+      throw new Error(`${method} ${route}: ${response.status} ${text}`);
+    }
+    return text ? JSON.parse(text) : null;
+  };
+  return {
+    /** Logs `actorId` in; resolves with the session, `key` included. */
+    register: (actorId, extra = {}) => call('POST', '/v1/sessions', { actorId, ...extra }),
+    expire: (actorId, reason) => call('POST', `/v1/actors/${encodeURIComponent(actorId)}/expire`, reason ? { reason } : {}),
+    reassign: (from, to) => call('POST', `/v1/actors/${encodeURIComponent(from)}/reassign`, { to }),
+  };
+}
+
+/** Runs an offline `sessiondb` tool to completion. */
+export function tool(args) {
+  const out = spawnSync(BIN, args, { env: cleanEnv(), encoding: 'utf8' });
+  if (out.status !== 0) {
+    throw new Error(`sessiondb ${args.join(' ')}: ${out.status}\n${out.stderr}`);
+  }
+  return out.stdout;
+}
+
+/** A path that holds an executable named `name`, or null. */
+function which(name) {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    const candidate = path.join(dir, name);
+    if (dir && existsSync(candidate)) {
+      return candidate;
+    }
+  }
+  return null;
+}
+
+function redisBinary() {
+  return process.env.SESSIONDB_TEST_REDIS_SERVER || which('redis-server');
+}
+
+/**
+ * Whether the Redis tests must be skipped: no redis-server here, and not
+ * in CI (where that is a failure, raised by `startRedis`).
+ */
+export function redisMissing() {
+  return !redisBinary() && process.env.CI !== 'true';
+}
+
+/**
+ * A redis-server on a unix socket in a temporary directory.
+ * `$SESSIONDB_TEST_REDIS_SERVER` names another binary (valkey-server).
+ */
+export async function startRedis() {
+  const binary = redisBinary();
+  if (!binary) {
+    throw new Error('redis-server is not installed (apt-get install redis-server); CI=true requires it');
+  }
+  const dir = tempDir('sessiondb-js-redis-');
+  const socket = path.join(dir, 'redis.sock');
+  const child = spawn(binary, ['--port', '0', '--unixsocket', socket, '--dir', dir, '--save', ''], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  const deadline = Date.now() + 20_000;
+  while (!existsSync(socket)) {
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not start (${binary})`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return {
+    url: `redis+unix://${socket}`,
+    async stop() {
+      child.kill('SIGTERM');
+      await exited(child);
+    },
+  };
+}
