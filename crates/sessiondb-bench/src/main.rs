@@ -1,10 +1,11 @@
 //! `sessiondb-bench compare [--quick] [--json] [--chart PATH]`: measures
 //! sessiondb against sled used directly, Redis and SQLite in one run on
 //! one machine, prints a table with ratios and checks the targets of
-//! issue 6. See the crate's README for what each row means.
+//! issues 11 and 12. See the crate's README for what each row means.
 
 mod bulk;
 mod chart;
+mod churn;
 mod clock;
 mod compare;
 mod measure;
@@ -180,6 +181,7 @@ fn compare(
     ));
     compare::run(&mut ctx)?;
     bulk::run(&mut ctx)?;
+    churn::run(&mut ctx)?;
 
     let table = report::table(&ctx.rows);
     let targets = report::targets_text(&report::targets(&ctx));

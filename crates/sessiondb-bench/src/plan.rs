@@ -15,6 +15,7 @@ pub const WORKLOADS: &[&str] = &[
     "open_clean",
     "open_unclean",
     "disk_bytes",
+    "disk_churn",
     "peak_rss",
 ];
 
@@ -52,6 +53,10 @@ pub struct Plan {
     pub write_threads: Vec<usize>,
     /// Concurrent callers of durable_register.
     pub durable_callers: usize,
+    /// Simulated minutes of the churn workload.
+    pub churn_minutes: u64,
+    /// Logins per simulated minute of the churn workload.
+    pub churn_logins: u64,
     /// Workloads to run (all by default).
     pub only: Option<Vec<String>>,
     /// Systems to run (all by default).
@@ -75,6 +80,8 @@ impl Plan {
                 read_threads: vec![1, 2],
                 write_threads: vec![1, 2, 8, 64],
                 durable_callers: 64,
+                churn_minutes: 120,
+                churn_logins: 100,
                 only,
                 systems,
             }
@@ -89,6 +96,9 @@ impl Plan {
                 read_threads: vec![1, 2],
                 write_threads: vec![1, 2, 8, 64],
                 durable_callers: 64,
+                // A day: 1,440 minutes.
+                churn_minutes: 1_440,
+                churn_logins: 300,
                 only,
                 systems,
             }
