@@ -322,8 +322,7 @@ impl SessionStore {
             }
             let sessions = std::mem::take(batch);
             let n = sessions.len() as u64;
-            let about =
-                About::touching(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
+            let about = About::of(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
             let new = shared.write(about, move |p| p.import(&sessions))?;
             summary.imported += n;
             summary.replaced += n - new as u64;

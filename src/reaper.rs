@@ -47,7 +47,7 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
                 total += finish(previous)?;
             }
             let batch = batch.to_vec();
-            let about = About::touching(batch.iter().map(|d| d.actor_id.clone()).collect());
+            let about = About::of(batch.iter().map(|d| d.actor_id.clone()).collect());
             queued = Some(shared.queue(about, move |p| p.reap(&batch, now))?);
         }
         if let Some(last) = queued {

@@ -58,31 +58,16 @@ pub(crate) struct Shared {
     pub app_version: Option<String>,
 }
 
-/// The actors an operation is about.
+/// The actors an operation may read or change the sessions of
+/// (`Task::subjects`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct About {
-    /// Whose sessions planning always lists (`Task::actors`).
-    listed: Vec<String>,
-    /// Whose sessions it may read or change (`Task::subjects`).
     subjects: Vec<String>,
 }
 
 impl About {
-    /// An operation that lists these actors' sessions.
-    pub fn listing(actors: Vec<String>) -> Self {
-        About {
-            listed: actors.clone(),
-            subjects: actors,
-        }
-    }
-
-    /// An operation on sessions of these actors, listing them only if it
-    /// must (a key's session, reaped or imported sessions).
-    pub fn touching(actors: Vec<String>) -> Self {
-        About {
-            listed: Vec::new(),
-            subjects: actors,
-        }
+    pub fn of(actors: Vec<String>) -> Self {
+        About { subjects: actors }
     }
 }
 
@@ -109,10 +94,6 @@ where
     F: Fn(&mut Planner<'_>) -> Result<R> + Send + Sync,
     R: Send,
 {
-    fn actors(&self) -> &[String] {
-        &self.about.listed
-    }
-
     fn subjects(&self) -> &[String] {
         &self.about.subjects
     }

@@ -278,7 +278,7 @@ impl SessionStore {
             data,
         };
         let digest = Digest::of_secret(&secret);
-        let record = shared.write(About::listing(vec![actor_id.to_owned()]), move |p| {
+        let record = shared.write(About::of(vec![actor_id.to_owned()]), move |p| {
             p.register(&digest, &record)
         })?;
         Ok(Session {
@@ -355,7 +355,7 @@ impl SessionStore {
 
     fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
         let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
-        let about = About::touching(vec![actor_id.clone()]);
+        let about = About::of(vec![actor_id.clone()]);
         let record = self.shared().write(about, move |p| {
             p.use_session(&digest, &actor_id, now, touch)
         })?;
@@ -384,7 +384,7 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        let about = About::touching(vec![actor_id.clone()]);
+        let about = About::of(vec![actor_id.clone()]);
         shared.write(about, move |p| {
             p.expire(&digest, &actor_id, now, reason.clone())
         })
@@ -401,7 +401,7 @@ impl SessionStore {
         reason.check()?;
         let shared = self.shared();
         let (actor, now) = (actor_id.to_owned(), shared.now());
-        shared.write(About::listing(vec![actor_id.to_owned()]), move |p| {
+        shared.write(About::of(vec![actor_id.to_owned()]), move |p| {
             p.expire_actor(&actor, now, &reason)
         })
     }
@@ -500,7 +500,7 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        let about = About::touching(vec![actor_id.clone()]);
+        let about = About::of(vec![actor_id.clone()]);
         shared.write(about, move |p| {
             p.edit_data(&digest, &actor_id, now, expected_revision, kind, &edit)
         })
@@ -586,7 +586,7 @@ impl SessionStore {
         let now = shared.now();
         // Planned as a change with nothing to commit, so that the engine
         // reads every actor in one consistent view.
-        let about = About::listing(actor_ids.clone());
+        let about = About::of(actor_ids.clone());
         shared.write(about, move |p| p.addresses(&actor_ids, now))
     }
 
@@ -610,7 +610,7 @@ impl SessionStore {
         let new_digest = Digest::of_secret(&secret);
         let now = shared.now();
         let (f, t) = (from.to_owned(), to.to_owned());
-        let about = About::listing(vec![f.clone(), t.clone()]);
+        let about = About::of(vec![f.clone(), t.clone()]);
         let record = shared.write(about, move |p| p.reassign(&f, &t, &new_digest, now))?;
         Ok(Session {
             key: Some(key::full_key(to, &secret)),

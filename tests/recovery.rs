@@ -403,6 +403,45 @@ fn the_format_1_fixture_store_opens_and_decodes() {
     assert_eq!(second.actor_id(), "actor:with:colons");
     assert!(second.data().is_empty());
     assert_eq!(store.stats().unwrap().sessions, 2);
+    // Format 1's actor index was rewritten as format 2's lists on open.
+    let listed = store.actor_session("fixture-player").unwrap().unwrap();
+    assert_eq!(listed.id(), first.id());
+    store.logout(&keys[1]).unwrap();
+    assert_eq!(store.actor_session("actor:with:colons").unwrap(), None);
+    store.close().unwrap();
+    with_raw(dir.path(), |db| {
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get("format").unwrap().unwrap().as_ref(),
+            STORE_FORMAT.to_be_bytes()
+        );
+        assert_eq!(db.open_tree("actors").unwrap().len(), 1);
+    });
+    let store = SessionStore::open(config(&dir, &clock)).unwrap();
+    assert!(store.check().unwrap().is_healthy());
+    assert_eq!(store.resolve(&keys[0]).unwrap().id(), first.id());
+}
+
+/// A crash part-way through the move of format 1's actor index leaves some
+/// actors moved and some not; the next open finishes the move.
+#[test]
+fn a_format_1_store_whose_migration_was_cut_short_finishes_it() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture.join("db"), dir.path());
+    with_raw(dir.path(), |db| {
+        // Move the first actor's entry the way format 2 keeps it.
+        let actors = db.open_tree("actors").unwrap();
+        let (entry, _) = actors.iter().next().unwrap().unwrap();
+        let len = usize::from(entry[0]);
+        actors.insert(&entry[..=len], &entry[1 + len..]).unwrap();
+        actors.remove(&entry).unwrap();
+    });
+    let clock = sessiondb::ManualClock::new(T0);
+    let store = SessionStore::open(config(&dir, &clock).app_version("1.0.0")).unwrap();
+    assert!(store.check().unwrap().is_healthy());
+    assert!(store.actor_session("fixture-player").unwrap().is_some());
+    assert!(store.actor_session("actor:with:colons").unwrap().is_some());
 }
 
 fn write_fixture(fixture: &Path) {

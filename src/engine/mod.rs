@@ -121,9 +121,6 @@ pub(crate) trait View {
 /// One operation, ready to be planned by an engine. Planning may run more
 /// than once (a batch retried, a conflict); only the last run counts.
 pub(crate) trait Task: Send + Sync {
-    /// The actors whose index planning always lists, for engines that read
-    /// them ahead (planning may list others; the engine must then cope).
-    fn actors(&self) -> &[String];
     /// Every actor whose sessions the operation may read or change, where
     /// known; an engine whose commits can conflict may order its own plans
     /// per actor with it.

@@ -6,8 +6,10 @@
 //!   from the start up to `now` yields every session due, oldest first (and
 //!   sessions whose expiry slid later since they were filed, which the
 //!   reaper files again).
-//! - `actors`: actor id length as 1 byte ++ actor id ++ digest, so a prefix
-//!   scan over `len ++ actor id` lists one actor's sessions and no other's;
+//! - `actors`: actor id length as 1 byte ++ actor id → the digests of the
+//!   actor's sessions, 32 bytes each: one point read lists an actor's
+//!   sessions, inside a transaction too (store format 1 kept one key per
+//!   session, `len ++ actor id ++ digest`, listed by a prefix scan);
 //! - `meta`: the store format, the clean-shutdown marker, the session count;
 //! - `quarantine`: digest → bytes of records that failed to decode, moved
 //!   aside by repair.
@@ -16,10 +18,11 @@ use crate::key::{Digest, DIGEST_LEN};
 
 /// The on-disk layout version of the whole store (trees and keys), kept in
 /// the `meta` tree under [`META_FORMAT`]. Format 2: an expiry entry may be
-/// filed before its session's expiry (record format 2's `filed_at`), and the
-/// session count is stored at a clean close only. A format 1 store opens as
-/// it is (its entries sit at their expiries and its count is exact after a
-/// clean close) and is marked format 2.
+/// filed before its session's expiry (record format 2's `filed_at`), the
+/// session count is stored at a clean close only, and the actor index holds
+/// one list of digests per actor. A format 1 store's records, expiry entries
+/// and count (exact after a clean close) hold as they are; its actor index
+/// is rewritten on open, and the store is marked format 2.
 pub const STORE_FORMAT: u32 = 2;
 
 /// Meta key of the store format (4 bytes, big-endian).
@@ -65,22 +68,41 @@ pub(crate) fn parse_expiry_key(key: &[u8]) -> Option<(u64, Digest)> {
     ))
 }
 
-/// The prefix shared by all of one actor's `actors` keys. Actor ids are at
-/// most 255 bytes (checked on input), so the length fits one byte.
-pub(crate) fn actor_prefix(actor_id: &str) -> Vec<u8> {
+/// An actor's key in `actors`. Actor ids are at most 255 bytes (checked on
+/// input), so the length fits one byte.
+pub(crate) fn actor_key(actor_id: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(1 + actor_id.len() + DIGEST_LEN);
     p.push(u8::try_from(actor_id.len()).unwrap_or(u8::MAX));
     p.extend_from_slice(actor_id.as_bytes());
     p
 }
 
-pub(crate) fn actor_key(actor_id: &str, digest: &Digest) -> Vec<u8> {
-    let mut k = actor_prefix(actor_id);
+/// The digests an `actors` value lists; `None` when it is not a whole
+/// number of digests.
+pub(crate) fn parse_actor_list(value: &[u8]) -> Option<Vec<Digest>> {
+    if !value.len().is_multiple_of(DIGEST_LEN) {
+        return None;
+    }
+    value
+        .chunks_exact(DIGEST_LEN)
+        .map(Digest::from_slice)
+        .collect()
+}
+
+pub(crate) fn encode_actor_list(digests: &[Digest]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.0).collect()
+}
+
+/// What names one actor entry in a scan or a repair: `actor_key ++ digest`
+/// (store format 1's key of the entry).
+pub(crate) fn actor_entry(actor_id: &str, digest: &Digest) -> Vec<u8> {
+    let mut k = actor_key(actor_id);
     k.extend_from_slice(&digest.0);
     k
 }
 
-pub(crate) fn parse_actor_key(key: &[u8]) -> Option<(String, Digest)> {
+/// The actor and digest an actor entry's name holds.
+pub(crate) fn parse_actor_entry(key: &[u8]) -> Option<(String, Digest)> {
     let (&len, rest) = key.split_first()?;
     let len = usize::from(len);
     if len == 0 || rest.len() != len + DIGEST_LEN {
@@ -107,15 +129,21 @@ mod tests {
     }
 
     #[test]
-    fn actor_prefixes_do_not_overlap() {
+    fn actor_keys_lists_and_entries_round_trip() {
         let d = Digest([1; DIGEST_LEN]);
-        // "ab" must not list the sessions of "abc".
-        assert!(!actor_key("abc", &d).starts_with(&actor_prefix("ab")));
-        assert!(actor_key("ab", &d).starts_with(&actor_prefix("ab")));
+        let e = Digest([2; DIGEST_LEN]);
+        // "ab" and "abc" have keys of their own.
+        assert_ne!(actor_key("ab"), actor_key("abc")[..3].to_vec());
         assert_eq!(
-            parse_actor_key(&actor_key("ab", &d)),
+            parse_actor_entry(&actor_entry("ab", &d)),
             Some(("ab".into(), d))
         );
-        assert_eq!(parse_actor_key(&[3, b'a']), None);
+        // An actor's key is no entry name (the length byte says so).
+        assert_eq!(parse_actor_entry(&actor_key("ab")), None);
+        assert_eq!(parse_actor_entry(&[3, b'a']), None);
+        let list = encode_actor_list(&[d, e]);
+        assert_eq!(parse_actor_list(&list), Some(vec![d, e]));
+        assert_eq!(parse_actor_list(&list[1..]), None);
+        assert_eq!(parse_actor_list(&[]), Some(vec![]));
     }
 }

@@ -29,8 +29,8 @@ use self::write_group::WriteGroup;
 use crate::codec;
 use crate::config::{millis, Config, Durability};
 use crate::engine::{
-    Commit, CommitCounts, Count, Due, Engine, Fix, Index, IndexVisit, Opened, RecordVisit, Task,
-    Ticket, WritesHeld,
+    Commit, CommitCounts, Count, Due, Engine, Fix, IndexVisit, Opened, RecordVisit, Task, Ticket,
+    WritesHeld,
 };
 use crate::error::{Error, Result};
 use crate::events::EventHub;
@@ -95,8 +95,12 @@ fn open_meta(trees: &Trees) -> Result<bool> {
                 });
             }
             if found < STORE_FORMAT {
-                // Format 1 needs no migration (see `STORE_FORMAT`); from
-                // here an older build refuses the store.
+                // Format 1's records and expiry entries hold as they are; its
+                // actor index is rewritten (see `STORE_FORMAT`). From here an
+                // older build refuses the store.
+                let moved = trees.migrate_actors_from_format_1()?;
+                trees.flush(true)?;
+                log::info!("store format {found} -> {STORE_FORMAT}: {moved} actor entries moved");
                 trees.set_meta(META_FORMAT, Some(&STORE_FORMAT.to_be_bytes()))?;
             }
         }
@@ -156,7 +160,7 @@ impl Engine for SledEngine {
                 actor = codec::decode_head(bytes).ok().map(|h| h.actor_id);
             });
             if let Some(actor) = actor {
-                let _ = self.trees.actors.get(layout::actor_key(&actor, digest));
+                let _ = self.trees.actors.get(layout::actor_key(&actor));
             }
         }
     }
@@ -184,13 +188,11 @@ impl Engine for SledEngine {
     }
 
     fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()> {
-        self.trees
-            .scan_index(Index::Expiries, layout::parse_expiry_key, visit)
+        self.trees.scan_expiries(visit)
     }
 
     fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()> {
-        self.trees
-            .scan_index(Index::Actors, layout::parse_actor_key, visit)
+        self.trees.scan_actors(visit)
     }
 
     fn repair(&self, fixes: &[Fix]) -> Result<()> {

@@ -1,7 +1,6 @@
 //! The open sled database: its trees, reads outside transactions, the
 //! batch transaction, flushes, and whole-tree scans and repairs.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
@@ -188,16 +187,15 @@ impl Trees {
             .map(|(at, _)| at))
     }
 
+    /// The digests the actor's entry lists (a damaged list reads as empty:
+    /// the check reports and repairs it).
     pub fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
-        let prefix = layout::actor_prefix(actor_id);
-        let mut out = Vec::new();
-        for kv in self.actors.scan_prefix(&prefix) {
-            let (k, _) = kv.map_err(sled_err("listing an actor's sessions"))?;
-            if let Some(d) = Digest::from_slice(&k[prefix.len()..]) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .actors
+            .get(layout::actor_key(actor_id))
+            .map_err(sled_err("listing an actor's sessions"))?
+            .and_then(|v| layout::parse_actor_list(&v))
+            .unwrap_or_default())
     }
 
     pub fn session_count(&self) -> Count {
@@ -239,61 +237,12 @@ impl Trees {
     }
 
     /// Runs `body` in one sled transaction over every tree the session logic
-    /// writes, with `actors`' session lists read up front: a `Tree` touched
-    /// inside the closure deadlocks. Only the committer writes, so these
-    /// lists stay current until the transaction starts, and the transaction
-    /// keeps them current as it changes them. When `body` lists an actor not
-    /// read up front, the attempt is abandoned, the actor listed, and `body`
-    /// run again (rare: a session that vanished or names another actor,
-    /// where the outcome depends on the actor's other sessions).
-    pub fn transact(
-        &self,
-        actors: &[&str],
-        body: &dyn Fn(&SledTxn<'_>) -> Result<()>,
-    ) -> Result<()> {
-        let mut lists = HashMap::with_capacity(actors.len());
-        for actor in actors {
-            if !lists.contains_key(*actor) {
-                lists.insert((*actor).to_owned(), self.actor_sessions(actor)?);
-            }
-        }
+    /// writes, and moves the session count by what it stored and deleted.
+    pub fn transact(&self, body: &dyn Fn(&SledTxn<'_>) -> Result<()>) -> Result<()> {
         let mut recount = self.lock_recount();
-        loop {
-            let unlisted = RefCell::new(None);
-            let outcome = self.transact_with(&lists, &unlisted, recount.is_some(), body);
-            match unlisted.into_inner() {
-                Some(actor) if outcome.is_err() => {
-                    let list = self.actor_sessions(&actor)?;
-                    lists.insert(actor, list);
-                }
-                _ => {
-                    let (delta, counted) = outcome?;
-                    // One group commits at a time, so nothing else moves it.
-                    let count = self.count.load(Ordering::Relaxed);
-                    let count = count.saturating_add_signed(delta);
-                    self.count.store(count, Ordering::Relaxed);
-                    if let Some(recount) = recount.as_mut() {
-                        for (digest, delta) in counted {
-                            if digest.0.as_slice() < recount.read_below.as_slice() {
-                                recount.behind += delta;
-                            }
-                        }
-                    }
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn transact_with(
-        &self,
-        lists: &HashMap<String, Vec<Digest>>,
-        unlisted: &RefCell<Option<String>>,
-        recounting: bool,
-        body: &dyn Fn(&SledTxn<'_>) -> Result<()>,
-    ) -> Result<(i64, Vec<(Digest, i64)>)> {
+        let recounting = recount.is_some();
         let outcome = (&self.sessions, &self.expiries, &self.actors).transaction(|(s, e, a)| {
-            let txn = SledTxn::new(s, e, a, lists.clone(), unlisted, recounting);
+            let txn = SledTxn::new(s, e, a, recounting);
             let result = body(&txn);
             if let Some(failure) = txn.take_failure() {
                 return Err(failure.into());
@@ -303,13 +252,25 @@ impl Trees {
             }
             Ok(txn.count_changes())
         });
-        match outcome {
-            Ok(delta) => Ok(delta),
-            Err(TransactionError::Abort(e)) => Err(e),
+        let (delta, counted) = match outcome {
+            Ok(changes) => changes,
+            Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => {
-                Err(Error::Storage(StorageError::new("committing a batch", e)))
+                return Err(Error::Storage(StorageError::new("committing a batch", e)))
+            }
+        };
+        // One group commits at a time, so nothing else moves it.
+        let count = self.count.load(Ordering::Relaxed);
+        self.count
+            .store(count.saturating_add_signed(delta), Ordering::Relaxed);
+        if let Some(recount) = recount.as_mut() {
+            for (digest, delta) in counted {
+                if digest.0.as_slice() < recount.read_below.as_slice() {
+                    recount.behind += delta;
+                }
             }
         }
+        Ok(())
     }
 
     /// Writes every committed transaction to the log; with `sync`, also
@@ -379,25 +340,126 @@ impl Trees {
         }
     }
 
-    pub fn scan_index<T>(
-        &self,
-        index: Index,
-        parse: impl Fn(&[u8]) -> Option<T>,
-        visit: &mut IndexVisit<'_, T>,
-    ) -> Result<()> {
-        for kv in self.index(index).iter() {
-            let (k, _) = kv.map_err(sled_err("scanning an index"))?;
-            if !visit(&k, parse(&k))? {
+    pub fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()> {
+        for kv in self.expiries.iter() {
+            let (k, _) = kv.map_err(sled_err("scanning expiries"))?;
+            if !visit(&k, layout::parse_expiry_key(&k))? {
                 break;
             }
         }
         Ok(())
     }
 
-    fn index(&self, index: Index) -> &Tree {
-        match index {
-            Index::Expiries => &self.expiries,
-            Index::Actors => &self.actors,
+    /// Visits each actor entry by its name (`layout::actor_entry`); a key or
+    /// list that does not parse is visited once, by its key, unparsed.
+    pub fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()> {
+        for kv in self.actors.iter() {
+            let (k, v) = kv.map_err(sled_err("scanning actors"))?;
+            let actor = k
+                .split_first()
+                .filter(|(len, rest)| usize::from(**len) == rest.len() && !rest.is_empty())
+                .and_then(|(_, rest)| std::str::from_utf8(rest).ok());
+            let entries = actor.zip(layout::parse_actor_list(&v));
+            match entries {
+                Some((actor, digests)) => {
+                    for d in digests {
+                        let entry = layout::actor_entry(actor, &d);
+                        if !visit(&entry, Some((actor.to_owned(), d)))? {
+                            return Ok(());
+                        }
+                    }
+                }
+                None => {
+                    if !visit(&k, None)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an actor entry named as `scan_actors` names it: a damaged
+    /// key whole (a stored key is never shaped like an entry's name, so one
+    /// that is stored under `id` is damaged), or one digest from its actor's
+    /// list.
+    fn drop_actor_entry(&self, id: &[u8]) -> sled::Result<()> {
+        if self.actors.remove(id)?.is_some() {
+            return Ok(());
+        }
+        match layout::parse_actor_entry(id) {
+            Some((actor, digest)) => self.edit_actor_list(&actor, |l| l.retain(|d| *d != digest)),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites an actor's list outside a transaction (repair: writes are held).
+    fn edit_actor_list(
+        &self,
+        actor_id: &str,
+        edit: impl FnOnce(&mut Vec<Digest>),
+    ) -> sled::Result<()> {
+        let key = layout::actor_key(actor_id);
+        let mut list = self
+            .actors
+            .get(&key)?
+            .and_then(|v| layout::parse_actor_list(&v))
+            .unwrap_or_default();
+        edit(&mut list);
+        if list.is_empty() {
+            self.actors.remove(key).map(drop)
+        } else {
+            self.actors
+                .insert(key, layout::encode_actor_list(&list))
+                .map(drop)
+        }
+    }
+
+    /// Whether the actor's list names `digest`.
+    fn lists(&self, actor_id: &str, digest: &Digest) -> Result<bool> {
+        Ok(self.actor_sessions(actor_id)?.contains(digest))
+    }
+
+    /// Turns store format 1's actor index (one empty key per session,
+    /// `len ++ actor ++ digest`) into format 2's (one list per actor),
+    /// in batches. Safe to run again after a crash part-way: format 1 keys
+    /// and format 2 lists are told apart by their length and merged.
+    pub fn migrate_actors_from_format_1(&self) -> Result<u64> {
+        let fail = || sled_err("migrating the actor index to store format 2");
+        let mut moved = 0;
+        loop {
+            let mut lists: HashMap<String, Vec<Digest>> = HashMap::new();
+            let mut batch = sled::Batch::default();
+            for kv in self.actors.iter() {
+                let (k, _) = kv.map_err(fail())?;
+                if let Some((actor, digest)) = layout::parse_actor_entry(&k) {
+                    lists.entry(actor).or_default().push(digest);
+                    batch.remove(k);
+                    moved += 1;
+                    if lists.len() >= 10_000 {
+                        break;
+                    }
+                }
+            }
+            if lists.is_empty() {
+                return Ok(moved);
+            }
+            for (actor, digests) in lists {
+                let key = layout::actor_key(&actor);
+                let mut list = self
+                    .actors
+                    .get(&key)
+                    .map_err(fail())?
+                    .and_then(|v| layout::parse_actor_list(&v))
+                    .unwrap_or_default();
+                for d in digests {
+                    if !list.contains(&d) {
+                        list.push(d);
+                    }
+                }
+                batch.insert(key, layout::encode_actor_list(&list));
+            }
+            self.actors.apply_batch(batch).map_err(fail())?;
         }
     }
 
@@ -432,22 +494,31 @@ impl Trees {
                 Fix::AddActor { actor_id, digest } => {
                     self.decoded(digest)?
                         .is_some_and(|r| r.actor_id == *actor_id)
-                        && !self
-                            .actors
-                            .contains_key(layout::actor_key(actor_id, digest))
-                            .map_err(fail())?
+                        && !self.lists(actor_id, digest)?
                 }
-                Fix::Drop { index, id } => {
-                    self.index(*index).contains_key(id).map_err(fail())?
-                        && match index {
-                            Index::Expiries => match layout::parse_expiry_key(id) {
-                                Some((at, d)) => self.decoded(&d)?.is_none_or(|r| r.filed_at != at),
-                                None => true,
-                            },
-                            Index::Actors => match layout::parse_actor_key(id) {
-                                Some((a, d)) => self.decoded(&d)?.is_none_or(|r| r.actor_id != a),
-                                None => true,
-                            },
+                Fix::Drop {
+                    index: Index::Expiries,
+                    id,
+                } => {
+                    self.expiries.contains_key(id).map_err(fail())?
+                        && match layout::parse_expiry_key(id) {
+                            Some((at, d)) => self.decoded(&d)?.is_none_or(|r| r.filed_at != at),
+                            None => true,
+                        }
+                }
+                Fix::Drop {
+                    index: Index::Actors,
+                    id,
+                } => {
+                    // A damaged key (see `drop_actor_entry`), or a listed digest
+                    // whose session is gone or another actor's.
+                    self.actors.contains_key(id).map_err(fail())?
+                        || match layout::parse_actor_entry(id) {
+                            Some((a, d)) => {
+                                self.lists(&a, &d)?
+                                    && self.decoded(&d)?.is_none_or(|r| r.actor_id != a)
+                            }
+                            None => false,
                         }
                 }
                 // The record scan recounts (`scan_records`).
@@ -476,13 +547,23 @@ impl Trees {
                         .map_err(fail())?;
                 }
                 Fix::AddActor { actor_id, digest } => {
-                    self.actors
-                        .insert(layout::actor_key(actor_id, digest), &[])
-                        .map_err(fail())?;
+                    self.edit_actor_list(actor_id, |l| {
+                        if !l.contains(digest) {
+                            l.push(*digest);
+                        }
+                    })
+                    .map_err(fail())?;
                 }
-                Fix::Drop { index, id } => {
-                    self.index(*index).remove(id).map_err(fail())?;
+                Fix::Drop {
+                    index: Index::Expiries,
+                    id,
+                } => {
+                    self.expiries.remove(id).map_err(fail())?;
                 }
+                Fix::Drop {
+                    index: Index::Actors,
+                    id,
+                } => self.drop_actor_entry(id).map_err(fail())?,
                 Fix::Count(n) => {
                     self.count.store(*n, Ordering::Relaxed);
                     self.count_known.store(true, Ordering::Relaxed);

@@ -2,7 +2,6 @@
 //! planning, and the place where a plan's changes are applied.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
@@ -15,10 +14,6 @@ pub(crate) struct SledTxn<'a> {
     sessions: &'a TransactionalTree,
     expiries: &'a TransactionalTree,
     actors: &'a TransactionalTree,
-    /// Actor lists read before the transaction, kept current by it.
-    lists: RefCell<HashMap<String, Vec<Digest>>>,
-    /// An actor planning asked to list that is not in `lists`.
-    unlisted: &'a RefCell<Option<String>>,
     count_delta: Cell<i64>,
     /// Sessions stored (+1) or deleted (-1), kept while a recount runs
     /// (`Trees::scan_records`).
@@ -33,22 +28,17 @@ impl<'a> SledTxn<'a> {
         sessions: &'a TransactionalTree,
         expiries: &'a TransactionalTree,
         actors: &'a TransactionalTree,
-        lists: HashMap<String, Vec<Digest>>,
-        unlisted: &'a RefCell<Option<String>>,
         recounting: bool,
     ) -> Self {
         SledTxn {
             sessions,
             expiries,
             actors,
-            lists: RefCell::new(lists),
-            unlisted,
             count_delta: Cell::new(0),
             counted: recounting.then(|| RefCell::new(Vec::new())),
             failure: RefCell::new(None),
         }
     }
-
     pub fn take_failure(&self) -> Option<UnabortableTransactionError> {
         self.failure.take()
     }
@@ -87,12 +77,11 @@ impl<'a> SledTxn<'a> {
             } => {
                 self.check(self.sessions.insert(&digest.0, record.as_slice()))?;
                 self.insert_expiry(*filed_at, digest)?;
-                self.check(self.actors.insert(layout::actor_key(actor_id, digest), &[]))?;
-                if let Some(list) = self.lists.borrow_mut().get_mut(actor_id) {
+                self.edit_list(actor_id, |list| {
                     if !list.contains(digest) {
                         list.push(*digest);
                     }
-                }
+                })?;
                 self.count(digest, 1);
             }
             Change::Update {
@@ -115,15 +104,34 @@ impl<'a> SledTxn<'a> {
             } => {
                 self.check(self.sessions.remove(&digest.0))?;
                 self.remove_expiry(*filed_at, digest)?;
-                self.check(self.actors.remove(layout::actor_key(actor_id, digest)))?;
-                if let Some(list) = self.lists.borrow_mut().get_mut(actor_id) {
-                    list.retain(|d| d != digest);
-                }
+                self.edit_list(actor_id, |list| list.retain(|d| d != digest))?;
                 self.count(digest, -1);
             }
             Change::DropExpiry { digest, at, .. } => self.remove_expiry(*at, digest)?,
         }
         Ok(())
+    }
+
+    /// The digests the actor's entry lists (a damaged list reads as empty:
+    /// the check reports and repairs it).
+    fn list(&self, actor_id: &str) -> Result<Vec<Digest>> {
+        let value = self.check(self.actors.get(layout::actor_key(actor_id)))?;
+        Ok(value
+            .and_then(|v| layout::parse_actor_list(&v))
+            .unwrap_or_default())
+    }
+
+    /// Rewrites the actor's list with `edit`; an empty list is removed.
+    fn edit_list(&self, actor_id: &str, edit: impl FnOnce(&mut Vec<Digest>)) -> Result<()> {
+        let mut list = self.list(actor_id)?;
+        edit(&mut list);
+        let key = layout::actor_key(actor_id);
+        if list.is_empty() {
+            self.check(self.actors.remove(key)).map(drop)
+        } else {
+            let value = layout::encode_actor_list(&list);
+            self.check(self.actors.insert(key, value)).map(drop)
+        }
     }
 
     fn insert_expiry(&self, at: u64, digest: &Digest) -> Result<()> {
@@ -146,14 +154,6 @@ impl View for SledTxn<'_> {
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
-        self.lists.borrow().get(actor_id).cloned().ok_or_else(|| {
-            *self.unlisted.borrow_mut() = Some(actor_id.to_owned());
-            // A storage error fails this attempt; `Trees::transact` lists the
-            // actor and runs the batch again.
-            Error::Storage(StorageError::new(
-                "in a transaction",
-                format!("actor {actor_id:?} must be listed first"),
-            ))
-        })
+        self.list(actor_id)
     }
 }

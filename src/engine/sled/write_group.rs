@@ -178,12 +178,8 @@ impl WriteGroup {
     }
 
     fn commit(&self, group: &mut Vec<Request>) {
-        let actors: Vec<&str> = group
-            .iter()
-            .flat_map(|r| r.task.actors().iter().map(String::as_str))
-            .collect();
         let events = RefCell::new(Vec::new());
-        let committed = self.trees.transact(&actors, &|txn| {
+        let committed = self.trees.transact(&|txn| {
             let mut events = events.borrow_mut();
             events.clear();
             for request in group.iter() {
