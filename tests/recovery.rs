@@ -7,10 +7,11 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sessiondb::{Data, Error, Reason, SessionStore, STORE_FORMAT};
+use sessiondb::{Data, Error, ManualClock, Reason, Session, SessionStore, STORE_FORMAT};
 
 /// Opens the store directory with sled itself and hands `f` the trees.
 fn with_raw(dir: &Path, f: impl FnOnce(&sled::Db)) {
@@ -368,16 +369,15 @@ fn a_stale_generating_snapshot_from_a_crash_during_open_is_removed() {
 // ------------------------------------------------------------- fixtures --
 
 const FIXTURE: &str = "tests/fixtures/store-v1";
+const FIXTURE_V2: &str = "tests/fixtures/store-v2";
 
-/// The fixture store: written once by format 1 (set
-/// `SESSIONDB_WRITE_FIXTURES=1` to rewrite it, which only a format change
-/// may do), then opened by every later build.
-#[test]
-fn the_format_1_fixture_store_opens_and_decodes() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
-    if std::env::var_os("SESSIONDB_WRITE_FIXTURES").is_some() {
-        write_fixture(&fixture);
-    }
+fn fixture_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// A copy of a fixture store, opened, with its keys.
+fn open_fixture(name: &str) -> (tempfile::TempDir, ManualClock, SessionStore, Vec<String>) {
+    let fixture = fixture_path(name);
     let keys: Vec<String> = std::fs::read_to_string(fixture.join("keys.txt"))
         .expect("fixture keys")
         .lines()
@@ -385,10 +385,15 @@ fn the_format_1_fixture_store_opens_and_decodes() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture.join("db"), dir.path());
-    let clock = sessiondb::ManualClock::new(T0);
+    let clock = ManualClock::new(T0);
     let store = SessionStore::open(config(&dir, &clock).app_version("1.0.0")).unwrap();
     assert!(store.recovery_report().clean_shutdown);
     assert!(store.check().unwrap().is_healthy());
+    (dir, clock, store, keys)
+}
+
+/// The fixtures' two sessions, as `write_fixture` made them.
+fn assert_fixture_sessions(store: &SessionStore, keys: &[String]) -> Session {
     let first = store.resolve(&keys[0]).unwrap();
     assert_eq!(first.actor_id(), "fixture-player");
     assert_eq!(first.language(), "pt-BR");
@@ -403,6 +408,15 @@ fn the_format_1_fixture_store_opens_and_decodes() {
     assert_eq!(second.actor_id(), "actor:with:colons");
     assert!(second.data().is_empty());
     assert_eq!(store.stats().unwrap().sessions, 2);
+    first
+}
+
+/// The format 1 fixture store: written once by format 1, then opened by
+/// every later build (format 2 moves its actor index on open).
+#[test]
+fn the_format_1_fixture_store_opens_and_decodes() {
+    let (dir, clock, store, keys) = open_fixture(FIXTURE);
+    let first = assert_fixture_sessions(&store, &keys);
     // Format 1's actor index was rewritten as format 2's lists on open.
     let listed = store.actor_session("fixture-player").unwrap().unwrap();
     assert_eq!(listed.id(), first.id());
@@ -420,6 +434,26 @@ fn the_format_1_fixture_store_opens_and_decodes() {
     let store = SessionStore::open(config(&dir, &clock)).unwrap();
     assert!(store.check().unwrap().is_healthy());
     assert_eq!(store.resolve(&keys[0]).unwrap().id(), first.id());
+}
+
+/// The format 2 fixture store (set `SESSIONDB_WRITE_FIXTURES=2` to write
+/// it, which only a change of format 2 itself may do): its first session's
+/// expiry slid after its entry was filed.
+#[test]
+fn the_format_2_fixture_store_opens_and_decodes() {
+    if std::env::var("SESSIONDB_WRITE_FIXTURES").as_deref() == Ok("2") {
+        write_fixture(&fixture_path(FIXTURE_V2));
+    }
+    let (_dir, clock, store, keys) = open_fixture(FIXTURE_V2);
+    let first = assert_fixture_sessions(&store, &keys);
+    assert_eq!(first.expires_at_ms(), T0 + 300_000 + 600_000);
+    // Its entry, filed at the first expiry, is met early and filed again.
+    clock.set(T0 + 600_000);
+    assert_eq!(store.reap_expired().unwrap(), 1, "only the second session");
+    store.is_valid(&keys[0]).unwrap();
+    assert!(store.check().unwrap().is_healthy());
+    clock.set(first.expires_at_ms());
+    assert_eq!(store.reap_expired().unwrap(), 1);
 }
 
 /// A crash part-way through the move of format 1's actor index leaves some
@@ -447,9 +481,9 @@ fn a_format_1_store_whose_migration_was_cut_short_finishes_it() {
 fn write_fixture(fixture: &Path) {
     let _ = std::fs::remove_dir_all(fixture);
     let db = fixture.join("db");
-    let clock = sessiondb::ManualClock::new(T0);
+    let clock = Arc::new(ManualClock::new(T0));
     let config = sessiondb::Config::new(&db)
-        .clock(std::sync::Arc::new(clock))
+        .clock(clock.clone())
         .reaper_thread(false)
         .ttl(Duration::from_secs(600))
         .app_version("1.0.0")
@@ -462,6 +496,9 @@ fn write_fixture(fixture: &Path) {
     let second = store
         .register("actor:with:colons", "en", Data::new())
         .unwrap();
+    // The first session's expiry slides later; its entry stays (format 2).
+    clock.advance(Duration::from_secs(300));
+    store.extend(first.key().unwrap()).unwrap();
     store.close().unwrap();
     let keys = format!("{}\n{}\n", first.key().unwrap(), second.key().unwrap());
     std::fs::write(fixture.join("keys.txt"), keys).unwrap();
