@@ -200,6 +200,16 @@ fn stats(store: Option<&SessionStore>) -> Option<Stats> {
 }
 
 /// Notes what sessiondb's counters say about a cell.
+/// The acknowledged registers per fsync of sessiondb's durable_register row,
+/// read back from its note (`compare --json` rows, `chart --from`).
+pub fn acks_per_fsync(rows: &[Row]) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.workload == "durable_register" && r.system == "sessiondb_immediate")
+        .and_then(|r| r.note.as_deref())
+        .and_then(|note| note.split(", ").find_map(|p| p.strip_suffix(" ops/fsync")))
+        .and_then(|n| n.parse().ok())
+}
+
 fn sessiondb_note(workload: &str, ops: u64, before: &Stats, after: &Stats) -> String {
     let commits = after.commits - before.commits;
     let committed = after.committed_ops - before.committed_ops;

@@ -54,11 +54,14 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
     },
-    /// Draws the chart again from the rows a `compare --json` printed.
+    /// Prints the table and targets again, and draws the chart, from the
+    /// rows `compare --json` printed. With several files (runs of parts of
+    /// the plan), a later file's row replaces an earlier one's for the same
+    /// workload, system and client count.
     Chart {
-        /// JSON lines from `compare --json`.
-        #[arg(long, value_name = "FILE")]
-        from: PathBuf,
+        /// JSON lines from `compare --json` (repeatable).
+        #[arg(long, value_name = "FILE", required = true)]
+        from: Vec<PathBuf>,
         /// The SVG to write.
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
@@ -121,15 +124,28 @@ fn run(cli: Cli) -> Result<()> {
         } => bulk::child_load(&system, &dir, n, t0, threads),
         Cmd::ChildHold { dir, n, t0 } => bulk::child_hold(&dir, n, t0),
         Cmd::Chart { from, out, title } => {
-            let text = std::fs::read_to_string(&from)
-                .with_context(|| format!("reading {}", from.display()))?;
-            let rows = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(serde_json::from_str)
-                .collect::<Result<Vec<measure::Row>, _>>()
-                .with_context(|| format!("{} is not `compare --json` output", from.display()))?;
-            chart::write(&rows, &out, &title)
+            let mut rows: Vec<measure::Row> = Vec::new();
+            for file in &from {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let row: measure::Row = serde_json::from_str(line).with_context(|| {
+                        format!("{} is not `compare --json` output", file.display())
+                    })?;
+                    rows.retain(|r| {
+                        (&r.workload, &r.system, r.threads)
+                            != (&row.workload, &row.system, row.threads)
+                    });
+                    rows.push(row);
+                }
+            }
+            let mut ctx = compare::Ctx::new(plan::Plan::new(false, None, None), PathBuf::new());
+            ctx.acks_per_fsync = compare::acks_per_fsync(&rows);
+            ctx.rows = rows;
+            let table = report::table(&ctx.rows);
+            let targets = report::targets_text(&report::targets(&ctx));
+            println!("{table}\n{targets}");
+            chart::write(&ctx.rows, &out, &title)
         }
     }
 }

@@ -14,7 +14,7 @@ use super::files::{self, DurableFiles};
 use super::layout::{self, decode_count, META_CLEAN, META_COUNT};
 use super::txn::SledTxn;
 use crate::codec;
-use crate::engine::{Count, Due, Fix, Index, IndexVisit, RecordVisit, Stored};
+use crate::engine::{Count, Due, Fix, Index, IndexVisit, RecordVisit, Stored, View};
 use crate::error::{Error, Result, StorageError};
 use crate::key::Digest;
 
@@ -48,6 +48,24 @@ pub(crate) struct Trees {
     /// Held for the store's life; declared last so that it is released
     /// after sled's handles are dropped.
     _lock: File,
+}
+
+/// Planning's view of the trees outside a transaction (`Trees::view`).
+pub(crate) struct TreesView<'a>(&'a Trees);
+
+impl View for TreesView<'_> {
+    fn record(&self, _actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .sessions
+            .get(digest.0)
+            .map_err(sled_err("reading a session"))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
+        self.0.actor_sessions(actor_id)
+    }
 }
 
 /// How many records a step of a whole-tree scan reads.
@@ -234,6 +252,20 @@ impl Trees {
             None => self.meta.remove(key).map(drop),
         }
         .map_err(sled_err("writing the store's meta"))
+    }
+
+    /// The store as planning outside a transaction sees it (the write group
+    /// is the only writer, so nothing changes under it).
+    pub fn view(&self) -> TreesView<'_> {
+        TreesView(self)
+    }
+
+    /// Rewrites a stored record in place, outside a transaction: one key.
+    pub fn rewrite(&self, digest: &Digest, record: &[u8]) -> Result<()> {
+        self.sessions
+            .insert(digest.0, record)
+            .map(drop)
+            .map_err(sled_err("rewriting a session"))
     }
 
     /// Runs `body` in one sled transaction over every tree the session logic

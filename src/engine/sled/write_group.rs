@@ -36,9 +36,9 @@ use crossbeam_channel::{Sender, TryRecvError};
 
 use super::trees::Trees;
 use crate::engine::gate::{Gate, Hold};
-use crate::engine::{Commit, CommitCounts, Task, Ticket};
+use crate::engine::{Change, Commit, CommitCounts, Task, Ticket};
 use crate::error::{Error, Result, SharedError, StorageError};
-use crate::events::EventHub;
+use crate::events::{Event, EventHub};
 use crate::worker::Poison;
 
 /// The name a failed write group poisons the store with: the role the
@@ -217,51 +217,120 @@ impl WriteGroup {
         state
     }
 
+    /// Plans and commits a group. Plans that only rewrite records where they
+    /// are (a use that slides the expiry later, a data change: one key, the
+    /// expiry entry left where it is filed) are applied one by one without a
+    /// transaction, as long as the group starts with them: a sled
+    /// transaction excludes sled's periodic flusher and rolls the log buffer
+    /// twice, a single insert does neither, and one key needs no transaction
+    /// to be atomic. The rest of the group commits in one transaction, whose
+    /// plans see the rewrites before them.
     fn commit(&self, group: &mut Vec<Request>) {
-        let events = RefCell::new(Vec::new());
-        let committed = self.trees.transact(&|txn| {
-            let mut events = events.borrow_mut();
-            events.clear();
-            for request in group.iter() {
-                let plan = request.task.plan(txn)?;
-                for change in &plan.changes {
-                    txn.apply(change)?;
+        let mut events = Vec::new();
+        let (in_place, failed) = self.rewrite_in_place(group, &mut events);
+        let mut committed = Ok(in_place);
+        if let Some(e) = failed {
+            committed = Err(e);
+        } else if in_place < group.len() {
+            committed = self
+                .transact(&group[in_place..], &mut events)
+                .map(|()| group.len());
+        }
+        // How many of the group are committed; the others failed with `e`.
+        let (done, failure) = match committed {
+            Ok(n) => (n, None),
+            Err(e) => (in_place, Some(Arc::new(e))),
+        };
+        let (done, failure) = match (self.sync && done > 0, failure) {
+            (true, failure) => match self.trees.flush(true) {
+                Ok(()) => {
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    (done, failure)
                 }
-                events.extend(plan.events);
-            }
-            Ok(())
-        });
-        let committed = committed.and_then(|()| {
-            if self.sync {
-                self.trees.flush(true)?;
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        });
+                // Nothing of the group is known to be on disk.
+                Err(e) => (0, Some(Arc::new(e))),
+            },
+            (false, failure) => (done, failure),
+        };
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .plans
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        match committed {
-            Ok(()) => {
-                self.events.publish(&events.into_inner());
-                for request in group.drain(..) {
-                    // A caller that gave up waiting is no error.
-                    let _ = request.reply.send(Ok(Commit::Done));
-                }
-            }
-            Err(e) => {
-                log::error!("a group of {} writes failed: {e}", group.len());
-                // Every caller gets the failure with its source chain.
-                let cause = Arc::new(e);
-                for request in group.drain(..) {
-                    let _ = request.reply.send(Err(Error::Storage(StorageError::new(
+        if done > 0 {
+            self.events.publish(&events);
+        }
+        if let Some(e) = &failure {
+            log::error!(
+                "{} of a group of {} writes failed: {e}",
+                group.len() - done,
+                group.len()
+            );
+        }
+        for (n, request) in group.drain(..).enumerate() {
+            let answer = match &failure {
+                Some(cause) if n >= done => {
+                    // Every caller gets the failure with its source chain.
+                    Err(Error::Storage(StorageError::new(
                         "committing a batch",
                         SharedError::new(cause.clone()),
-                    ))));
+                    )))
+                }
+                _ => Ok(Commit::Done),
+            };
+            // A caller that gave up waiting is no error.
+            let _ = request.reply.send(answer);
+        }
+    }
+
+    /// Applies the group's leading plans that only rewrite records in place;
+    /// returns how many, and the error that stopped it, if one did.
+    fn rewrite_in_place(
+        &self,
+        group: &[Request],
+        events: &mut Vec<Event>,
+    ) -> (usize, Option<Error>) {
+        let view = self.trees.view();
+        for (n, request) in group.iter().enumerate() {
+            let plan = match request.task.plan(&view) {
+                Ok(plan) => plan,
+                Err(e) => return (n, Some(e)),
+            };
+            let in_place = plan.changes.iter().all(|c| {
+                matches!(c, Change::Update { filed_at_was, filed_at, .. } if filed_at_was == filed_at)
+            });
+            if !in_place {
+                // Planned again inside the transaction.
+                return (n, None);
+            }
+            for change in &plan.changes {
+                if let Change::Update { digest, record, .. } = change {
+                    if let Err(e) = self.trees.rewrite(digest, record) {
+                        return (n, Some(e));
+                    }
                 }
             }
+            events.extend(plan.events);
         }
+        (group.len(), None)
+    }
+
+    /// Plans and commits `group` in one transaction.
+    fn transact(&self, group: &[Request], events: &mut Vec<Event>) -> Result<()> {
+        let planned = RefCell::new(Vec::new());
+        self.trees.transact(&|txn| {
+            let mut planned = planned.borrow_mut();
+            planned.clear();
+            for request in group {
+                let plan = request.task.plan(txn)?;
+                for change in &plan.changes {
+                    txn.apply(change)?;
+                }
+                planned.extend(plan.events);
+            }
+            Ok(())
+        })?;
+        events.append(&mut planned.into_inner());
+        Ok(())
     }
 
     /// Stops writes until the returned hold is dropped.
