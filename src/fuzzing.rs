@@ -4,10 +4,17 @@
 use crate::engine::sled::layout as index;
 use crate::{codec, key};
 
-/// Decodes `bytes` as a session record and encodes it again: `None` when it
-/// does not decode.
+/// Decodes `bytes` as a session record and encodes it again, in the
+/// record's own format: `None` when it does not decode. A format 1 record
+/// is written as format 2, whose body is format 1's plus a lead of 0 (one
+/// byte `00`); that byte is taken off again to compare with the input.
 pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
-    codec::encode(&codec::decode(bytes).ok()?).ok()
+    let mut again = codec::encode(&codec::decode(bytes).ok()?).ok()?;
+    if bytes.first() == Some(&1) && again.last() == Some(&0) {
+        again.pop();
+        again[0] = 1;
+    }
+    Some(again)
 }
 
 /// Whether `codec::decode_head` reads the same leading fields as
@@ -27,10 +34,11 @@ pub fn reencode_expiry_key(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(index::expiry_key(at, &digest).to_vec())
 }
 
-/// Parses `bytes` as an `actors` key and builds the key again.
+/// Parses `bytes` as the name of an actor entry (`actor key ++ digest`)
+/// and builds the name again.
 pub fn reencode_actor_key(bytes: &[u8]) -> Option<Vec<u8>> {
-    let (actor, digest) = index::parse_actor_key(bytes)?;
-    Some(index::actor_key(&actor, &digest))
+    let (actor, digest) = index::parse_actor_entry(bytes)?;
+    Some(index::actor_entry(&actor, &digest))
 }
 
 /// Splits a full key into actor id and secret, as every key-taking call does.

@@ -160,16 +160,22 @@ impl WriteGroup {
                     state = self.lock();
                     continue;
                 }
-                state.sleeping += 1;
-                state = self
-                    .stepped_down
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                state.sleeping -= 1;
+                state = self.sleep(state);
             } else {
                 state = self.lead(state);
             }
         }
+    }
+
+    /// Sleeps until a leader steps down.
+    fn sleep<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.sleeping += 1;
+        let mut state = self
+            .stepped_down
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.sleeping -= 1;
+        state
     }
 
     /// Polls, for up to [`SPIN`], until the task is answered or no group is
@@ -343,12 +349,7 @@ impl WriteGroup {
         let mut state = self.lock();
         loop {
             if state.leading {
-                state.sleeping += 1;
-                state = self
-                    .stepped_down
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                state.sleeping -= 1;
+                state = self.sleep(state);
             } else if !state.queue.is_empty() {
                 state = self.lead(state);
             } else {
