@@ -53,6 +53,10 @@ enum Cmd {
         /// made inside and removed after). Default: the system temp dir.
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// sled's cache for the sessiondb rows, in MiB (default: the
+        /// library's, 64 MiB).
+        #[arg(long, value_name = "MIB")]
+        cache_mib: Option<u64>,
     },
     /// Prints the table and targets again, and draws the chart, from the
     /// rows `compare --json` printed. With several files (runs of parts of
@@ -114,7 +118,16 @@ fn run(cli: Cli) -> Result<()> {
             only,
             systems,
             work_dir,
-        } => compare(quick, json, chart, only, systems, work_dir),
+            cache_mib,
+        } => {
+            if let Some(mib) = cache_mib {
+                // Read by every sessiondb configuration, here and in the
+                // child processes (which inherit it). Set before any thread
+                // of the run starts.
+                std::env::set_var(systems::sessiondb::CACHE_ENV, mib.to_string());
+            }
+            compare(quick, json, chart, only, systems, work_dir)
+        }
         Cmd::ChildLoad {
             system,
             dir,

@@ -14,13 +14,24 @@ use crate::shape::{self, Key};
 /// sessiondb's default periodic flush interval.
 pub const PERIODIC: Durability = Durability::Periodic(Duration::from_millis(500));
 
-/// The configuration every sessiondb row uses: defaults, except the clock
-/// and the durability under test.
+/// The environment variable `compare --cache-mib` sets for itself and the
+/// child processes it runs.
+pub const CACHE_ENV: &str = "SESSIONDB_BENCH_CACHE_MIB";
+
+/// The configuration every sessiondb row uses: defaults, except the clock,
+/// the durability under test and, with `compare --cache-mib`, sled's cache.
 pub fn config(dir: &Path, clock: &BenchClock, durability: Durability) -> Config {
-    Config::new(dir)
+    let config = Config::new(dir)
         .ttl(shape::TTL)
         .clock(Arc::new(clock.clone()))
-        .durability(durability)
+        .durability(durability);
+    match std::env::var(CACHE_ENV)
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        Some(mib) => config.cache_capacity(mib << 20),
+        None => config,
+    }
 }
 
 /// The same on the Redis engine, on the server at `url`.
