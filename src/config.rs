@@ -353,7 +353,7 @@ impl Config {
         self
     }
 
-    /// Most queued operations the committer puts in one transaction.
+    /// Most queued operations a write group puts in one transaction.
     /// Default 512. sled serialises transactions and each one costs a log
     /// write, so grouping is what makes concurrent writes fast; 1 turns
     /// grouping off (useful only to measure its gain).

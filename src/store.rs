@@ -132,8 +132,8 @@ impl std::fmt::Debug for SessionStore {
 
 impl SessionStore {
     /// Opens (or creates) the store described by `config`, recovers it if
-    /// the previous run did not close it cleanly, and starts the committer
-    /// and (unless disabled) the reaper thread.
+    /// the previous run did not close it cleanly (in the background, by
+    /// default), and starts the reaper thread (unless disabled).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a setting out of range; [`Error::InUse`]
@@ -710,8 +710,8 @@ impl SessionStore {
         self.shared().engine.quarantined()
     }
 
-    /// Stops the reaper and the committer (queued writes are committed
-    /// first), flushes, and records a clean shutdown so that the next open
+    /// Waits for a running recovery check, stops the reaper, commits the
+    /// queued writes, flushes, and records a clean shutdown so that the next open
     /// skips the full check. Other clones of this handle get
     /// [`Error::Closed`] afterwards; the directory is released when the last
     /// clone is dropped. Dropping the last handle without `close` does the same.
@@ -741,7 +741,8 @@ mod tests {
         let store = SessionStore::open(Config::new(dir.path()).reaper_thread(false)).unwrap();
         let key = store.register("p1", "en", Data::new()).unwrap();
         let key = key.key().unwrap().to_owned();
-        // Planning runs on the committer thread: a bug there kills it.
+        // Planning runs in the write group's leader (a caller's thread here):
+        // a bug there poisons the store under the committer's old name.
         let panicked = store.shared().write(About::default(), |_| -> Result<()> {
             panic!("a bug (on purpose)")
         });

@@ -170,8 +170,8 @@ impl Engine for SledEngine {
     }
 
     fn ping(&self) -> Result<()> {
-        // In process, nothing to reach: a dead committer has already
-        // poisoned the store, which the caller checks.
+        // In process, nothing to reach: a write group that panicked has
+        // already poisoned the store, which the caller checks.
         Ok(())
     }
 
