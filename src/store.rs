@@ -355,7 +355,7 @@ impl SessionStore {
 
     fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
         let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
-        let about = About::of(vec![actor_id.clone()]);
+        let about = About::record_of(actor_id.clone());
         let record = self.shared().write(about, move |p| {
             p.use_session(&digest, &actor_id, now, touch)
         })?;
@@ -500,7 +500,7 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        let about = About::of(vec![actor_id.clone()]);
+        let about = About::record_of(actor_id.clone());
         shared.write(about, move |p| {
             p.edit_data(&digest, &actor_id, now, expected_revision, kind, &edit)
         })

@@ -125,6 +125,13 @@ pub(crate) trait Task: Send + Sync {
     /// known; an engine whose commits can conflict may order its own plans
     /// per actor with it.
     fn subjects(&self) -> &[String];
+    /// Whether the operation usually rewrites only its session's record (a
+    /// use, a data edit): an engine may then plan it outside a transaction
+    /// first, and commit it as one write if its plan turns out so. Planning
+    /// tells for sure; this only spares planning the others twice.
+    fn in_place(&self) -> bool {
+        false
+    }
     /// Plans the operation against `view`. The operation's own failures (an
     /// invalid key, too much data) are kept by the task and give an empty
     /// plan; an error returned here is a storage failure that fails every

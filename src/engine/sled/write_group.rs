@@ -297,6 +297,9 @@ impl WriteGroup {
     ) -> (usize, Option<Error>) {
         let view = self.trees.view();
         for (n, request) in group.iter().enumerate() {
+            if !request.task.in_place() {
+                return (n, None);
+            }
             let plan = match request.task.plan(&view) {
                 Ok(plan) => plan,
                 Err(e) => return (n, Some(e)),
