@@ -34,15 +34,7 @@ fn wait_until_ended(rx: &std::sync::mpsc::Receiver<Sse>, limit: Duration) {
 fn run_serves_until_its_shutdown_future_then_closes_the_store_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (runtime, listener, addr) = loopback_runtime();
     assert_ne!(addr.port(), 0);
     let base = format!("http://{addr}");
     let url = |path: &str| format!("{base}{path}");

@@ -220,15 +220,7 @@ impl InProcess {
                 .clock(clock.clone())
                 .reaper_thread(false),
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (runtime, listener, addr) = loopback_runtime();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = runtime.spawn(run_with(listener, store.clone(), options, async move {
             let _ = stopped.await;

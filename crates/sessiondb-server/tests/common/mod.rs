@@ -73,24 +73,9 @@ impl Server {
     /// As `start`, letting the caller adjust the command (environment).
     pub fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let data_dir = dir.join("data");
-        let log = dir.join("server.log");
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut cmd = command();
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        adjust(&mut cmd);
-        Server::spawn(cmd, data_dir, log)
+        let data_arg = data_dir.to_str().expect("a UTF-8 temporary path");
+        let args = [&["--data-dir", data_arg][..], extra].concat();
+        Server::serve(dir, &args, adjust, data_dir.clone())
     }
 
     /// Starts `sessiondb serve --listen 127.0.0.1:0 --redis-url <url>` with
@@ -106,6 +91,18 @@ impl Server {
         extra: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> Server {
+        let args = [&["--redis-url", url][..], extra].concat();
+        Server::serve(dir, &args, adjust, dir.join("unused-data-dir"))
+    }
+
+    /// `sessiondb serve --listen 127.0.0.1:0` with `args`, its log appended
+    /// to `dir/server.log`.
+    fn serve(
+        dir: &Path,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+        data_dir: PathBuf,
+    ) -> Server {
         let log = dir.join("server.log");
         let log_file = OpenOptions::new()
             .create(true)
@@ -114,13 +111,13 @@ impl Server {
             .expect("log file");
         let mut cmd = command();
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--redis-url", url])
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
         adjust(&mut cmd);
-        Server::spawn(cmd, dir.join("unused-data-dir"), log)
+        Server::spawn(cmd, data_dir, log)
     }
 
     /// Spawns a prepared command and waits for its `listening on` line.
@@ -480,6 +477,25 @@ pub fn read(path: &Path) -> String {
         .and_then(|mut f| f.read_to_string(&mut s))
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     s
+}
+
+/// A two-thread tokio runtime and a listener bound to a free loopback port,
+/// for a server run in this process (`sessiondb_server::run`).
+pub fn loopback_runtime() -> (
+    tokio::runtime::Runtime,
+    tokio::net::TcpListener,
+    std::net::SocketAddr,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    (runtime, listener, addr)
 }
 
 /// Opens a store, retrying while it is briefly "in use": a child process
