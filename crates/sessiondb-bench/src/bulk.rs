@@ -83,10 +83,25 @@ pub fn child_hold(dir: &Path, n: usize, t0: u64) -> Result<()> {
     std::process::exit(1);
 }
 
+/// What the `sessiondb` binary caps glibc's malloc arenas at
+/// (`crates/sessiondb-server/src/main.rs`).
+const SERVER_MALLOC_ARENAS: &str = "2";
+
 fn load_in_child(ctx: &Ctx, system: &str, dir: &Path, threads: usize) -> Result<LoadReport> {
+    load_in_child_with(ctx, system, dir, threads, &[])
+}
+
+fn load_in_child_with(
+    ctx: &Ctx,
+    system: &str,
+    dir: &Path,
+    threads: usize,
+    env: &[(&str, &str)],
+) -> Result<LoadReport> {
     let n = ctx.plan.bulk;
     ctx.say(format!("{system}: loading {n} sessions in a child process"));
     let out = Command::new(std::env::current_exe()?)
+        .envs(env.iter().copied())
         .arg("child-load")
         .args(["--system", system])
         .arg("--dir")
@@ -250,6 +265,21 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
         &load,
         "child process that registered them (8 threads) and closed",
     ));
+    if ctx.plan.runs("peak_rss") && ctx.plan.has("sessiondb_2_arenas") {
+        // The same load with glibc's malloc arenas capped as the `sessiondb`
+        // binary caps them; a game server embedding the library can do the
+        // same with MALLOC_ARENA_MAX.
+        let capped_dir = ctx.dir("bulk-sessiondb-2-arenas");
+        let env = [("MALLOC_ARENA_MAX", SERVER_MALLOC_ARENAS)];
+        let capped = load_in_child_with(ctx, "sessiondb", &capped_dir, 8, &env)?;
+        remove_dir(&capped_dir);
+        ctx.push(rss_row(
+            ctx,
+            "sessiondb_2_arenas",
+            &capped,
+            "as the sessiondb row, with MALLOC_ARENA_MAX=2 (what the sessiondb binary sets)",
+        ));
+    }
     ctx.push(disk_row(
         ctx,
         "sessiondb",

@@ -23,6 +23,7 @@ pub const WORKLOADS: &[&str] = &[
 pub const SYSTEMS: &[&str] = &[
     "sessiondb",
     "sessiondb_immediate",
+    "sessiondb_2_arenas",
     "sled_raw",
     "sled_raw_get",
     "sled_naive",

@@ -302,13 +302,19 @@ pub fn targets(ctx: &Ctx) -> Vec<Target> {
         ratio(rows, "disk_churn", "sqlite_normal", None),
         2.0,
     );
-    // sessiondb's default cache (64 MiB) plus 100 MiB.
-    let rss = find(rows, "peak_rss", "sessiondb", None).and_then(|r| r.bytes);
-    out.push(Target {
-        what: "peak RSS of the bulk load <= the 64 MiB cache + 100 MiB".into(),
-        measured: rss.map(|b| format!("{} MiB", num(b as f64 / 1_048_576.0))),
-        met: rss.map(|b| b <= (64 + 100) << 20),
-    });
+    // sessiondb's default cache (64 MiB) plus 100 MiB: the library with
+    // glibc's defaults, and as the `sessiondb` binary runs.
+    for (system, how) in [
+        ("sessiondb", "glibc's default arenas"),
+        ("sessiondb_2_arenas", "2 malloc arenas, as the binary"),
+    ] {
+        let rss = find(rows, "peak_rss", system, None).and_then(|r| r.bytes);
+        out.push(Target {
+            what: format!("peak RSS of the bulk load <= the 64 MiB cache + 100 MiB ({how})"),
+            measured: rss.map(|b| format!("{} MiB", num(b as f64 / 1_048_576.0))),
+            met: rss.map(|b| b <= (64 + 100) << 20),
+        });
+    }
     out
 }
 
