@@ -44,7 +44,7 @@ struct WireOut<'a> {
     created_at: u64,
     deadline: Option<u64>,
     node_id: Option<&'a str>,
-    data: &'a Data,
+    // Then the data (`encode_data`), the last field of format 1.
 }
 
 impl<'a> From<&'a Record> for WireOut<'a> {
@@ -59,7 +59,6 @@ impl<'a> From<&'a Record> for WireOut<'a> {
             created_at: r.created_at,
             deadline: r.deadline,
             node_id: r.node_id.as_deref(),
-            data: &r.data,
         }
     }
 }
@@ -81,11 +80,12 @@ struct WireIn {
     deadline: Option<u64>,
     #[serde(deserialize_with = "optional_text")]
     node_id: Option<String>,
-    data: Data,
+    // Then the data, checked by `data_len` and kept as it is stored.
 }
 
-impl From<WireIn> for Record {
-    fn from(w: WireIn) -> Self {
+impl WireIn {
+    fn with_data(self, data: Data) -> Record {
+        let w = self;
         Record {
             actor_id: w.actor_id,
             expires_at: w.expires_at,
@@ -98,7 +98,7 @@ impl From<WireIn> for Record {
             created_at: w.created_at,
             deadline: w.deadline,
             node_id: w.node_id,
-            data: w.data,
+            data,
         }
     }
 }
@@ -137,8 +137,21 @@ fn encode_body<W: bincode::enc::write::Writer>(
     record: &Record,
     mut out: W,
 ) -> std::result::Result<(), bincode::error::EncodeError> {
-    bincode::serde::encode_into_writer(WireOut::from(record), &mut out, config())?;
+    encode_format_1(record, &mut out)?;
     bincode::encode_into_writer(lead(record), out, config())
+}
+
+/// Writes format 1's fields: the leading ones, then the data.
+fn encode_format_1<W: bincode::enc::write::Writer>(
+    record: &Record,
+    mut out: W,
+) -> std::result::Result<(), bincode::error::EncodeError> {
+    bincode::serde::encode_into_writer(WireOut::from(record), &mut out, config())?;
+    match record.data.stored() {
+        // Unchanged since it was read: its bytes, checked then, as they are.
+        Some(bytes) => out.write(bytes),
+        None => bincode::serde::encode_into_writer(&record.data, out, config()),
+    }
 }
 
 /// Encodes a record: the format byte, then the bincode body.
@@ -177,7 +190,10 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
     let (format, body) = body(bytes)?;
     let (wire, mut used): (WireIn, usize) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| e.to_string())?;
-    let mut record = Record::from(wire);
+    let data = &body[used..];
+    let data_len = data_len(data)?;
+    used += data_len;
+    let mut record = wire.with_data(Data::from_stored(&data[..data_len]));
     if format >= 2 {
         let (lead, n): (u64, usize) =
             bincode::decode_from_slice(&body[used..], config()).map_err(|e| e.to_string())?;
@@ -193,9 +209,9 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
             body.len() - used
         ));
     }
-    // bincode also reads integers in a wider form than needed, and data
-    // names out of order or repeated; the stored format has one encoding
-    // per record, so any other is corruption.
+    // bincode also reads integers in a wider form than needed; the stored
+    // format has one encoding per record, so any other is corruption
+    // (`data_len` checks the data's part).
     if !encodes_to(&record, body, format) {
         return Err(
             "not in the canonical encoding (an integer wider than needed, \
@@ -228,9 +244,101 @@ fn encodes_to(record: &Record, body: &[u8], format: u8) -> bool {
     let encoded = if format >= 2 {
         encode_body(record, &mut compare)
     } else {
-        bincode::serde::encode_into_writer(WireOut::from(record), &mut compare, config())
+        encode_format_1(record, &mut compare)
     };
     encoded.is_ok() && compare.rest.is_empty()
+}
+
+/// The data's encoding: a bincode map of strings, names in ascending byte
+/// order (which rules out repeats), every integer in its shortest form.
+/// Returns how many bytes of `bytes` it takes; what follows is not data.
+/// Checked without building the map: a resolve decodes the data only when
+/// its caller reads it (`Data`).
+fn data_len(bytes: &[u8]) -> std::result::Result<usize, String> {
+    let mut entries = data_entries(bytes);
+    let mut last: Option<&str> = None;
+    for entry in entries.by_ref() {
+        let (name, _) = entry?;
+        if last.is_some_and(|last| last >= name) {
+            return Err(
+                "not in the canonical encoding (data names out of order or repeated)".into(),
+            );
+        }
+        last = Some(name);
+    }
+    Ok(bytes.len() - entries.rest.len())
+}
+
+/// The entries of a data encoding (see [`data_len`]), in stored order; an
+/// entry that cannot be read ends the iteration with its error.
+pub(crate) fn data_entries(bytes: &[u8]) -> DataEntries<'_> {
+    DataEntries {
+        rest: bytes,
+        left: None,
+    }
+}
+
+pub(crate) struct DataEntries<'a> {
+    rest: &'a [u8],
+    /// Entries still to read; `None` before the count is read.
+    left: Option<u64>,
+}
+
+impl<'a> DataEntries<'a> {
+    fn varint(&mut self) -> std::result::Result<u64, String> {
+        let (value, used): (u64, usize) =
+            bincode::decode_from_slice(self.rest, config()).map_err(|e| e.to_string())?;
+        let shortest = match value {
+            0..=250 => 1,
+            251..=0xffff => 3,
+            0x1_0000..=0xffff_ffff => 5,
+            _ => 9,
+        };
+        if used != shortest {
+            return Err("not in the canonical encoding (an integer wider than needed)".into());
+        }
+        self.rest = &self.rest[used..];
+        Ok(value)
+    }
+
+    fn text(&mut self) -> std::result::Result<&'a str, String> {
+        let len = self.varint()?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= self.rest.len())
+            .ok_or_else(|| format!("data text of {len} bytes runs past the record"))?;
+        let (text, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        std::str::from_utf8(text).map_err(|e| format!("data text is not UTF-8: {e}"))
+    }
+
+    fn entry(&mut self) -> std::result::Result<Option<(&'a str, &'a str)>, String> {
+        let left = match self.left {
+            Some(left) => left,
+            None => self.varint()?,
+        };
+        if left == 0 {
+            self.left = Some(0);
+            return Ok(None);
+        }
+        self.left = Some(left - 1);
+        Ok(Some((self.text()?, self.text()?)))
+    }
+}
+
+impl<'a> Iterator for DataEntries<'a> {
+    type Item = std::result::Result<(&'a str, &'a str), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.entry() {
+            Ok(entry) => entry.map(Ok),
+            Err(e) => {
+                // Nothing more can be read after a bad entry.
+                self.left = Some(0);
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 /// Decodes the record stored under `digest`, reporting a failure as
@@ -440,5 +548,50 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).unwrap_err().contains("trailing"));
+    }
+
+    /// A decoded record keeps its data's bytes: written again unchanged, it
+    /// is the same bytes; read, it is the same entries; changed, it is
+    /// encoded from the entries.
+    #[test]
+    fn data_is_read_on_use_and_written_back_as_stored() {
+        let expected = documented_example();
+        let bytes = encode(&expected).unwrap();
+        let mut record = decode(&bytes).unwrap();
+        assert!(record.data.stored().is_some());
+        record.expires_at += 1_000;
+        record.filed_at += 1_000;
+        let moved = encode(&record).unwrap();
+        assert_eq!(decode(&moved).unwrap(), record);
+        assert_eq!(record.data.get_json("name"), Some("\"Ada\""));
+        assert_eq!(record.data.get::<u32>("visits").unwrap(), Some(3));
+        assert_eq!(record.data, expected.data);
+        record.data.insert("level", &2).unwrap();
+        assert!(record.data.stored().is_none());
+        let changed = decode(&encode(&record).unwrap()).unwrap();
+        let names: Vec<&str> = changed.data.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["level", "name", "visits"]);
+        assert!(record.data.remove("name") && !record.data.contains("name"));
+    }
+
+    /// Data is checked when its record is decoded, though it is decoded
+    /// only when read: a corrupt data part is refused at once.
+    #[test]
+    fn refuses_corrupt_data_when_the_record_is_decoded() {
+        let cases = [
+            // "name" twice.
+            (12, "04 6e 61 6d 65 05 22 41 64 61 22", "canonical"),
+            // The count in the three-byte form.
+            (10, "fb 02 00", "canonical"),
+            // A name that is not UTF-8.
+            (11, "04 6e 61 6d ff 05 22 41 64 61 22", "UTF-8"),
+            // A value running past the record.
+            (12, "06 76 69 73 69 74 73 7f 33", "past the record"),
+        ];
+        for (line, replacement, problem) in cases {
+            let bytes = documented_bytes_with(line, replacement);
+            let found = decode(&bytes).unwrap_err();
+            assert!(found.contains(problem), "{replacement}: {found}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! and the data map a session carries.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
@@ -24,9 +25,82 @@ pub const MAX_DATA_NAME_LEN: usize = 255;
 /// assert_eq!(data.get_json("score"), Some("42"));
 /// # Ok::<(), sessiondb::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Data(BTreeMap<String, String>);
+#[derive(Clone, Default)]
+pub struct Data {
+    /// The entries, decoded. Left empty while the data is only `stored`: a
+    /// resolve answers with the whole session, but most callers never look
+    /// at its data, and decoding it was a third of a hot resolve's time
+    /// (criterion `read/resolve_hot`).
+    map: OnceLock<BTreeMap<String, String>>,
+    /// The data's stored encoding, when it came from a stored record and
+    /// was not changed since: checked when the record was decoded
+    /// (`codec::data_len`), decoded on first use, and written back as it
+    /// is when the record is stored again.
+    stored: Option<Box<[u8]>>,
+}
+
+impl Data {
+    /// Data read from a record: `stored` must have passed
+    /// `codec::data_len`.
+    pub(crate) fn from_stored(stored: &[u8]) -> Data {
+        Data {
+            map: OnceLock::new(),
+            stored: Some(stored.into()),
+        }
+    }
+
+    /// The stored encoding, while the data is unchanged since it was read.
+    pub(crate) fn stored(&self) -> Option<&[u8]> {
+        self.stored.as_deref()
+    }
+
+    fn map(&self) -> &BTreeMap<String, String> {
+        self.map.get_or_init(|| match &self.stored {
+            // Checked when the record was decoded, so every entry decodes.
+            Some(bytes) => crate::codec::data_entries(bytes)
+                .filter_map(std::result::Result::ok)
+                .map(|(name, json)| (name.to_owned(), json.to_owned()))
+                .collect(),
+            None => BTreeMap::new(),
+        })
+    }
+
+    /// The entries, to change: the stored encoding no longer holds.
+    fn map_mut(&mut self) -> &mut BTreeMap<String, String> {
+        self.map();
+        self.stored = None;
+        match self.map.get_mut() {
+            Some(map) => map,
+            None => unreachable!("Data::map initialises the map"),
+        }
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        match (self.stored(), other.stored()) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.map() == other.map(),
+        }
+    }
+}
+
+impl Eq for Data {}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.map().serialize(serializer)
+    }
+}
 
 impl<'de> Deserialize<'de> for Data {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
@@ -44,7 +118,10 @@ impl<'de> Deserialize<'de> for Data {
                 while let Some((Text(name), Text(json))) = map.next_entry()? {
                     entries.insert(name, json);
                 }
-                Ok(Data(entries))
+                Ok(Data {
+                    map: OnceLock::from(entries),
+                    stored: None,
+                })
             }
         }
         deserializer.deserialize_map(Entries)
@@ -68,7 +145,7 @@ impl Data {
             name: clip(name),
             source,
         })?;
-        self.0.insert(name.to_owned(), json);
+        self.map_mut().insert(name.to_owned(), json);
         Ok(self)
     }
 
@@ -92,7 +169,7 @@ impl Data {
     /// # Errors
     /// [`Error::Data`] when the stored JSON does not fit `T`.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        self.0
+        self.map()
             .get(name)
             .map(|json| {
                 serde_json::from_str(json).map_err(|source| Error::Data {
@@ -105,42 +182,42 @@ impl Data {
 
     /// The JSON text stored under `name`.
     pub fn get_json(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.map().get(name).map(String::as_str)
     }
 
     /// Sets already-checked JSON text (from `insert`/`insert_json`).
     pub(crate) fn set_json_unchecked(&mut self, name: &str, json: &str) {
-        self.0.insert(name.to_owned(), json.to_owned());
+        self.map_mut().insert(name.to_owned(), json.to_owned());
     }
 
     /// Removes `name`; returns whether it was there.
     pub fn remove(&mut self, name: &str) -> bool {
-        self.0.remove(name).is_some()
+        self.map_mut().remove(name).is_some()
     }
 
     /// Whether `name` is set.
     pub fn contains(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.map().contains_key(name)
     }
 
     /// Names and JSON texts, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.map().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// How many names are set.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.map().len()
     }
 
     /// Whether no name is set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.map().is_empty()
     }
 
     /// The size counted against `Config::max_data_bytes`: names plus JSON texts.
     pub fn size(&self) -> usize {
-        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.map().iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 
     /// Checks what `insert` checks, for data that may not have come through
@@ -148,7 +225,7 @@ impl Data {
     /// any names and texts, and the store must not keep a name `insert`
     /// refuses or a value that is not JSON.
     pub(crate) fn check(&self) -> Result<()> {
-        for (name, json) in &self.0 {
+        for (name, json) in self.map() {
             check_data_name(name)?;
             serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|source| Error::Data {
                 name: clip(name),
