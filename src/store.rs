@@ -355,7 +355,12 @@ impl SessionStore {
 
     fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
         let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
-        let about = About::record_of(actor_id.clone());
+        // A restore announces the session again, so it is never a rewrite
+        // alone (those publish nothing).
+        let about = match touch {
+            Touch::Restore => About::of(vec![actor_id.clone()]),
+            Touch::Slide | Touch::Extend => About::record_of(actor_id.clone()),
+        };
         let record = self.shared().write(about, move |p| {
             p.use_session(&digest, &actor_id, now, touch)
         })?;

@@ -161,4 +161,57 @@ on_every_engine! {
         );
         assert!(f.store.check().unwrap().is_healthy());
     }
+
+    fn writes_racing_a_logout_never_bring_the_session_back() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let f = Fixture::with(|c| c.event_capacity(64));
+        let rx = f.store.subscribe();
+        let s = f.store.register("p1", "en", Data::new()).unwrap();
+        let key = key_of(&s);
+        let written = AtomicU64::new(0);
+        // Set before the logout is asked for, and after it returned.
+        let (logging_out, logged_out) = (AtomicBool::new(false), AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (store, key, written) = (f.store.clone(), key.clone(), &written);
+                let (logging_out, logged_out) = (&logging_out, &logged_out);
+                scope.spawn(move || {
+                    for i in 0u64.. {
+                        let after_logout = logged_out.load(Ordering::Acquire);
+                        // Data edits and uses, both rewrites of the record alone.
+                        let done = if i % 2 == 0 {
+                            store.set_data(&key, &format!("t{t}"), &i)
+                        } else {
+                            store.extend(&key).map(drop)
+                        };
+                        match done {
+                            Ok(()) => {
+                                assert!(!after_logout, "a write after the logout succeeded");
+                                written.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.reason(), Some(Reason::NoSession), "{e}");
+                                assert!(logging_out.load(Ordering::Acquire));
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            while written.load(Ordering::Relaxed) < 100 * THREADS as u64 {
+                std::thread::yield_now();
+            }
+            logging_out.store(true, Ordering::Release);
+            f.store.logout(&key).unwrap();
+            logged_out.store(true, Ordering::Release);
+        });
+        assert_eq!(rejected(f.store.resolve(&key)), Reason::NoSession);
+        assert_eq!(f.store.actor_session("p1").unwrap(), None);
+        assert_eq!(f.store.stats().unwrap().sessions, 0);
+        assert!(f.store.check().unwrap().is_healthy());
+        // Told once of the register and once of the logout, in that order.
+        let events = drain(&rx);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[1], unset_event(&s, UnsetReason::LoggedOut));
+    }
 }

@@ -61,8 +61,13 @@ impl Gate {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.0.lock().inside -= 1;
-        self.0.changed.notify_all();
+        let mut state = self.0.lock();
+        state.inside -= 1;
+        // Only a holder waits for writers to leave; every write passes here,
+        // so the others are spared the wake-up call.
+        if state.held && state.inside == 0 {
+            self.0.changed.notify_all();
+        }
     }
 }
 

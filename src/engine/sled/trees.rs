@@ -1,6 +1,7 @@
 //! The open sled database: its trees, reads outside transactions, the
 //! batch transaction, flushes, and whole-tree scans and repairs.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
@@ -50,21 +51,41 @@ pub(crate) struct Trees {
     _lock: File,
 }
 
-/// Planning's view of the trees outside a transaction (`Trees::view`).
-pub(crate) struct TreesView<'a>(&'a Trees);
+/// Planning's view of the trees outside a transaction (`Trees::view`). It
+/// keeps the records it read, so that a rewrite planned on them can be
+/// made only if they still hold (`Trees::rewrite_if`).
+pub(crate) struct TreesView<'a> {
+    trees: &'a Trees,
+    read: RefCell<Vec<(Digest, sled::IVec)>>,
+}
+
+impl TreesView<'_> {
+    /// The record last read for `digest`, as it was read.
+    pub fn read(&self, digest: &Digest) -> Option<sled::IVec> {
+        let read = self.read.borrow();
+        read.iter()
+            .rev()
+            .find(|(d, _)| d == digest)
+            .map(|(_, v)| v.clone())
+    }
+}
 
 impl View for TreesView<'_> {
     fn record(&self, _actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .0
+        let found = self
+            .trees
             .sessions
             .get(digest.0)
-            .map_err(sled_err("reading a session"))?
-            .map(|v| v.to_vec()))
+            .map_err(sled_err("reading a session"))?;
+        Ok(found.map(|v| {
+            let bytes = v.to_vec();
+            self.read.borrow_mut().push((*digest, v));
+            bytes
+        }))
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
-        self.0.actor_sessions(actor_id)
+        self.trees.actor_sessions(actor_id)
     }
 }
 
@@ -257,14 +278,20 @@ impl Trees {
     /// The store as planning outside a transaction sees it (the write group
     /// is the only writer, so nothing changes under it).
     pub fn view(&self) -> TreesView<'_> {
-        TreesView(self)
+        TreesView {
+            trees: self,
+            read: RefCell::new(Vec::new()),
+        }
     }
 
-    /// Rewrites a stored record in place, outside a transaction: one key.
-    pub fn rewrite(&self, digest: &Digest, record: &[u8]) -> Result<()> {
+    /// Rewrites a stored record in place, outside a transaction (one key),
+    /// if it still holds `was`; returns whether it did. A transaction
+    /// excludes it (sled's concurrency-control lock), so a rewrite lands
+    /// wholly before or after any transaction.
+    pub fn rewrite_if(&self, digest: &Digest, was: &[u8], record: &[u8]) -> Result<bool> {
         self.sessions
-            .insert(digest.0, record)
-            .map(drop)
+            .compare_and_swap(digest.0, Some(was), Some(record))
+            .map(|swapped| swapped.is_ok())
             .map_err(sled_err("rewriting a session"))
     }
 
