@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -48,26 +48,6 @@ fn assert_set(event: &Sse, session: &Value, actor: &str) {
     assert_eq!(event.data["actorId"], actor, "{event:?}");
     assert!(event.data["expiresAt"].as_u64().is_some(), "{event:?}");
     assert!(event.data["language"].is_string(), "{event:?}");
-}
-
-/// The value of an unlabelled series in a /metrics text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Polls `check` until it holds, failing after 20 s.
-#[track_caller]
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -146,7 +126,7 @@ fn each_stream_hears_its_own_session_only_and_ends_after_its_unset() {
     assert_ended(&rm);
 
     // Ended streams are gone from the server.
-    wait_until("no open session streams", || {
+    wait_until(Duration::from_secs(20), "no open session streams", || {
         metric(
             &get(&server.url("/metrics"), None).body,
             "sessiondb_session_streams",

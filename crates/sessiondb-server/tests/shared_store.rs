@@ -57,25 +57,6 @@ fn events_until(rx: &Receiver<Sse>, limit: Duration, done: impl Fn(&Sse) -> bool
 }
 
 /// Polls `check` until it holds, failing after `limit`.
-#[track_caller]
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The value of an unlabelled series in a /metrics text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 #[test]
 fn two_nodes_on_one_redis_share_sessions_and_hear_each_others_events() {
     let Some(redis) = redis("two_nodes_on_one_redis_share_sessions") else {

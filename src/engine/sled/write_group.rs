@@ -91,8 +91,6 @@ struct State {
     leading: bool,
     /// `close` callers asleep until a leader steps down.
     sleeping: usize,
-    /// Closed: no more tasks are taken.
-    stopped: bool,
 }
 
 /// Counters kept by the leaders.
@@ -122,7 +120,9 @@ pub(crate) struct WriteGroup {
     leading: AtomicBool,
     /// A waiting caller is polling.
     polling: AtomicBool,
-    /// `State::stopped`, for writes committed outside a group.
+    /// Closed: no more tasks are taken. Set under the state's lock, so a
+    /// task queued before it is committed by `close`; read without it by
+    /// `commit_alone`, which `close` waits for at the gate.
     stopped: AtomicBool,
 }
 
@@ -167,7 +167,7 @@ impl WriteGroup {
             return Ok(Ticket(outcome));
         }
         let mut state = self.lock();
-        if state.stopped {
+        if self.stopped.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         state.queue.push_back(Request {
@@ -465,7 +465,6 @@ impl WriteGroup {
             } else if !state.queue.is_empty() {
                 state = self.lead(state);
             } else {
-                state.stopped = true;
                 self.stopped.store(true, Ordering::Release);
                 break;
             }
