@@ -308,13 +308,11 @@ mod tests {
     use super::*;
 
     fn ticket(outcome: Result<Commit>) -> Ticket {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        tx.send(outcome).unwrap();
-        Ticket(rx)
+        Ticket::answered(outcome)
     }
 
     fn wait(t: Ticket) -> Result<Commit> {
-        t.0.recv().unwrap()
+        t.take().unwrap()
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub(crate) mod sled;
 
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::config::{Config, Location};
 use crate::error::Result;
@@ -151,8 +151,65 @@ pub(crate) enum Commit {
     Conflict,
 }
 
-/// A submitted task; [`Engine::wait`] gives its outcome.
-pub(crate) struct Ticket(pub Receiver<Result<Commit>>);
+/// A submitted task; [`Engine::wait`] gives its outcome. The engine
+/// answers it through the [`Answer`] made with it.
+pub(crate) struct Ticket(Receiver<Result<Commit>>);
+
+/// Where an engine gives a submitted task's outcome. Dropped unanswered (a
+/// panic in the engine), its ticket reads as [`Polled::Abandoned`].
+pub(crate) struct Answer(Sender<Result<Commit>>);
+
+/// What a ticket holds so far.
+pub(crate) enum Polled {
+    Pending,
+    Ready(Result<Commit>),
+    /// The engine dropped the task unanswered.
+    Abandoned,
+}
+
+impl Ticket {
+    /// A ticket still to be answered, and where to answer it.
+    pub fn pending() -> (Answer, Ticket) {
+        let (answer, ticket) = crossbeam_channel::bounded(1);
+        (Answer(answer), Ticket(ticket))
+    }
+
+    /// A ticket answered already: the task was committed on submission.
+    pub fn answered(outcome: Result<Commit>) -> Ticket {
+        let (answer, ticket) = Ticket::pending();
+        answer.give(outcome);
+        ticket
+    }
+
+    /// The outcome, if the engine has given it, without waiting.
+    pub fn poll(&self) -> Polled {
+        match self.0.try_recv() {
+            Ok(outcome) => Polled::Ready(outcome),
+            Err(TryRecvError::Empty) => Polled::Pending,
+            Err(TryRecvError::Disconnected) => Polled::Abandoned,
+        }
+    }
+
+    /// Whether the outcome is there to take.
+    pub fn is_answered(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Waits for the outcome; `None` if the engine dropped the task
+    /// unanswered.
+    pub fn take(self) -> Option<Result<Commit>> {
+        self.0.recv().ok()
+    }
+}
+
+impl Answer {
+    /// Gives the task's outcome to its ticket.
+    pub fn give(&self, outcome: Result<Commit>) {
+        // The ticket's channel has room for its one answer; a ticket
+        // dropped meanwhile has no one to tell.
+        let _ = self.0.send(outcome);
+    }
+}
 
 /// The two indexes a store keeps beside its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,8 +299,9 @@ pub(crate) struct Opened {
 /// wait until it is dropped.
 pub(crate) struct WritesHeld(#[allow(dead_code)] pub Box<dyn Send>);
 
-/// A storage engine.
-pub(crate) trait Engine: Send + Sync {
+/// A storage engine: what the session logic and the reaper ask of it.
+/// Whole-store upkeep (the check, repair, export) is its [`Upkeep`].
+pub(crate) trait Engine: Upkeep + Send + Sync {
     /// Calls `read` with the encoded record stored under `digest`, if any;
     /// returns whether there was one. The hot read path: no copy needed.
     fn read_record(
@@ -260,10 +318,7 @@ pub(crate) trait Engine: Send + Sync {
     /// The earliest expiry entry's time.
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// How many sessions are stored.
-    /// How many sessions are stored.
     fn session_count(&self) -> Result<Count>;
-    /// How many records repair has moved aside.
-    fn quarantined(&self) -> Result<u64>;
 
     /// Hands `task` over to be planned and committed.
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket>;
@@ -282,6 +337,16 @@ pub(crate) trait Engine: Send + Sync {
     /// Commits counted since open.
     fn commit_counts(&self) -> CommitCounts;
 
+    /// Commits what is queued, stops the engine's threads and, with `clean`,
+    /// records a clean shutdown so that the next open skips the check.
+    fn close(&self, clean: bool) -> Result<()>;
+}
+
+/// Whole-store upkeep: the scans of the consistency check and export, and
+/// repair. Slow paths, kept apart from the session path.
+pub(crate) trait Upkeep {
+    /// How many records repair has moved aside.
+    fn quarantined(&self) -> Result<u64>;
     /// Stops this process's writes until the returned value is dropped.
     fn hold_writes(&self) -> Result<WritesHeld>;
     /// Visits every stored record until `visit` returns false.
@@ -291,16 +356,15 @@ pub(crate) trait Engine: Send + Sync {
     /// Visits every actor entry.
     fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()>;
     /// Applies what the consistency check found, then makes it durable.
-    /// Nothing else may write meanwhile (see `hold_writes`).
+    /// This process's writes are held meanwhile (`hold_writes`); an engine
+    /// shared with other processes applies each fix only where what it
+    /// repairs is still as the check found it, so a change made since the
+    /// check is never overwritten.
     fn repair(&self, fixes: &[Fix]) -> Result<()>;
     /// Of the fixes found by a check that ran while writes went on, those
     /// still needed now, with writes held: each is checked again against
     /// what is stored.
     fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>>;
-
-    /// Commits what is queued, stops the engine's threads and, with `clean`,
-    /// records a clean shutdown so that the next open skips the check.
-    fn close(&self, clean: bool) -> Result<()>;
 }
 
 /// Opens the engine `config` names.

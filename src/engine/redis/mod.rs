@@ -26,7 +26,7 @@ use crate::config::{Config, Durability};
 use crate::engine::gate::{Gate, Turns};
 use crate::engine::{
     Change, Commit, CommitCounts, Count, Due, Engine, Fix, Index, IndexVisit, Opened, Plan,
-    Precondition, RecordVisit, Stored, Task, Ticket, View, WritesHeld,
+    Precondition, RecordVisit, Stored, Task, Ticket, Upkeep, View, WritesHeld,
 };
 use crate::error::{Error, Result, StorageError};
 use crate::events::EventHub;
@@ -764,17 +764,6 @@ impl Engine for RedisEngine {
         })
     }
 
-    fn quarantined(&self) -> Result<u64> {
-        let lens: Vec<u64> = self.with(|con| {
-            let mut pipe = redis::pipe();
-            for b in 0..self.keys.buckets() {
-                pipe.cmd("HLEN").arg(self.keys.quarantine(b));
-            }
-            pipe.query(con).map_err(failed("counting the quarantine"))
-        })?;
-        Ok(lens.into_iter().sum())
-    }
-
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
         let outcome = {
             let _inside = self.gate.enter();
@@ -785,16 +774,13 @@ impl Engine for RedisEngine {
             task.plan(&RedisView(self))
                 .and_then(|plan| self.commit(&plan))
         };
-        let (reply, ticket) = crossbeam_channel::bounded(1);
-        let _ = reply.send(outcome);
-        Ok(Ticket(ticket))
+        Ok(Ticket::answered(outcome))
     }
 
     fn wait(&self, ticket: Ticket) -> Result<Commit> {
         ticket
-            .0
-            .recv()
-            .map_err(|_| Error::WorkerFailed { worker: "events" })?
+            .take()
+            .unwrap_or(Err(Error::WorkerFailed { worker: "events" }))
     }
 
     fn flush(&self) -> Result<()> {
@@ -821,6 +807,33 @@ impl Engine for RedisEngine {
             plans: self.plans.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
         }
+    }
+
+    fn close(&self, _clean: bool) -> Result<()> {
+        // No shutdown marker: a node's crash cannot leave the store
+        // half-changed. Stop following the streams.
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match reader.map(|mut r| r.stop()) {
+            Some(false) => Err(Error::WorkerFailed { worker: "events" }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Upkeep for RedisEngine {
+    fn quarantined(&self) -> Result<u64> {
+        let lens: Vec<u64> = self.with(|con| {
+            let mut pipe = redis::pipe();
+            for b in 0..self.keys.buckets() {
+                pipe.cmd("HLEN").arg(self.keys.quarantine(b));
+            }
+            pipe.query(con).map_err(failed("counting the quarantine"))
+        })?;
+        Ok(lens.into_iter().sum())
     }
 
     fn hold_writes(&self) -> Result<WritesHeld> {
@@ -977,20 +990,6 @@ impl Engine for RedisEngine {
             self.recount()?;
         }
         self.flush()
-    }
-
-    fn close(&self, _clean: bool) -> Result<()> {
-        // No shutdown marker: a node's crash cannot leave the store
-        // half-changed. Stop following the streams.
-        let reader = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        match reader.map(|mut r| r.stop()) {
-            Some(false) => Err(Error::WorkerFailed { worker: "events" }),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::codec;
 use crate::config::{millis, Config, Durability};
 use crate::engine::{
     Commit, CommitCounts, Count, Due, Engine, Fix, IndexVisit, Opened, RecordVisit, Task, Ticket,
-    WritesHeld,
+    Upkeep, WritesHeld,
 };
 use crate::error::{Error, Result};
 use crate::events::EventHub;
@@ -137,10 +137,6 @@ impl Engine for SledEngine {
         Ok(self.trees.session_count())
     }
 
-    fn quarantined(&self) -> Result<u64> {
-        Ok(self.trees.quarantined())
-    }
-
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
         self.writes.submit(task)
     }
@@ -179,6 +175,22 @@ impl Engine for SledEngine {
         self.writes.counts()
     }
 
+    fn close(&self, clean: bool) -> Result<()> {
+        self.writes.close();
+        if clean {
+            self.trees.store_count()?;
+            self.trees.flush(true)?;
+            self.trees.set_meta(META_CLEAN, Some(&[1]))?;
+        }
+        self.trees.flush(true)
+    }
+}
+
+impl Upkeep for SledEngine {
+    fn quarantined(&self) -> Result<u64> {
+        Ok(self.trees.quarantined())
+    }
+
     fn hold_writes(&self) -> Result<WritesHeld> {
         Ok(WritesHeld(Box::new(self.writes.hold())))
     }
@@ -201,15 +213,5 @@ impl Engine for SledEngine {
 
     fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
         self.trees.still_needed(fixes)
-    }
-
-    fn close(&self, clean: bool) -> Result<()> {
-        self.writes.close();
-        if clean {
-            self.trees.store_count()?;
-            self.trees.flush(true)?;
-            self.trees.set_meta(META_CLEAN, Some(&[1]))?;
-        }
-        self.trees.flush(true)
     }
 }

@@ -46,11 +46,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TryRecvError};
-
 use super::trees::Trees;
 use crate::engine::gate::{Gate, Hold};
-use crate::engine::{Change, Commit, CommitCounts, Task, Ticket};
+use crate::engine::{Answer, Change, Commit, CommitCounts, Polled, Task, Ticket};
 use crate::error::{Error, Result, SharedError, StorageError};
 use crate::events::{Event, EventHub};
 use crate::worker::Poison;
@@ -70,7 +68,7 @@ fn writer_failed() -> Error {
 
 struct Request {
     task: Arc<dyn Task>,
-    reply: Sender<Result<Commit>>,
+    reply: Answer,
     /// The caller's thread, parked in `wait` (which runs on the thread that
     /// submitted).
     waiter: Thread,
@@ -160,12 +158,10 @@ impl WriteGroup {
     /// Queues `task`; it commits when its caller (or another) leads a group.
     /// The caller waits for it (`wait`) on this same thread.
     pub fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
-        let (reply, outcome) = crossbeam_channel::bounded(1);
         if let Some(answer) = self.commit_alone(&*task) {
-            // The channel has room for its one answer.
-            let _ = reply.send(answer);
-            return Ok(Ticket(outcome));
+            return Ok(Ticket::answered(answer));
         }
+        let (reply, ticket) = Ticket::pending();
         let mut state = self.lock();
         if self.stopped.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -175,18 +171,18 @@ impl WriteGroup {
             reply,
             waiter: std::thread::current(),
         });
-        Ok(Ticket(outcome))
+        Ok(ticket)
     }
 
     /// Waits, on the thread that submitted it, for a task's outcome,
     /// leading groups while no one else does.
     pub fn wait(&self, ticket: &Ticket) -> Result<Commit> {
         loop {
-            match ticket.0.try_recv() {
-                Ok(outcome) => return outcome,
+            match ticket.poll() {
+                Polled::Ready(outcome) => return outcome,
                 // Its group failed in a panic: the store is poisoned.
-                Err(TryRecvError::Disconnected) => return Err(writer_failed()),
-                Err(TryRecvError::Empty) => {}
+                Polled::Abandoned => return Err(writer_failed()),
+                Polled::Pending => {}
             }
             // A task not answered is queued or in the leader's group.
             let state = self.lock();
@@ -279,7 +275,7 @@ impl WriteGroup {
     fn poll(&self, ticket: &Ticket) {
         let started = Instant::now();
         while started.elapsed() < SPIN {
-            if !ticket.0.is_empty() || !self.leading.load(Ordering::Acquire) {
+            if ticket.is_answered() || !self.leading.load(Ordering::Acquire) {
                 return;
             }
             std::thread::yield_now();
@@ -385,7 +381,7 @@ impl WriteGroup {
                 _ => Ok(Commit::Done),
             };
             // A caller that gave up waiting is no error.
-            let _ = request.reply.send(answer);
+            request.reply.give(answer);
         }
     }
 
