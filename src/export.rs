@@ -299,7 +299,8 @@ impl SessionStore {
 
     /// Reads sessions written by [`SessionStore::export`] and stores them
     /// exactly as they were (digest, id, expiry, revision and data), with
-    /// all their index entries, in transactions of up to 256 sessions. A
+    /// all their index entries, in atomic batches of up to 256 sessions (cut
+    /// per bucket on Redis). A
     /// stored session with the same digest is replaced. No events are sent,
     /// since no client-visible change happened; sessions that are already
     /// past their expiry are reaped (with events) by the next reaper pass.
@@ -320,12 +321,14 @@ impl SessionStore {
             if batch.is_empty() {
                 return Ok(());
             }
-            let sessions = std::mem::take(batch);
-            let n = sessions.len() as u64;
-            let about = About::of(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
-            let new = shared.write(about, move |p| p.import(&sessions))?;
-            summary.imported += n;
-            summary.replaced += n - new as u64;
+            // A change commits within one shard (a Redis bucket).
+            for sessions in shared.by_shard(std::mem::take(batch), |s| &s.record.actor_id) {
+                let n = sessions.len() as u64;
+                let about = About::of(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
+                let new = shared.write(about, move |p| p.import(&sessions))?;
+                summary.imported += n;
+                summary.replaced += n - new as u64;
+            }
             Ok(())
         };
         let mut header_seen = false;

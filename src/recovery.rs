@@ -176,6 +176,7 @@ struct Expected {
     digest: Digest,
     filed_at: u64,
     actor_id: String,
+    revision: u64,
 }
 
 /// Which index entries were found for each expected session.
@@ -213,11 +214,24 @@ impl<'a> Found<'a> {
         });
         match at {
             Some(i) => self.seen[i] = true,
-            None => self.stale.push(Fix::Drop {
-                index,
-                id: id.to_vec(),
-            }),
+            None => {
+                let revision = digest.and_then(|d| self.revision_of(&d));
+                self.stale.push(Fix::Drop {
+                    index,
+                    id: id.to_vec(),
+                    revision,
+                });
+            }
         }
+    }
+
+    /// The revision of the session with `digest`, if one has it.
+    fn revision_of(&self, digest: &Digest) -> Option<u64> {
+        let start = self.sessions.partition_point(|e| e.digest < *digest);
+        self.sessions
+            .get(start)
+            .filter(|e| e.digest == *digest)
+            .map(|e| e.revision)
     }
 
     /// The sessions no entry named.
@@ -324,6 +338,7 @@ fn survey(engine: &dyn Engine) -> Result<(CheckReport, Vec<Fix>)> {
                 digest,
                 filed_at: record.filed_at,
                 actor_id: record.actor_id,
+                revision: record.revision,
             }),
             None => {
                 let id = stored.id;
@@ -353,10 +368,12 @@ fn survey(engine: &dyn Engine) -> Result<(CheckReport, Vec<Fix>)> {
         at: e.filed_at,
         actor_id: e.actor_id.clone(),
         digest: e.digest,
+        revision: e.revision,
     }));
     fixes.extend(actors.missing().map(|e| Fix::AddActor {
         actor_id: e.actor_id.clone(),
         digest: e.digest,
+        revision: e.revision,
     }));
     let mut report = CheckReport {
         sessions: sessions.len() as u64,

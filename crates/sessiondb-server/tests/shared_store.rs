@@ -407,11 +407,16 @@ fn tools_work_on_redis_and_migrate_a_data_directory_there_and_back() {
 
     // A dangling expiry entry, made behind the store's back: check sees
     // it, repair removes it.
+    let mut raw = redis.connection();
+    let indexes: Vec<String> = ::redis::cmd("KEYS")
+        .arg("sessiondb{*}:e")
+        .query(&mut raw)
+        .unwrap();
     let _: i64 = ::redis::cmd("ZADD")
-        .arg("sessiondb{0}:e")
+        .arg(&indexes[0])
         .arg(1)
         .arg(format!("{}:ghost", "ab".repeat(32)))
-        .query(&mut redis.connection())
+        .query(&mut raw)
         .unwrap();
     let out = tool(&["check", "--redis-url", &url]);
     let report = text(&out.stdout);

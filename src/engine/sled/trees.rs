@@ -550,7 +550,9 @@ impl Trees {
                             .contains_key(layout::expiry_key(*at, digest))
                             .map_err(fail())?
                 }
-                Fix::AddActor { actor_id, digest } => {
+                Fix::AddActor {
+                    actor_id, digest, ..
+                } => {
                     self.decoded(digest)?
                         .is_some_and(|r| r.actor_id == *actor_id)
                         && !self.lists(actor_id, digest)?
@@ -558,6 +560,7 @@ impl Trees {
                 Fix::Drop {
                     index: Index::Expiries,
                     id,
+                    ..
                 } => {
                     self.expiries.contains_key(id).map_err(fail())?
                         && match layout::parse_expiry_key(id) {
@@ -568,6 +571,7 @@ impl Trees {
                 Fix::Drop {
                     index: Index::Actors,
                     id,
+                    ..
                 } => {
                     // A damaged key (see `drop_actor_entry`), or a listed digest
                     // whose session is gone or another actor's.
@@ -605,7 +609,9 @@ impl Trees {
                         .insert(layout::expiry_key(*at, digest), &[])
                         .map_err(fail())?;
                 }
-                Fix::AddActor { actor_id, digest } => {
+                Fix::AddActor {
+                    actor_id, digest, ..
+                } => {
                     self.edit_actor_list(actor_id, |l| {
                         if !l.contains(digest) {
                             l.push(*digest);
@@ -616,12 +622,14 @@ impl Trees {
                 Fix::Drop {
                     index: Index::Expiries,
                     id,
+                    ..
                 } => {
                     self.expiries.remove(id).map_err(fail())?;
                 }
                 Fix::Drop {
                     index: Index::Actors,
                     id,
+                    ..
                 } => self.drop_actor_entry(id).map_err(fail())?,
                 Fix::Count(n) => {
                     self.count.store(*n, Ordering::Relaxed);

@@ -108,6 +108,14 @@ impl<'a> SledTxn<'a> {
                 self.count(digest, -1);
             }
             Change::DropExpiry { digest, at, .. } => self.remove_expiry(*at, digest)?,
+            // One shard: the session logic never moves a session between
+            // shards here.
+            Change::PutIntent { .. } | Change::DropIntent { .. } | Change::Arrival { .. } => {
+                return Err(Error::Storage(StorageError::new(
+                    "in a transaction",
+                    "the sled engine has one shard and stores no intents (a bug in sessiondb)",
+                )))
+            }
         }
         Ok(())
     }
