@@ -633,6 +633,150 @@ fn valkey_makes_immediate_writes_durable_with_waitaof() {
     store.flush().unwrap();
 }
 
+/// `WAITAOF` covers only the writes of the connection it runs on: each
+/// commit's wait must follow its own script on the same connection, or an
+/// unsynced change could be acknowledged. Watched with `MONITOR` while
+/// eight threads write (the store's connections are told apart by their
+/// TCP ports).
+#[test]
+fn each_durability_wait_runs_on_the_connection_that_wrote() {
+    let Some(binary) = find("valkey-server", "wait_on_the_connection_that_wrote") else {
+        return;
+    };
+    let port = common::redis::free_ports(1)[0].to_string();
+    let server = RedisServer::start(
+        &binary,
+        &[
+            "--port",
+            &port,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ],
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = SessionStore::open(
+        Config::redis(&url)
+            .reaper_thread(false)
+            .durability(Durability::Immediate),
+    )
+    .unwrap();
+    // Every command the server runs, with the client that sent it.
+    let mut monitor = server.connection();
+    monitor
+        .send_packed_command(&redis::cmd("MONITOR").get_packed_command())
+        .unwrap();
+    let _: redis::Value = monitor.recv_response().unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    store
+                        .register(&format!("t{t}p{i}"), "en", Data::new())
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    store.register("last", "en", Data::new()).unwrap();
+    // Per client: a script was sent and its wait is due next.
+    let mut due: HashMap<String, bool> = HashMap::new();
+    let mut waits = 0;
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        let line: String = match monitor.recv_response() {
+            Ok(v) => redis::from_redis_value(v).unwrap(),
+            Err(e) => panic!("the monitor stopped before the last register: {e}"),
+        };
+        // `<time> [<db> <client>] "<command>" ...`
+        let Some((client, command)) = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(who, what)| (who.to_owned(), what.trim().to_owned()))
+        else {
+            continue;
+        };
+        if client.ends_with("lua") {
+            continue;
+        }
+        let name = command
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_ascii_uppercase();
+        let wait_due = due.get(&client).copied().unwrap_or(false);
+        match name.as_str() {
+            "WAITAOF" => {
+                assert!(
+                    wait_due,
+                    "client {client} ran WAITAOF after no script of its own"
+                );
+                waits += 1;
+            }
+            _ => assert!(
+                !wait_due,
+                "client {client} ran {name} between a script and its wait"
+            ),
+        }
+        due.insert(client, matches!(name.as_str(), "EVALSHA" | "EVAL"));
+        if name == "WAITAOF" && waits > 8 * 40 {
+            break;
+        }
+    }
+}
+
+/// A primary demoted to replica (as in any failover) answers writes with
+/// READONLY: that is "unavailable", not a storage failure, and the store
+/// writes again, on fresh connections, as soon as the server is a primary.
+#[test]
+fn a_server_demoted_to_replica_is_unavailable_until_it_is_a_primary_again() {
+    let Some(server) = server("demoted_to_replica", &[]) else {
+        return;
+    };
+    // Another server, on a TCP port (REPLICAOF names host and port).
+    let port = common::redis::free_ports(1)[0].to_string();
+    let Some(_primary) = self::server("demoted_to_replica", &["--port", &port]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = SessionStore::open(config(&server, &clock)).unwrap();
+    store.register("p1", "en", Data::new()).unwrap();
+    assert!(store.ping().is_ok());
+
+    let mut raw = server.connection();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query(&mut raw)
+        .unwrap();
+    let started = Instant::now();
+    let err = store.register("p2", "en", Data::new()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("read only")
+            || err.to_string().contains("READONLY"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(store.ping(), Err(Error::Unavailable { .. })));
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut raw)
+        .unwrap();
+    store.register("p3", "en", Data::new()).unwrap();
+    assert!(store.ping().is_ok());
+}
+
 #[test]
 fn ping_answers_while_the_server_does_and_fails_typed_when_it_does_not() {
     let Some(mut server) = server("ping", &[]) else {

@@ -236,7 +236,7 @@ fn cli_for(binary: &Path) -> PathBuf {
 
 /// `count` free loopback ports in a row, each with its cluster bus port
 /// (+10000) free too, all below 55535.
-fn free_ports(count: u16) -> Vec<u16> {
+pub fn free_ports(count: u16) -> Vec<u16> {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let seed = u64::from(std::process::id())
         ^ std::time::SystemTime::now()

@@ -436,3 +436,209 @@ impl Engine for RedisEngine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "../../../tests/common/redis.rs"]
+mod test_server;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::test_server::{find, RedisServer};
+    use super::*;
+    use crate::codec;
+    use crate::engine::{Change, Fix, Index, Plan};
+    use crate::events::Event;
+    use crate::key::FullKey;
+    use crate::session::{Data, Record};
+    use crate::{Config, SessionStore};
+
+    /// The digest and stored revision of the session a full key names.
+    fn stored(store: &SessionStore, key: &str) -> (Digest, u64) {
+        let digest = FullKey::parse(key).unwrap().digest();
+        let mut revision = None;
+        let actor = key.rsplit_once(':').unwrap().0;
+        store
+            .shared()
+            .engine
+            .read_record(actor, &digest, &mut |b| {
+                revision = Some(codec::decode(b).unwrap().revision)
+            })
+            .unwrap();
+        (digest, revision.expect("a stored session"))
+    }
+
+    /// A check runs beside other nodes' writes: a fix it found must not
+    /// undo a change made after it looked.
+    #[test]
+    fn repair_leaves_alone_what_changed_since_the_check() {
+        let Some(binary) = find("redis-server", "repair_leaves_alone_what_changed") else {
+            return;
+        };
+        let server = RedisServer::start(&binary, &[]);
+        let store = SessionStore::open(Config::redis(&server.url).reaper_thread(false)).unwrap();
+        let engine = store.shared().engine.clone();
+        let gone = store.register("p1", "en", Data::new()).unwrap();
+        let gone_key = gone.key().unwrap().to_owned();
+        let (gone_digest, gone_revision) = stored(&store, &gone_key);
+        let kept = store.register("p2", "en", Data::new()).unwrap();
+        let (kept_digest, kept_revision) = stored(&store, kept.key().unwrap());
+        // What a check saw: p1's session without its entries, p2's expiry
+        // entry pointing at no session. Then p1 logs out, and p2 is used.
+        store.logout(&gone_key).unwrap();
+        store.extend(kept.key().unwrap()).unwrap();
+        let mut expiry_entry = None;
+        engine
+            .scan_expiries(&mut |id, entry| {
+                if entry.is_some_and(|(_, d)| d == kept_digest) {
+                    expiry_entry = Some(id.to_vec());
+                }
+                Ok(true)
+            })
+            .unwrap();
+        let expiry_entry = expiry_entry.expect("p2's expiry entry");
+        engine
+            .repair(&[
+                Fix::AddActor {
+                    actor_id: "p1".into(),
+                    digest: gone_digest,
+                    revision: gone_revision,
+                },
+                Fix::AddExpiry {
+                    at: 1,
+                    actor_id: "p1".into(),
+                    digest: gone_digest,
+                    revision: gone_revision,
+                },
+                Fix::Drop {
+                    index: Index::Expiries,
+                    id: expiry_entry,
+                    revision: Some(kept_revision),
+                },
+            ])
+            .unwrap();
+        assert!(engine.actor_sessions("p1").unwrap().is_empty());
+        assert_eq!(engine.next_expiry().unwrap().map(|at| at > 1), Some(true));
+        store.is_valid(kept.key().unwrap()).unwrap();
+        assert!(store.check().unwrap().is_healthy());
+        store.close().unwrap();
+    }
+
+    /// A plan inserting one session of `actor` with its `session.set`.
+    struct Insert {
+        actor: String,
+        subjects: Vec<String>,
+    }
+
+    impl Task for Insert {
+        fn subjects(&self) -> &[String] {
+            &self.subjects
+        }
+
+        fn plan(&self, _view: &dyn View) -> Result<Plan> {
+            let digest = Digest::of_secret(&self.actor);
+            let record = Record {
+                actor_id: self.actor.clone(),
+                expires_at: u64::MAX / 2,
+                filed_at: u64::MAX / 2,
+                app_version: None,
+                revision: 1,
+                id: format!("id-{}", self.actor),
+                language: "en".into(),
+                created_at: 1,
+                deadline: None,
+                node_id: None,
+                data: Data::new(),
+            };
+            Ok(Plan {
+                preconditions: Vec::new(),
+                changes: vec![Change::Insert {
+                    digest,
+                    actor_id: self.actor.clone(),
+                    filed_at: record.filed_at,
+                    revision: 1,
+                    record: codec::encode(&record)?,
+                }],
+                events: vec![Event::Set {
+                    id: record.id.clone(),
+                    actor_id: self.actor.clone(),
+                    language: "en".into(),
+                    expires_at: record.expires_at,
+                }],
+            })
+        }
+    }
+
+    fn insert(actor: &str) -> Arc<dyn Task> {
+        Arc::new(Insert {
+            actor: actor.into(),
+            subjects: vec![actor.into()],
+        })
+    }
+
+    /// A node waits for its events to publish after the entries before
+    /// them; meanwhile it must not hold the turn of unrelated actors that
+    /// happen to share a stripe of the per-actor turns.
+    #[test]
+    fn a_write_waiting_to_publish_holds_up_no_other_actor() {
+        let Some(binary) = find("redis-server", "a_write_waiting_to_publish") else {
+            return;
+        };
+        let server = RedisServer::start(&binary, &[]);
+        let patience = Duration::from_millis(1500);
+        let config = Config::redis(&server.url).redis_timeout(patience);
+        let events = Arc::new(EventHub::new(64));
+        let target = match &config.location {
+            crate::config::Location::Redis(t) => t.clone(),
+            crate::config::Location::Directory(_) => unreachable!(),
+        };
+        let (engine, _) =
+            RedisEngine::open(&target, &config, events, Arc::new(Poison::default())).unwrap();
+        let engine = Arc::new(engine);
+        // Two actors in different buckets whose turns share a stripe.
+        let a = "a0".to_owned();
+        let b = (1..)
+            .map(|i| format!("b{i}"))
+            .find(|b| {
+                engine.turns.stripe(b) == engine.turns.stripe(&a)
+                    && engine.keys.bucket(b) != engine.keys.bucket(&a)
+            })
+            .unwrap();
+        // An entry this node has not heard, before a's next one: with its
+        // reader stopped, a's events wait their whole patience.
+        engine.reader.lock().unwrap().take().map(|mut r| r.stop());
+        let bucket = engine.keys.bucket(&a);
+        let mut raw = server.connection();
+        let _: String = redis::cmd("XADD")
+            .arg(engine.keys.stream(bucket))
+            .arg("*")
+            .arg("n")
+            .arg(1)
+            .arg("p")
+            .arg("0-0")
+            .arg("o")
+            .arg("elsewhere")
+            .arg("e")
+            .arg("{}")
+            .query(&mut raw)
+            .unwrap();
+        let (done, finished) = mpsc::channel();
+        let slow = {
+            let (engine, done) = (engine.clone(), done.clone());
+            std::thread::spawn(move || {
+                let t = engine.submit(insert("a0")).unwrap();
+                engine.wait(t).unwrap();
+                done.send("a").unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let t = engine.submit(insert(&b)).unwrap();
+        engine.wait(t).unwrap();
+        done.send("b").unwrap();
+        slow.join().unwrap();
+        let order: Vec<&str> = finished.try_iter().collect();
+        assert_eq!(order, ["b", "a"], "b waited for a's turn");
+    }
+}
