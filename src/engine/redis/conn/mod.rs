@@ -56,10 +56,24 @@ pub(crate) fn trouble(e: &RedisError) -> Trouble {
     {
         return Trouble::Refused;
     }
-    match (e.code(), e.redirect_node()) {
-        (Some("MOVED"), Some((addr, _))) => return Trouble::Moved(addr.to_owned()),
-        (Some("ASK"), Some((addr, _))) => return Trouble::Ask(addr.to_owned()),
-        _ => {}
+    // A redirection: `MOVED <slot> <addr>` or `ASK <slot> <addr>` (inside
+    // a pipeline's error too).
+    if let Some(code @ ("MOVED" | "ASK")) = e.code() {
+        let addr = e
+            .clone()
+            .into_server_errors()
+            .and_then(|errors| {
+                errors
+                    .first()
+                    .and_then(|(_, s)| s.details().map(str::to_owned))
+            })
+            .and_then(|detail| detail.split_ascii_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        return match code {
+            "MOVED" => Trouble::Moved(addr),
+            _ if addr.is_empty() => Trouble::Down,
+            _ => Trouble::Ask(addr),
+        };
     }
     // A server that cannot take writes now: a primary demoted to replica
     // in a failover (READONLY), one still loading its data (LOADING), a
