@@ -1,35 +1,28 @@
-//! The routes of the HTTP API v1 (DESIGN.md) and their handlers.
-//!
-//! Store calls block (a write waits for its commit, and for the fsync in
-//! immediate mode), so every one runs on tokio's blocking pool.
+//! The routes of the HTTP API v1 (DESIGN.md) and their handlers. Every
+//! handler takes its inputs through the extractors of `extract`, calls the
+//! store through `blocking`, and returns `Result<Response, ApiError>`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sessiondb::{Data, Reason, Session, UnsetReason};
 
 use crate::auth::{bearer, Admin, MetricsReader};
+use crate::blocking::{blocking, outcome, run};
 use crate::clock::now_ms;
 use crate::cors;
 use crate::error::{json_response, ApiError, EngineUnavailable};
 use crate::events::stream as event_stream;
+use crate::extract::{Body, Param, SessionKey};
 use crate::state::AppState;
-
-/// Largest request body accepted; larger ones get `413 payloadTooLarge`.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -82,137 +75,7 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-// ----- extractors and helpers -----
-
-/// The request body, at most `MAX_BODY_BYTES`.
-pub struct Body(Bytes);
-
-/// How much of an oversized body is read (and dropped) before answering
-/// 413, so that the client gets to read the answer: a server that answers
-/// and closes while the client is still sending makes the client's socket
-/// fail with "broken pipe" or "connection reset" instead.
-const DRAIN_BYTES: usize = 16 * 1024 * 1024;
-
-impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payloadTooLarge",
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        };
-        let mut stream = req.into_body().into_data_stream();
-        let mut body = Vec::new();
-        let mut total = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "badRequest",
-                    format!("reading the request body failed: {e}"),
-                )
-            })?;
-            total = total.saturating_add(chunk.len());
-            if total <= MAX_BODY_BYTES {
-                body.extend_from_slice(&chunk);
-            } else if total > MAX_BODY_BYTES + DRAIN_BYTES {
-                break;
-            }
-        }
-        if total > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        Ok(Body(Bytes::from(body)))
-    }
-}
-
-impl Body {
-    fn is_empty(&self) -> bool {
-        self.0.iter().all(u8::is_ascii_whitespace)
-    }
-
-    /// The body as JSON of type `T`.
-    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        if self.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformedJson",
-                "the request body is empty; send a JSON object",
-            ));
-        }
-        serde_json::from_slice(&self.0).map_err(|e| {
-            let error = match e.classify() {
-                serde_json::error::Category::Data => "badRequest",
-                _ => "malformedJson",
-            };
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                error,
-                format!("the request body: {e}"),
-            )
-        })
-    }
-
-    /// As `json`, with an empty body read as `T::default()`.
-    fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        if self.is_empty() {
-            Ok(T::default())
-        } else {
-            self.json()
-        }
-    }
-}
-
-/// A path parameter, with rejections in the JSON error shape.
-pub struct Param(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Param {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|Path(p)| Param(p))
-            .map_err(|e: PathRejection| ApiError::new(e.status(), "badRequest", e.body_text()))
-    }
-}
-
-/// The full session key of a session-key route, from `Authorization: Bearer`.
-pub struct SessionKey(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for SessionKey {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        bearer(&parts.headers)
-            .map(|k| SessionKey(k.to_owned()))
-            .ok_or_else(|| ApiError::invalid_key(Reason::InvalidSessionKey))
-    }
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    job: impl FnOnce() -> sessiondb::Result<T> + Send + 'static,
-) -> Result<sessiondb::Result<T>, ApiError> {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| ApiError::internal(format!("a request worker failed: {e}")))
-}
-
-async fn run<T: Send + 'static>(
-    job: impl FnOnce() -> sessiondb::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    blocking(job).await?.map_err(ApiError::from)
-}
-
-fn outcome<T>(result: &sessiondb::Result<T>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(e) => e.reason().map_or("error", Reason::as_str),
-    }
-}
+// ----- helpers -----
 
 fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
@@ -284,23 +147,23 @@ struct RegisterRequest {
     data: Option<BTreeMap<String, Box<RawValue>>>,
 }
 
-async fn register(State(state): State<AppState>, _: Admin, body: Body) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let req: RegisterRequest = body.json()?;
-        let mut data = Data::new();
-        for (name, value) in req.data.unwrap_or_default() {
-            data.insert_json(&name, value.get())?;
-        }
-        let language = req
-            .language
-            .unwrap_or_else(|| sessiondb::DEFAULT_LANGUAGE.to_owned());
-        let store = state.store.clone();
-        let session = run(move || store.register(&req.actor_id, &language, data)).await?;
-        state.metrics.registered();
-        Ok(session_response(StatusCode::CREATED, &session))
+async fn register(
+    State(state): State<AppState>,
+    _: Admin,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: RegisterRequest = body.json()?;
+    let mut data = Data::new();
+    for (name, value) in req.data.unwrap_or_default() {
+        data.insert_json(&name, value.get())?;
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let language = req
+        .language
+        .unwrap_or_else(|| sessiondb::DEFAULT_LANGUAGE.to_owned());
+    let store = state.store.clone();
+    let session = run(move || store.register(&req.actor_id, &language, data)).await?;
+    state.metrics.registered();
+    Ok(session_response(StatusCode::CREATED, &session))
 }
 
 #[derive(Deserialize, Default)]
@@ -335,42 +198,42 @@ fn validity(rejected: Option<Reason>) -> Response {
     )
 }
 
-async fn is_valid(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let Some(key) = body_key(&headers, &body)? else {
-            state
-                .metrics
-                .resolved("isValid", Reason::InvalidSessionKey.as_str());
-            return Ok(validity(Some(Reason::InvalidSessionKey)));
-        };
-        let store = state.store.clone();
-        let checked = blocking(move || store.is_valid(&key)).await?;
-        state.metrics.resolved("isValid", outcome(&checked));
-        match checked {
-            Ok(()) => Ok(validity(None)),
-            Err(sessiondb::Error::Invalid(reason)) => Ok(validity(Some(reason))),
-            Err(e) => Err(e.into()),
-        }
+async fn is_valid(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(key) = body_key(&headers, &body)? else {
+        state
+            .metrics
+            .resolved("isValid", Reason::InvalidSessionKey.as_str());
+        return Ok(validity(Some(Reason::InvalidSessionKey)));
+    };
+    let store = state.store.clone();
+    let checked = blocking(move || store.is_valid(&key)).await?;
+    state.metrics.resolved("isValid", outcome(&checked));
+    match checked {
+        Ok(()) => Ok(validity(None)),
+        Err(sessiondb::Error::Invalid(reason)) => Ok(validity(Some(reason))),
+        Err(e) => Err(e.into()),
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn restore(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let result: Result<Response, ApiError> = async {
-        let Some(key) = body_key(&headers, &body)? else {
-            state
-                .metrics
-                .resolved("restore", Reason::InvalidSessionKey.as_str());
-            return Err(ApiError::invalid_key(Reason::InvalidSessionKey));
-        };
-        let store = state.store.clone();
-        let restored = blocking(move || store.restore(&key)).await?;
-        state.metrics.resolved("restore", outcome(&restored));
-        Ok(session_response(StatusCode::OK, &restored?))
-    }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+async fn restore(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(key) = body_key(&headers, &body)? else {
+        state
+            .metrics
+            .resolved("restore", Reason::InvalidSessionKey.as_str());
+        return Err(ApiError::invalid_key(Reason::InvalidSessionKey));
+    };
+    let store = state.store.clone();
+    let restored = blocking(move || store.restore(&key)).await?;
+    state.metrics.resolved("restore", outcome(&restored));
+    Ok(session_response(StatusCode::OK, &restored?))
 }
 
 async fn logout(
@@ -547,7 +410,10 @@ async fn reassign(
     }
 }
 
-async fn session_events(State(state): State<AppState>, SessionKey(key): SessionKey) -> Response {
+async fn session_events(
+    State(state): State<AppState>,
+    SessionKey(key): SessionKey,
+) -> Result<Response, ApiError> {
     crate::session_events::open(
         &state.store,
         &state.session_streams,
@@ -558,7 +424,7 @@ async fn session_events(State(state): State<AppState>, SessionKey(key): SessionK
     .await
 }
 
-async fn events(State(state): State<AppState>, _: Admin) -> Response {
+async fn events(State(state): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     event_stream(
         &state.store,
         &state.streams,
@@ -585,27 +451,26 @@ async fn metrics(State(state): State<AppState>, _: MetricsReader) -> Result<Resp
 
 /// `200 {"status":"ok"}` when the store answers a ping (on Redis, one round
 /// trip to the server), else `503 unavailable`.
-async fn healthz(State(state): State<AppState>) -> Response {
+async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let pinged = match blocking(move || store.ping()).await {
-        Ok(pinged) => pinged,
-        Err(e) => return e.into_response(),
-    };
+    let pinged = blocking(move || store.ping()).await?;
     state.metrics.pinged(&pinged);
     match pinged {
-        Ok(_) => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Ok(_) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
         Err(e) => {
             let failed = ApiError::from(e);
             if failed.status == StatusCode::SERVICE_UNAVAILABLE {
-                failed.into_response()
+                Err(failed)
             } else {
                 // Whatever failed, the store cannot serve: not healthy.
-                ApiError::new(
+                Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     failed.message,
-                )
-                .into_response()
+                ))
             }
         }
     }

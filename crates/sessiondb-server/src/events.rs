@@ -80,14 +80,13 @@ pub fn stream(
     streams: &Arc<Streams>,
     metrics: &Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if streams.lock().len() >= MAX_STREAMS {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "tooManyStreams",
             format!("at most {MAX_STREAMS} event streams may be open at once"),
-        )
-        .into_response();
+        ));
     }
     let id = streams.next_id.fetch_add(1, Ordering::Relaxed);
     let subscription = store.subscribe();
@@ -119,11 +118,13 @@ pub fn stream(
         .spawn(forward)
     {
         streams.lock().remove(&id);
-        return ApiError::internal(format!("could not start an event stream: {e}")).into_response();
+        return Err(ApiError::internal(format!(
+            "could not start an event stream: {e}"
+        )));
     }
-    Sse::new(events(rx, shutdown))
+    Ok(Sse::new(events(rx, shutdown))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 fn events(

@@ -4,8 +4,9 @@
 //! The binary (`src/main.rs`) only parses the command line and calls
 //! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
 //! environment and config file, `server` runs the HTTP service (`api` its
-//! routes, `auth` who may call them, `cors` which web pages may, `events`
-//! the admins' event stream, `session_events` each session's own,
+//! routes, `extract` what they take from a request, `blocking` how they
+//! call the store, `auth` who may call them, `cors` which web pages may,
+//! `events` the admins' event stream, `session_events` each session's own,
 //! `metrics` the Prometheus figures, `state` what the handlers share,
 //! `error` the error shape), `tools` holds the offline commands and `clock`
 //! the time they share. All session logic lives in the `sessiondb` library.
@@ -46,11 +47,13 @@
 
 mod api;
 mod auth;
+mod blocking;
 mod cli;
 mod clock;
 mod cors;
 mod error;
 mod events;
+mod extract;
 mod metrics;
 mod server;
 mod session_events;
