@@ -19,7 +19,7 @@ use crate::auth::{bearer, Admin, MetricsReader};
 use crate::blocking::{blocking, outcome, run};
 use crate::clock::now_ms;
 use crate::cors;
-use crate::error::{json_response, ApiError, EngineUnavailable};
+use crate::error::{json_response, ApiError, EngineUnavailable, ErrorCode};
 use crate::events::stream as event_stream;
 use crate::extract::{Body, Param, SessionKey};
 use crate::state::AppState;
@@ -268,7 +268,7 @@ async fn get_data(
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "noData",
+            ErrorCode::NoData,
             format!("the session has no data value {name:?}"),
         )),
     }
@@ -285,7 +285,7 @@ async fn put_data(
     let json = String::from_utf8(body.0.to_vec()).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "malformedJson",
+            ErrorCode::MalformedJson,
             "the request body is not UTF-8",
         )
     })?;
@@ -319,7 +319,7 @@ async fn actor_session(
         Some(s) => Ok(session_response(StatusCode::OK, &s)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "noSession",
+            ErrorCode::NoSession,
             "the actor has no live session",
         )),
     }
@@ -403,7 +403,7 @@ async fn reassign(
         Ok(s) => Ok(session_response(StatusCode::OK, &s)),
         Err(sessiondb::Error::Invalid(Reason::NoSession)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "noSession",
+            ErrorCode::NoSession,
             "the actor has no live session to reassign",
         )),
         Err(e) => Err(e.into()),
@@ -468,7 +468,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
                 // Whatever failed, the store cannot serve: not healthy.
                 Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     failed.message,
                 ))
             }

@@ -26,7 +26,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The methods the session routes use, allowed in preflights.
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE";
@@ -239,7 +239,7 @@ pub async fn layer(State(policy): State<CorsPolicy>, request: Request, next: Nex
             if from_a_page(headers) {
                 ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "crossOrigin",
+                    ErrorCode::CrossOrigin,
                     "admin routes do not answer web pages (requests with an Origin header); \
                      call them from the game server",
                 )
@@ -259,7 +259,7 @@ pub async fn layer(State(policy): State<CorsPolicy>, request: Request, next: Nex
                     None => {
                         let mut refused = ApiError::new(
                             StatusCode::FORBIDDEN,
-                            "originNotAllowed",
+                            ErrorCode::OriginNotAllowed,
                             "this origin may not call the session routes; the server allows \
                              the origins given with --cors-origin",
                         )

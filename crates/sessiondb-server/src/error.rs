@@ -1,7 +1,7 @@
 //! The API's error shape: `{"error": "<reason>", "message": "<human text>"}`
-//! with a fitting status. Session-key rejections use MAGE's reason strings
-//! (`invalidSessionKey`, `noSession`, `keyMismatch`, `badVersion`,
-//! `expired`); the server's own reasons are listed in the README.
+//! with a fitting status. `error` is one of [`ErrorCode`]: session-key
+//! rejections use MAGE's reason strings (`invalidSessionKey`, `noSession`,
+//! `keyMismatch`, `badVersion`, `expired`), the rest are the server's own.
 //!
 //! Also [`AnyResult`], what the commands return when they fail before or
 //! outside a request.
@@ -14,11 +14,81 @@ use sessiondb::Error;
 /// Any error, with its source chain.
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// What went wrong, as the `error` field of an error answer says it: a
+/// closed set, so that clients can match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    /// The session key is missing or is not `actorId:secret` (MAGE).
+    InvalidSessionKey,
+    /// The actor has no session (MAGE).
+    NoSession,
+    /// The actor has a session, but not this one (MAGE).
+    KeyMismatch,
+    /// The session was made by another `major.minor` of the game (MAGE).
+    BadVersion,
+    /// The session has expired and is not reaped yet.
+    Expired,
+    /// An admin route without `Authorization: Bearer <admin token>`.
+    Unauthorized,
+    /// A wrong admin token, or no token configured and a remote client.
+    Forbidden,
+    /// An admin route or `/metrics` called from a web page.
+    CrossOrigin,
+    /// A CORS preflight from an origin not given with `--cors-origin`.
+    OriginNotAllowed,
+    /// The body is not JSON, or is empty where JSON is needed.
+    MalformedJson,
+    /// JSON of the wrong shape, or a bad path parameter.
+    BadRequest,
+    /// An actor id the store refuses (empty, too long, control characters).
+    InvalidActorId,
+    /// A language the store refuses.
+    InvalidLanguage,
+    /// A data name the store refuses.
+    InvalidDataName,
+    /// An unset reason the store refuses.
+    InvalidReason,
+    /// The session has no data value of that name.
+    NoData,
+    /// No such route.
+    NotFound,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// The request body is over the server's limit.
+    PayloadTooLarge,
+    /// The session's data would exceed the store's limit.
+    DataTooLarge,
+    /// The store cannot be reached, or is shutting down; retry.
+    Unavailable,
+    /// Other writers kept changing the same sessions; retry.
+    Contention,
+    /// The admin event streams are all in use.
+    TooManyStreams,
+    /// A stored record does not decode.
+    Corrupt,
+    /// A storage failure or a bug in sessiondb.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code a rejected session key gets: MAGE's reason.
+    pub fn of_reason(reason: sessiondb::Reason) -> ErrorCode {
+        match reason {
+            sessiondb::Reason::NoSession => ErrorCode::NoSession,
+            sessiondb::Reason::KeyMismatch => ErrorCode::KeyMismatch,
+            sessiondb::Reason::BadVersion => ErrorCode::BadVersion,
+            sessiondb::Reason::Expired => ErrorCode::Expired,
+            _ => ErrorCode::InvalidSessionKey,
+        }
+    }
+}
+
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub error: &'static str,
+    pub error: ErrorCode,
     pub message: String,
     /// The storage engine's server was unreachable or too slow
     /// ([`Error::Unavailable`]); the response then carries
@@ -36,12 +106,12 @@ const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Serialize)]
 struct Body<'a> {
-    error: &'a str,
+    error: ErrorCode,
     message: &'a str,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, error: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             error,
@@ -55,14 +125,18 @@ impl ApiError {
     pub fn engine_unavailable(message: impl Into<String>) -> Self {
         ApiError {
             engine_down: true,
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            )
         }
     }
 
     pub fn not_found() -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "notFound",
+            ErrorCode::NotFound,
             "no such route; see the HTTP API v1 in the README",
         )
     }
@@ -70,13 +144,17 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "methodNotAllowed",
+            ErrorCode::MethodNotAllowed,
             "this route does not take that method",
         )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     /// A session key rejected for `reason` (401, MAGE's reason string).
@@ -95,7 +173,11 @@ impl ApiError {
             sessiondb::Reason::Expired => "the session has expired; register again",
             _ => "the session key was rejected",
         };
-        ApiError::new(StatusCode::UNAUTHORIZED, reason.as_str(), message)
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::of_reason(reason),
+            message,
+        )
     }
 }
 
@@ -105,19 +187,23 @@ impl From<Error> for ApiError {
         match &e {
             Error::Invalid(reason) => ApiError::invalid_key(*reason),
             // The HTTP code API v1 has always given this refusal.
-            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => bad("invalidActorId"),
-            Error::InvalidLanguage { .. } => bad("invalidLanguage"),
-            Error::InvalidDataName { .. } => bad("invalidDataName"),
-            Error::InvalidReason { .. } => bad("invalidReason"),
-            Error::Data { .. } => bad("malformedJson"),
-            Error::DataTooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "dataTooLarge", e.to_string())
+            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => {
+                bad(ErrorCode::InvalidActorId)
             }
+            Error::InvalidLanguage { .. } => bad(ErrorCode::InvalidLanguage),
+            Error::InvalidDataName { .. } => bad(ErrorCode::InvalidDataName),
+            Error::InvalidReason { .. } => bad(ErrorCode::InvalidReason),
+            Error::Data { .. } => bad(ErrorCode::MalformedJson),
+            Error::DataTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::DataTooLarge,
+                e.to_string(),
+            ),
             Error::Closed | Error::WorkerFailed { .. } => {
                 tracing::error!(error = %e, "the store is not accepting requests");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "the session store is shutting down or stopped; retry later",
                 )
             }
@@ -129,11 +215,19 @@ impl From<Error> for ApiError {
             }
             Error::Contention { .. } => {
                 tracing::warn!(error = %e, "a change did not settle");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contention", e.to_string())
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Contention,
+                    e.to_string(),
+                )
             }
             Error::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt record");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Corrupt,
+                    e.to_string(),
+                )
             }
             _ => {
                 tracing::error!(error = %e, "store failure");

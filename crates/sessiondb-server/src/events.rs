@@ -26,7 +26,7 @@ use serde_json::json;
 use sessiondb::{Event, SessionStore};
 use tokio::sync::{mpsc, watch};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 
 /// Most event streams open at once; each holds a thread.
@@ -84,7 +84,7 @@ pub fn stream(
     if streams.lock().len() >= MAX_STREAMS {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "tooManyStreams",
+            ErrorCode::TooManyStreams,
             format!("at most {MAX_STREAMS} event streams may be open at once"),
         ));
     }

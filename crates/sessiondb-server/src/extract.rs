@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use sessiondb::Reason;
 
 use crate::auth::bearer;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Largest request body accepted; larger ones get `413 payloadTooLarge`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -38,7 +38,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             let chunk = chunk.map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "badRequest",
+                    ErrorCode::BadRequest,
                     format!("reading the request body failed: {e}"),
                 )
             })?;
@@ -52,7 +52,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         if total > MAX_BODY_BYTES {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payloadTooLarge",
+                ErrorCode::PayloadTooLarge,
                 format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
             ));
         }
@@ -70,14 +70,14 @@ impl Body {
         if self.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "malformedJson",
+                ErrorCode::MalformedJson,
                 "the request body is empty; send a JSON object",
             ));
         }
         serde_json::from_slice(&self.0).map_err(|e| {
             let error = match e.classify() {
-                serde_json::error::Category::Data => "badRequest",
-                _ => "malformedJson",
+                serde_json::error::Category::Data => ErrorCode::BadRequest,
+                _ => ErrorCode::MalformedJson,
             };
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -107,7 +107,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| Param(p))
-            .map_err(|e: PathRejection| ApiError::new(e.status(), "badRequest", e.body_text()))
+            .map_err(|e: PathRejection| {
+                ApiError::new(e.status(), ErrorCode::BadRequest, e.body_text())
+            })
     }
 }
 

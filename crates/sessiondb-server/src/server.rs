@@ -25,7 +25,7 @@ use crate::api::router;
 use crate::auth::{is_loopback, AdminPolicy};
 use crate::cli::ServeArgs;
 use crate::cors::CorsPolicy;
-use crate::error::{AnyResult, ApiError};
+use crate::error::{AnyResult, ApiError, ErrorCode};
 use crate::events::Streams;
 use crate::metrics::{spawn_event_counter, Metrics};
 use crate::session_events::{spawn_dispatcher, SessionStreams, STREAM_CAPACITY};
@@ -149,7 +149,7 @@ pub async fn run_with(
     let app = router(state).layer(CatchPanicLayer::custom(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the request failed inside the server (a bug in sessiondb); it has been logged",
         )
         .into_response()
