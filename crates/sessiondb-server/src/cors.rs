@@ -17,7 +17,7 @@
 //!   keeps a web page from driving a loopback server's token-less admin
 //!   routes. A reverse proxy that serves them to a page must drop those
 //!   headers.
-//! - `/healthz` and unknown routes are left alone.
+//! - `/healthz`, `/v1/openapi.json` and unknown routes are left alone.
 
 use std::fmt;
 
@@ -207,6 +207,9 @@ enum Class {
 fn classify(path: &str) -> Class {
     if path.starts_with("/v1/session/") {
         Class::Session
+    } else if path == "/v1/openapi.json" {
+        // A public document: API browsers may fetch it from any page.
+        Class::Other
     } else if path.starts_with("/v1/") || path == "/metrics" {
         Class::Admin
     } else {
@@ -379,5 +382,7 @@ mod tests {
         assert_eq!(classify("/v1/actors/p1/expire"), Class::Admin);
         assert_eq!(classify("/metrics"), Class::Admin);
         assert_eq!(classify("/healthz"), Class::Other);
+        assert_eq!(classify("/v1/openapi.json"), Class::Other);
+        assert_eq!(classify("/v1/sessions/resolve"), Class::Admin);
     }
 }

@@ -10,13 +10,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sessiondb::Error;
+use utoipa::ToSchema;
 
 /// Any error, with its source chain.
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// What went wrong, as the `error` field of an error answer says it: a
 /// closed set, so that clients can match on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ErrorCode {
     /// The session key is missing or is not `actorId:secret` (MAGE).
@@ -104,10 +105,13 @@ pub struct EngineUnavailable;
 /// What a client is told to wait before retrying a `503 unavailable`.
 const RETRY_AFTER_SECONDS: &str = "1";
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: ErrorCode,
-    message: &'a str,
+/// Every error answer: what went wrong, for programs, and a message for
+/// people.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// What happened and what to do, in English.
+    pub message: String,
 }
 
 impl ApiError {
@@ -239,9 +243,9 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
+        let body = ErrorBody {
             error: self.error,
-            message: &self.message,
+            message: self.message,
         };
         let mut response = json_response(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED {

@@ -49,12 +49,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_util::Stream;
-use serde_json::json;
 use sessiondb::{Event, Reason, SessionStore};
 use tokio::sync::{watch, Notify};
 
 use crate::error::ApiError;
-use crate::events::to_sse;
+use crate::events::{sse, to_sse, UnsetEvent};
 use crate::metrics::Metrics;
 
 /// Events a stream's queue holds before it counts misses instead.
@@ -409,12 +408,10 @@ impl Follow {
                         continue;
                     }
                     self.done = true;
-                    let data = json!({"actorId": self.actor_id, "id": self.id, "reason": reason});
-                    return Some(
-                        SseEvent::default()
-                            .event("session.unset")
-                            .data(data.to_string()),
-                    );
+                    return Some(sse(
+                        "session.unset",
+                        &UnsetEvent::new(&self.actor_id, &self.id, reason),
+                    ));
                 }
                 continue;
             }
