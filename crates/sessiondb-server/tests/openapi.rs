@@ -45,6 +45,34 @@ fn the_committed_document_is_what_the_server_generates() {
     );
     let parsed: Value = serde_json::from_str(&document).unwrap();
     assert_eq!(parsed["openapi"], "3.1.0");
+    // Every reference resolves.
+    let mut refs = Vec::new();
+    collect_refs(&parsed, &mut refs);
+    assert!(refs.len() > 20, "{refs:?}");
+    for reference in refs {
+        let pointer = reference
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{reference}: not a local reference"));
+        assert!(
+            parsed.pointer(pointer).is_some(),
+            "{reference} does not resolve"
+        );
+    }
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (name, v) in map {
+                match (name.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
 }
 
 /// A value for a path parameter.

@@ -14,6 +14,7 @@ use sessiondb::{Data, Reason, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, NotAdmin, NotAdminOrKeyRefused, StoreFailed};
+use super::schemas::{ActorId, Language, SessionData, UnsetReasonName};
 use super::wire::{no_content, session_response, SessionBody};
 use crate::auth::Admin;
 use crate::blocking::{blocking, outcome, run};
@@ -26,19 +27,13 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
-    /// The actor (player): 1 to 255 bytes, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
-        example = "player-7"
-    )]
+    #[schema(value_type = ActorId)]
     actor_id: String,
-    /// A BCP 47 tag of 1 to 35 letters, digits, `-` or `_` [default: `en`].
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,35}$", example = "en")]
+    /// [default: `en`]
+    #[schema(value_type = Option<Language>)]
     language: Option<String>,
-    /// The session's first data: names (1 to 255 bytes) to JSON values.
-    #[schema(value_type = Option<BTreeMap<String, serde_json::Value>>)]
+    /// The session's first data [default: none].
+    #[schema(value_type = Option<SessionData>)]
     data: Option<BTreeMap<String, Box<RawValue>>>,
 }
 
@@ -173,9 +168,8 @@ pub struct ExpireSessionRequest {
     /// The full session key `actorId:secret`.
     #[schema(example = "player-7:3q2-7wEm1cJXyKQ0a9u5Hn8rTsYbZvPd")]
     session_key: String,
-    /// `expired` (the default), `loggedOut`, `replaced`, `reassigned`, or
-    /// the game's own: 1 to 64 letters, digits, `_`, `.` or `-`.
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "banned")]
+    /// [default: `expired`]
+    #[schema(value_type = Option<UnsetReasonName>)]
     reason: Option<String>,
 }
 
@@ -218,7 +212,7 @@ pub async fn expire_session(
     path = "/v1/actors/{actorId}/session",
     operation_id = "getActorSession",
     tag = "game server",
-    params(("actorId" = String, Path, description = "The actor: 1 to 255 bytes, no control characters.", min_length = 1, max_length = 255)),
+    params(("actorId" = ActorId, Path, description = "The actor: 1 to 255 bytes, no control characters.")),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The session, without `key`.", body = SessionBody),
@@ -249,7 +243,7 @@ pub async fn actor_session(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressesRequest {
-    #[schema(example = json!(["player-7", "player-8"]))]
+    #[schema(value_type = Vec<ActorId>)]
     actor_ids: Vec<String>,
 }
 
@@ -312,9 +306,8 @@ pub async fn addresses(
 /// Why an actor's sessions end.
 #[derive(Deserialize, ToSchema)]
 pub struct ExpireRequest {
-    /// `expired` (the default), `loggedOut`, `replaced`, `reassigned`, or
-    /// the game's own: 1 to 64 letters, digits, `_`, `.` or `-`.
-    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "banned")]
+    /// [default: `expired`]
+    #[schema(value_type = Option<UnsetReasonName>)]
     reason: Option<String>,
 }
 
@@ -333,7 +326,7 @@ pub struct ExpiredBody {
     path = "/v1/actors/{actorId}/expire",
     operation_id = "expireActor",
     tag = "game server",
-    params(("actorId" = String, Path, description = "The actor: 1 to 255 bytes, no control characters.", min_length = 1, max_length = 255)),
+    params(("actorId" = ActorId, Path, description = "The actor: 1 to 255 bytes, no control characters.")),
     request_body(content = Option<ExpireRequest>, description = "The reason; an empty body means `expired`."),
     security(("adminToken" = [])),
     responses(
@@ -361,13 +354,8 @@ pub async fn expire_actor(
 /// The actor that takes the session over.
 #[derive(Deserialize, ToSchema)]
 pub struct ReassignRequest {
-    /// 1 to 255 bytes, no control characters, not the actor in the path.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
-        example = "player-8"
-    )]
+    /// Not the actor in the path (that is refused with `400 invalidActorId`).
+    #[schema(value_type = ActorId)]
     to: String,
 }
 
@@ -381,7 +369,7 @@ pub struct ReassignRequest {
     path = "/v1/actors/{actorId}/reassign",
     operation_id = "reassign",
     tag = "game server",
-    params(("actorId" = String, Path, description = "The actor whose session moves.", min_length = 1, max_length = 255)),
+    params(("actorId" = ActorId, Path, description = "The actor whose session moves.")),
     request_body = ReassignRequest,
     security(("adminToken" = [])),
     responses(

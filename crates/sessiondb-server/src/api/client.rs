@@ -11,6 +11,7 @@ use sessiondb::Reason;
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, KeyRefused, StoreFailed};
+use super::schemas::DataName;
 use super::wire::{no_content, raw, session_response, KeyRequest, SessionBody};
 use crate::auth::bearer;
 use crate::blocking::{blocking, outcome};
@@ -185,7 +186,7 @@ pub struct ValueBody {
     path = "/v1/session/data/{name}",
     operation_id = "getData",
     tag = "game client",
-    params(("name" = String, Path, description = "The data value's name: 1 to 255 bytes.", min_length = 1, max_length = 255)),
+    params(("name" = DataName, Path, description = "The data value's name.")),
     security(("sessionKey" = [])),
     responses(
         (status = 200, description = "The value.", body = ValueBody),
@@ -225,7 +226,7 @@ pub async fn get_data(
     path = "/v1/session/data/{name}",
     operation_id = "putData",
     tag = "game client",
-    params(("name" = String, Path, description = "The data value's name: 1 to 255 bytes.", min_length = 1, max_length = 255)),
+    params(("name" = DataName, Path, description = "The data value's name.")),
     request_body(content = serde_json::Value, description = "The value: any JSON value.", content_type = "application/json"),
     security(("sessionKey" = [])),
     responses(
@@ -263,7 +264,7 @@ pub async fn put_data(
     path = "/v1/session/data/{name}",
     operation_id = "deleteData",
     tag = "game client",
-    params(("name" = String, Path, description = "The data value's name: 1 to 255 bytes.", min_length = 1, max_length = 255)),
+    params(("name" = DataName, Path, description = "The data value's name.")),
     security(("sessionKey" = [])),
     responses(
         (status = 204, description = "Deleted (also when it was not set)."),

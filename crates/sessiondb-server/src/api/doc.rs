@@ -8,6 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{IntoResponses, Modify, OpenApi};
 
+use super::schemas::DataName;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{LaggedEvent, SetEvent, UnsetEvent};
 
@@ -32,6 +33,9 @@ pub const SESSION_KEY: &str = "sessionKey";
             `badVersion`, `expired`).",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
+    servers(
+        (url = "http://127.0.0.1:7420", description = "`sessiondb serve` with its default `--listen`"),
+    ),
     tags(
         (name = "game client", description = "Routes a game client calls with its session key \
             (browsers too, from the origins given with `--cors-origin`)."),
@@ -40,7 +44,7 @@ pub const SESSION_KEY: &str = "sessionKey";
             loopback clients only. They never answer web pages (`403 crossOrigin`)."),
         (name = "service", description = "Health, metrics and this document."),
     ),
-    components(schemas(ErrorBody, ErrorCode, SetEvent, UnsetEvent, LaggedEvent)),
+    components(schemas(ErrorBody, ErrorCode, DataName, SetEvent, UnsetEvent, LaggedEvent)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

@@ -12,6 +12,7 @@
 mod admin;
 mod client;
 mod doc;
+mod schemas;
 mod service;
 mod wire;
 

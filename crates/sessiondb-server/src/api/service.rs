@@ -28,6 +28,7 @@ pub struct Health {
     path = "/healthz",
     operation_id = "health",
     tag = "service",
+    security(()),
     responses(
         (status = 200, description = "`{\"status\":\"ok\"}`.", body = Health),
         (status = 503, description = "`unavailable`: the store does not answer (its Redis server is down or too slow, or the store stopped).", body = ErrorBody),
@@ -99,6 +100,7 @@ pub async fn metrics(
     path = "/v1/openapi.json",
     operation_id = "openapi",
     tag = "service",
+    security(()),
     responses(
         (status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object),
     )

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use sessiondb::{Data, Session};
 use utoipa::ToSchema;
 
+use super::schemas::{ActorId, Language, SessionData};
 use crate::error::{json_response, ApiError};
 
 /// A session. `key` appears only where the caller may see it (register,
@@ -26,9 +27,9 @@ pub struct SessionBody {
     /// The public session id: not a secret, safe to log and to show.
     #[schema(example = "lPTFmL4-A96CT41N")]
     id: String,
-    #[schema(example = "player-7")]
+    #[schema(value_type = ActorId)]
     actor_id: String,
-    #[schema(example = "en")]
+    #[schema(value_type = Language)]
     language: String,
     created_at: i64,
     /// When the session expires unless used (sliding), as stored.
@@ -44,8 +45,8 @@ pub struct SessionBody {
     version: Option<String>,
     /// Bumped on every write.
     revision: u64,
-    /// The session's data: names to JSON values, exactly as stored.
-    #[schema(value_type = BTreeMap<String, serde_json::Value>)]
+    /// The values go out exactly as stored.
+    #[schema(value_type = SessionData)]
     data: BTreeMap<String, Box<RawValue>>,
 }
 
