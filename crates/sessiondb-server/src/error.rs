@@ -58,6 +58,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request body is over the server's limit.
     PayloadTooLarge,
+    /// The request body did not arrive within the header timeout.
+    RequestTimeout,
     /// The session's data would exceed the store's limit.
     DataTooLarge,
     /// The store cannot be reached, or is shutting down; retry.
@@ -66,6 +68,8 @@ pub enum ErrorCode {
     Contention,
     /// The admin event streams are all in use.
     TooManyStreams,
+    /// The server is at its connection limit (`--max-connections`).
+    TooManyConnections,
     /// A stored record does not decode.
     Corrupt,
     /// A storage failure or a bug in sessiondb.

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use sessiondb::Reason;
 
 use crate::auth::bearer;
+use crate::connections::BodyTimeout;
 use crate::error::{ApiError, ErrorCode};
 
 /// Largest request body accepted; larger ones get `413 payloadTooLarge`.
@@ -31,33 +32,49 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let mut stream = req.into_body().into_data_stream();
-        let mut body = Vec::new();
-        let mut total = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    format!("reading the request body failed: {e}"),
-                )
-            })?;
-            total = total.saturating_add(chunk.len());
-            if total <= MAX_BODY_BYTES {
-                body.extend_from_slice(&chunk);
-            } else if total > MAX_BODY_BYTES + DRAIN_BYTES {
-                break;
-            }
+        let timeout = req.extensions().get::<BodyTimeout>().map(|t| t.0);
+        let read = read_body(req);
+        match timeout {
+            None => read.await,
+            Some(limit) => tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::RequestTimeout,
+                    format!("the request body did not arrive within {limit:?}"),
+                ))
+            }),
         }
-        if total > MAX_BODY_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            ));
-        }
-        Ok(Body(Bytes::from(body)))
     }
+}
+
+/// Reads a body of at most `MAX_BODY_BYTES`.
+async fn read_body(req: Request) -> Result<Body, ApiError> {
+    let mut stream = req.into_body().into_data_stream();
+    let mut body = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("reading the request body failed: {e}"),
+            )
+        })?;
+        total = total.saturating_add(chunk.len());
+        if total <= MAX_BODY_BYTES {
+            body.extend_from_slice(&chunk);
+        } else if total > MAX_BODY_BYTES + DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(Body(Bytes::from(body)))
 }
 
 impl Body {

@@ -3,7 +3,8 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls
 //! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
-//! environment and config file, `server` runs the HTTP service (`api` its
+//! environment and config file, `server` runs the HTTP service
+//! (`connections` accepts and bounds its connections, `api` its
 //! routes, `extract` what they take from a request, `blocking` how they
 //! call the store, `auth` who may call them, `cors` which web pages may,
 //! `events` the admins' event stream, `session_events` each session's own,
@@ -50,6 +51,7 @@ mod auth;
 mod blocking;
 mod cli;
 mod clock;
+mod connections;
 mod cors;
 mod error;
 mod events;

@@ -91,6 +91,10 @@ pub enum BodyRefused {
     /// session's data would exceed the store's limit).
     #[response(status = 413)]
     TooLarge(ErrorBody),
+    /// `requestTimeout`: the body did not arrive within the header
+    /// timeout (`--header-timeout`, 10 s by default).
+    #[response(status = 408)]
+    TooSlow(ErrorBody),
 }
 
 /// The answers of an admin route to a caller that may not use it.
