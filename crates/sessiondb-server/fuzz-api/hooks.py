@@ -50,3 +50,21 @@ class SessiondbAuth:
             headers["Authorization"] = f"Bearer {data}"
         elif "sessionKey" in schemes:
             headers["Authorization"] = f"Bearer {_register()}"
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    """Sends a session key whose actor id is not Latin-1 as its UTF-8 bytes.
+
+    A stateful link puts `Bearer <key>` in `Authorization`, and actor ids
+    are any Unicode text; HTTP sends header values as bytes, and the server
+    reads them as UTF-8 (as the JavaScript client sends them). Python's
+    HTTP client would refuse the text instead.
+    """
+    headers = case.headers or {}
+    value = headers.get("Authorization")
+    if isinstance(value, str):
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            headers["Authorization"] = value.encode("utf-8").decode("latin-1")
