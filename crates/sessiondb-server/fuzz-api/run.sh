@@ -75,6 +75,8 @@ export SESSIONDB_URL="http://$address"
 echo "fuzz-api: sessiondb on $SESSIONDB_URL ($engine)"
 
 status=0
+# From the scratch directory: Schemathesis leaves its state there.
+cd "$work"
 SCHEMATHESIS_HOOKS="$here/hooks.py" "$schemathesis" --config-file "$here/schemathesis.toml" run "$root/docs/openapi.json" \
     --url "$SESSIONDB_URL" \
     --checks all \
