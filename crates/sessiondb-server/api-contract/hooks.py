@@ -1,4 +1,4 @@
-"""Schemathesis hooks for sessiondb's HTTP API (loaded with SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for sessiondb's HTTP API (schemathesis.sh loads them).
 
 Credentials: an operation that takes the admin token gets it; one that
 takes a session key gets the key of a session registered for it through
