@@ -145,7 +145,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
-            "no such route; see the HTTP API v1 in the README",
+            "no such route; GET /v1/openapi.json lists every route of the HTTP API v1",
         )
     }
 
