@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sessiondb::{Data, Reason, UnsetReason};
+use sessiondb::{Data, Reason, Session, SessionStore, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, NotAdmin, NotAdminOrKeyRefused, StoreFailed};
@@ -125,11 +125,7 @@ pub async fn resolve(
     _: Admin,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: SessionKeyRequest = body.json()?;
-    let store = state.store.clone();
-    let resolved = blocking(move || store.resolve(&req.session_key)).await?;
-    state.metrics.resolved("resolve", outcome(&resolved));
-    session_response(StatusCode::OK, &resolved?)
+    use_key(&state, &body, "resolve", SessionStore::resolve).await
 }
 
 /// MAGE's `session.extend()`.
@@ -154,11 +150,22 @@ pub async fn extend(
     _: Admin,
     body: Body,
 ) -> Result<Response, ApiError> {
+    use_key(&state, &body, "extend", SessionStore::extend).await
+}
+
+/// Runs `call` (a use of a key) with the key `body` names, counts its
+/// outcome as `op` and answers the session.
+async fn use_key(
+    state: &AppState,
+    body: &Body,
+    op: &'static str,
+    call: fn(&SessionStore, &str) -> sessiondb::Result<Session>,
+) -> Result<Response, ApiError> {
     let req: SessionKeyRequest = body.json()?;
     let store = state.store.clone();
-    let extended = blocking(move || store.extend(&req.session_key)).await?;
-    state.metrics.resolved("extend", outcome(&extended));
-    session_response(StatusCode::OK, &extended?)
+    let used = blocking(move || call(&store, &req.session_key)).await?;
+    state.metrics.resolved(op, outcome(&used));
+    session_response(StatusCode::OK, &used?)
 }
 
 /// A session to end, and why.
