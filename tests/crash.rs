@@ -16,8 +16,11 @@
 //!   the oldest lost one is reported (the loss window).
 //!
 //! The same runs on the Redis engine (mode `redis`, a server of the test's
-//! own): there the killed process is a game-server node, and since the
-//! server outlives it, every acknowledged operation must be present.
+//! own, and mode `cluster`, a Redis Cluster of three primaries and three
+//! replicas): there the killed process is a game-server node, and since the
+//! servers outlive it, every acknowledged operation must be present (a
+//! reassign across buckets that a kill cut short is finished by the next
+//! store to open).
 //!
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 50);
 //! `SESSIONDB_CRASH_SEED` the random seed.
@@ -67,13 +70,13 @@ fn durability(name: &str) -> Durability {
     }
 }
 
-/// The store's configuration: `place` is a directory, or a Redis URL in
-/// mode `redis`.
+/// The store's configuration: `place` is a directory, a Redis URL in mode
+/// `redis`, or the cluster's seed URLs, comma-separated, in mode `cluster`.
 fn place_config(place: &str, mode: &str) -> Config {
-    if mode == "redis" {
-        Config::redis(place)
-    } else {
-        Config::new(place)
+    match mode {
+        "redis" => Config::redis(place),
+        "cluster" => Config::redis_cluster(place.split(',')),
+        _ => Config::new(place),
     }
 }
 
@@ -562,6 +565,11 @@ fn main() {
     ];
     if let Some(server) = &redis {
         places.push(("redis", server.url.clone()));
+    }
+    let cluster = redis_server::find("redis-server", "crash_under_sigkill (mode cluster)")
+        .map(|binary| redis_server::RedisCluster::start(&binary));
+    if let Some(cluster) = &cluster {
+        places.push(("cluster", cluster.seeds.join(",")));
     }
     for (mode, place) in &places {
         match crash_mode(mode, place, kills, seed) {
