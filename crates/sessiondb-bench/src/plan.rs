@@ -17,6 +17,7 @@ pub const WORKLOADS: &[&str] = &[
     "disk_bytes",
     "disk_churn",
     "peak_rss",
+    "follow_cpu",
 ];
 
 /// The systems, in the order the table shows them.
@@ -30,6 +31,7 @@ pub const SYSTEMS: &[&str] = &[
     "redis",
     "redis_aof_always",
     "sessiondb_redis",
+    "sessiondb_redis_cluster",
     "sqlite_normal",
     "sqlite_full",
 ];
