@@ -157,7 +157,13 @@ fn listen(rx: &crossbeam_channel::Receiver<Event>, done: impl Fn(&Heard) -> bool
             Some(t) if Instant::now() >= t => return heard,
             _ => {}
         }
-        assert!(Instant::now() < deadline, "gave up listening: {heard:?}");
+        assert!(
+            Instant::now() < deadline,
+            "gave up listening: {} sets, {} expiries and {} lagged heard",
+            heard.sets.len(),
+            heard.expired.len(),
+            heard.lagged
+        );
     }
 }
 
@@ -172,12 +178,17 @@ fn once_each(heard: &HashMap<String, usize>, acked: &[(String, String)], what: &
     }
 }
 
+/// Events every test keeps: the listeners read only once the writers are
+/// done, and each write is one event.
+const EVENTS_KEPT: usize = 1 << 20;
+
 fn cluster_config(cluster: &RedisCluster, clock: &ManualClock, durability: Durability) -> Config {
     Config::redis_cluster(cluster.seeds.clone())
         .clock(Arc::new(clock.clone()))
         .reaper_thread(false)
         .durability(durability)
         .ttl(Duration::from_secs(600))
+        .event_capacity(EVENTS_KEPT)
 }
 
 /// A cluster primary killed with SIGKILL while two nodes write with
@@ -316,7 +327,8 @@ fn a_killed_primary_behind_sentinel_is_followed_by_itself() {
     let config = Config::redis_sentinel(sentinel.urls.clone(), SENTINEL_MASTER)
         .clock(Arc::new(clock.clone()))
         .reaper_thread(false)
-        .durability(Durability::Immediate);
+        .durability(Durability::Immediate)
+        .event_capacity(EVENTS_KEPT);
     let stores = [SessionStore::open(config).unwrap()];
     let listener = stores[0].subscribe();
     let load = Load::start(&stores, 3);

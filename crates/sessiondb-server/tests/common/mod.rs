@@ -97,6 +97,18 @@ impl Server {
         Server::serve(dir, &args, adjust, dir.join("unused-data-dir"))
     }
 
+    /// Starts `sessiondb serve --listen 127.0.0.1:0` on the Redis Cluster
+    /// at `seeds` (`--redis-cluster`, one per seed) with `extra` arguments;
+    /// its log goes to `dir`.
+    pub fn start_cluster(dir: &Path, seeds: &[String], extra: &[&str]) -> Server {
+        let mut args: Vec<&str> = seeds
+            .iter()
+            .flat_map(|s| ["--redis-cluster", s.as_str()])
+            .collect();
+        args.extend_from_slice(extra);
+        Server::serve(dir, &args, |_| {}, dir.join("unused-data-dir"))
+    }
+
     /// `sessiondb serve --listen 127.0.0.1:0` with `args`, its log appended
     /// to `dir/server.log`.
     fn serve(
