@@ -56,6 +56,21 @@ fn found_or_skipped(found: Option<PathBuf>, name: &str, test: &str) -> Option<Pa
     found
 }
 
+/// Polls `done` every 10 ms until it holds; fails after `limit` with
+/// `what` (made only then: a server's log, say).
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A server's log, for a failure's message.
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
 /// Runs `cmd` (a server, its output to `log`) under a watchdog shell that
 /// kills it with SIGKILL when the test process is gone, or when the
 /// watchdog gets SIGTERM (`kill_watched`).
@@ -149,21 +164,21 @@ impl RedisServer {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = redis::Client::open(self.url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if ok.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start; its log:\n{}",
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || {
+                redis::Client::open(self.url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            },
+            || {
+                format!(
+                    "the server did not start; its log:\n{}",
+                    log_of(self.dir.path())
+                )
+            },
+        );
     }
 
     /// A plain connection for tests that look at or change the server.
@@ -179,14 +194,15 @@ impl RedisServer {
             kill_watched(child);
         }
         // The socket disappears with the server only on a clean shutdown.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(self.url.as_str())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(100)))
-            .is_ok()
-        {
-            assert!(Instant::now() < deadline, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                redis::Client::open(self.url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(100)))
+                    .is_err()
+            },
+            || "the server did not stop".into(),
+        );
     }
 
     /// Starts the server again on the same socket and directory (its
@@ -333,15 +349,11 @@ impl RedisCluster {
         let child = watched(&cmd, &dir.join("server.log"));
         let i = self.index(port);
         self.children.lock().unwrap()[i] = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.try_connection(port).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "node {port} did not start; its log:\n{}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || self.try_connection(port).is_some(),
+            || format!("node {port} did not start; its log:\n{}", log_of(&dir)),
+        );
     }
 
     fn index(&self, port: u16) -> usize {
@@ -446,8 +458,7 @@ impl RedisCluster {
     /// Waits until every node that runs says the cluster is `ok`, and every
     /// primary has a replica in sync.
     pub fn wait_healthy(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
+        let healthy = || {
             let running: Vec<u16> = {
                 let children = self.children.lock().unwrap();
                 self.ports
@@ -466,7 +477,7 @@ impl RedisCluster {
                 })
             });
             let primaries = self.primaries();
-            let replicated = !primaries.is_empty()
+            ok && !primaries.is_empty()
                 && primaries.iter().all(|&p| {
                     self.try_connection(p).is_some_and(|mut con| {
                         redis::cmd("INFO")
@@ -474,16 +485,11 @@ impl RedisCluster {
                             .query::<String>(&mut con)
                             .is_ok_and(|i| i.contains("state=online"))
                     })
-                });
-            if ok && replicated {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not become healthy within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                })
+        };
+        wait_until(limit, healthy, || {
+            format!("the cluster did not become healthy within {limit:?}")
+        });
     }
 }
 
@@ -561,15 +567,11 @@ impl RedisSentinel {
     fn watch(&self, port: u16, cmd: &[String], dir: &Path) {
         let child = watched(cmd, &dir.join("server.log"));
         self.children.lock().unwrap().insert(port, child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ping(port).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "{port} did not start; its log:\n{}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || ping(port).is_some(),
+            || format!("{port} did not start; its log:\n{}", log_of(dir)),
+        );
     }
 
     fn launch_server(&self, port: u16, replica_of: Option<u16>) {
@@ -623,23 +625,18 @@ impl RedisSentinel {
 
     /// Waits until the primary has a replica in sync.
     fn wait_replicated(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let synced = self.primary().and_then(connect).is_some_and(|mut con| {
-                redis::cmd("INFO")
-                    .arg("replication")
-                    .query::<String>(&mut con)
-                    .is_ok_and(|i| i.contains("state=online"))
-            });
-            if synced {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the replica did not sync within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            limit,
+            || {
+                self.primary().and_then(connect).is_some_and(|mut con| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut con)
+                        .is_ok_and(|i| i.contains("state=online"))
+                })
+            },
+            || format!("the replica did not sync within {limit:?}"),
+        );
     }
 }
 
