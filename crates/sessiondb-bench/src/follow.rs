@@ -4,7 +4,9 @@
 //! registers made through the first, one at a time. Measured from the
 //! server's `INFO cpu` and `INFO commandstats` before and after, once every
 //! node has heard every register. A row's ops/s is registers per second of
-//! server CPU.
+//! server CPU. Over loopback TCP (`sessiondb_redis`) the kernel charges the
+//! server for the receiving side of every message it sends too; over its
+//! unix socket (`sessiondb_redis_unix`) much less.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,13 +53,19 @@ fn server_use(server: &RedisServer) -> Result<(f64, HashMap<String, u64>)> {
     Ok((seconds, calls))
 }
 
-/// One measurement: `nodes` stores follow, one registers.
-fn measure(ctx: &Ctx, nodes: usize) -> Result<Row> {
+/// One measurement: `nodes` stores follow, one registers; over TCP, or
+/// the server's unix socket.
+fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
     let dir = ctx.work.join(format!("follow-{nodes}"));
     let server = RedisServer::start(&dir, false)?;
     let clock = BenchClock::starting_at(unix_ms());
+    let url = if unix {
+        server.unix_url()
+    } else {
+        server.url()
+    };
     let config = || {
-        sdb::redis_config(&server.url(), &clock)
+        sdb::redis_config(&url, &clock)
             .reaper_thread(false)
             .event_capacity(2 * REGISTERS)
     };
@@ -107,7 +115,12 @@ fn measure(ctx: &Ctx, nodes: usize) -> Result<Row> {
         .map(|(name, n)| format!("{name} {n:.2}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut row = Row::new("follow_cpu", "sessiondb_redis", Some(nodes)).note(format!(
+    let system = if unix {
+        "sessiondb_redis_unix"
+    } else {
+        "sessiondb_redis"
+    };
+    let mut row = Row::new("follow_cpu", system, Some(nodes)).note(format!(
         "server CPU per register {:.1} µs; calls per register: {calls}",
         cpu / REGISTERS as f64 * 1e6
     ));
@@ -120,21 +133,17 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     if !ctx.plan.runs("follow_cpu") || !ctx.plan.has("sessiondb_redis") {
         return Ok(());
     }
-    for nodes in NODES {
-        let row = if ctx.redis {
-            measure(ctx, nodes)
-        } else {
-            Ok(Row::new("follow_cpu", "sessiondb_redis", Some(nodes))
-                .skipped("redis-server not on PATH"))
-        };
-        match row {
-            Ok(row) => ctx.push(row),
-            Err(e) => ctx.failed(
-                "follow_cpu",
-                "sessiondb_redis",
-                &[("follow_cpu", Some(nodes))],
-                &e,
-            ),
+    for (unix, system) in [(false, "sessiondb_redis"), (true, "sessiondb_redis_unix")] {
+        for nodes in NODES {
+            let row = if ctx.redis {
+                measure(ctx, nodes, unix)
+            } else {
+                Ok(Row::new("follow_cpu", system, Some(nodes)).skipped("redis-server not on PATH"))
+            };
+            match row {
+                Ok(row) => ctx.push(row),
+                Err(e) => ctx.failed("follow_cpu", system, &[("follow_cpu", Some(nodes))], &e),
+            }
         }
     }
     Ok(())

@@ -94,6 +94,8 @@ impl RedisServer {
                 .arg("--dir")
                 .arg(dir)
                 .args(["--logfile", "redis.log", "--loglevel", "warning"])
+                .arg("--unixsocket")
+                .arg(dir.join("redis.sock"))
                 .args(["--save", ""]);
             if durable {
                 cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
@@ -140,6 +142,11 @@ impl RedisServer {
     /// The URL a client (sessiondb's Redis engine) connects with.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL of the server's unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.dir.join("redis.sock").display())
     }
 
     pub fn connection(&self) -> Result<Connection> {
