@@ -241,18 +241,6 @@ impl Engine for SledEngine {
         }
     }
 
-    /// Reads each due session's record, so that the reap that follows
-    /// finds it in sled's cache while it holds the actors' turns. Errors
-    /// are left for the reap to meet and report.
-    fn prefetch(&self, due: &[Due]) {
-        for d in due {
-            let _ = self
-                .trees
-                .records
-                .get(layout::record_key(&d.actor_id, &d.digest));
-        }
-    }
-
     fn flush(&self) -> Result<()> {
         self.trees.flush(true)
     }
