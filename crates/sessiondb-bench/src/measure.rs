@@ -192,11 +192,11 @@ pub struct Row {
     pub p99_us: Option<f64>,
     pub seconds: Option<f64>,
     pub bytes: Option<u64>,
-    /// The client threads' CPU time as a share of the time they ran (the
+    /// The client threads' CPU time per operation, in microseconds (the
     /// durable workloads: a caller waiting on another's fsync that spins
-    /// uses its whole wait).
+    /// adds its whole wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_share: Option<f64>,
+    pub cpu_us_per_op: Option<f64>,
     /// Counts, caveats, "skipped: why"; not one of the fixed fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -213,7 +213,7 @@ impl Row {
             p99_us: None,
             seconds: None,
             bytes: None,
-            cpu_share: None,
+            cpu_us_per_op: None,
             note: None,
         }
     }
@@ -246,7 +246,7 @@ impl Row {
             p50_us: round(self.p50_us, 1000.0),
             p99_us: round(self.p99_us, 1000.0),
             seconds: round(self.seconds, 1e6),
-            cpu_share: round(self.cpu_share, 1e4),
+            cpu_us_per_op: round(self.cpu_us_per_op, 10.0),
             ..self.clone()
         }
     }
