@@ -299,17 +299,18 @@ impl SessionStore {
 
     /// Reads sessions written by [`SessionStore::export`] and stores them
     /// exactly as they were (digest, id, expiry, revision and data), with
-    /// all their index entries, in batches of up to 256 sessions. A stored
-    /// session of the same actor with the same digest is replaced. No events
-    /// are sent, since no client-visible change happened; sessions that are
-    /// already past their expiry are reaped (with events) by the next reaper
-    /// pass. Every line is checked as the store's own inputs are; the first
-    /// bad line stops the import, and the batches before it stay imported
-    /// (on sled, a crash may also stop a batch part-way; importing the same
-    /// input again gives the same store). An actor left with more sessions
-    /// than `Config::max_sessions_per_actor` keeps them until its next
-    /// register; `check` reports them (`CheckReport::over_cap`) and `repair`
-    /// ends the oldest.
+    /// all their index entries, in batches of up to 256 sessions (cut per
+    /// bucket on Redis, where each batch is atomic). A stored session of the
+    /// same actor with the same digest is replaced. No events are sent,
+    /// since no client-visible change happened; sessions that are already
+    /// past their expiry are reaped (with events) by the next reaper pass.
+    /// Every line is checked as the store's own inputs are; the first bad
+    /// line stops the import, and the batches before it stay imported (on
+    /// sled, a crash may also stop a batch part-way; importing the same input
+    /// again gives the same store). An actor left with more sessions than
+    /// `Config::max_sessions_per_actor` keeps them until its next register;
+    /// `check` reports them (`CheckReport::over_cap`) and `repair` ends the
+    /// oldest.
     ///
     /// # Errors
     /// [`Error::Import`] naming the line for unreadable or invalid input (a
@@ -325,12 +326,14 @@ impl SessionStore {
             if batch.is_empty() {
                 return Ok(());
             }
-            let sessions = std::mem::take(batch);
-            let n = sessions.len() as u64;
-            let about = About::of(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
-            let new = shared.write(about, move |p| p.import(&sessions))?;
-            summary.imported += n;
-            summary.replaced += n - new as u64;
+            // A change commits within one shard (a Redis bucket).
+            for sessions in shared.by_shard(std::mem::take(batch), |s| &s.record.actor_id) {
+                let n = sessions.len() as u64;
+                let about = About::of(sessions.iter().map(|s| s.record.actor_id.clone()).collect());
+                let new = shared.write(about, move |p| p.import(&sessions))?;
+                summary.imported += n;
+                summary.replaced += n - new as u64;
+            }
             Ok(())
         };
         let mut header_seen = false;

@@ -58,6 +58,7 @@ mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod intent;
 mod key;
 mod plan;
 mod reaper;
@@ -73,8 +74,9 @@ mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::RECORD_FORMAT;
-pub use config::{parse_time_code, Config, Durability, MAX_KEY_LENGTH, MIN_KEY_LENGTH};
-pub use engine::redis::redacted as redact_url;
+pub use config::{
+    parse_time_code, redact_url, url_passwords, Config, Durability, MAX_KEY_LENGTH, MIN_KEY_LENGTH,
+};
 pub use engine::sled::layout::STORE_FORMAT;
 pub use error::{Error, Reason, Result, StorageError};
 pub use events::{Event, UnsetReason, MAX_REASON_LEN};

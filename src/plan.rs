@@ -10,6 +10,7 @@ use crate::codec;
 use crate::engine::{Change, Due, Plan, Precondition, View};
 use crate::error::{Error, Reason, Result};
 use crate::events::{Event, UnsetReason};
+use crate::intent::Intent;
 use crate::key::Digest;
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{ActorAddress, Data, Record};
@@ -351,8 +352,18 @@ impl<'a> Planner<'a> {
         new_digest: &Digest,
         now: u64,
     ) -> Result<Record> {
-        let from_sessions = self.sessions_of(from)?;
+        let moved = self.move_out(from, to, now)?;
         let to_sessions = self.sessions_of(to)?;
+        let keep = self.rules.settings.max_per_actor - 1;
+        self.make_room(to_sessions, keep, now);
+        self.insert(new_digest, &moved)?;
+        Ok(moved)
+    }
+
+    /// Ends `from`'s sessions for a reassign to `to`; returns the newest
+    /// live one as it is to be stored under `to`.
+    fn move_out(&mut self, from: &str, to: &str, now: u64) -> Result<Record> {
+        let from_sessions = self.sessions_of(from)?;
         let Some((_, newest)) = from_sessions.iter().rev().find(|(_, r)| r.expires_at > now) else {
             return Err(Error::Invalid(Reason::NoSession));
         };
@@ -365,14 +376,76 @@ impl<'a> Planner<'a> {
             };
             self.delete(d, r, reason);
         }
-        let keep = self.rules.settings.max_per_actor - 1;
-        self.make_room(to_sessions, keep, now);
         moved.actor_id = to.to_owned();
         moved.revision += 1;
         moved.expires_at = self.rules.expiry_at(now, moved.deadline);
         moved.filed_at = moved.expires_at;
-        self.insert(new_digest, &moved)?;
         Ok(moved)
+    }
+
+    /// Step 1 of a reassign across shards (`intent`): `from`'s sessions
+    /// end, and an intent holding the moved session is stored in `from`'s
+    /// shard.
+    pub fn reassign_out(
+        &mut self,
+        from: &str,
+        to: &str,
+        new_digest: &Digest,
+        now: u64,
+        intent_id: &str,
+    ) -> Result<Intent> {
+        let record = self.move_out(from, to, now)?;
+        let intent = Intent {
+            id: intent_id.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            digest: *new_digest,
+            record,
+            created_at: now,
+        };
+        self.plan.changes.push(Change::PutIntent {
+            actor_id: from.to_owned(),
+            id: intent.id.clone(),
+            value: intent.encode()?,
+        });
+        Ok(intent)
+    }
+
+    /// Step 2 of a reassign across shards: the moved session is stored
+    /// under its new actor (room made as a register makes it), with a note
+    /// in that shard that it arrived. Once the note is there, this plans
+    /// nothing and returns the session as stored.
+    pub fn reassign_in(&mut self, intent: &Intent, now: u64) -> Result<Record> {
+        let to = intent.to.as_str();
+        let arrived = self.view.arrived(to, &intent.id)?;
+        self.plan.preconditions.push(Precondition::Arrival {
+            actor_id: to.to_owned(),
+            id: intent.id.clone(),
+            present: arrived,
+        });
+        if arrived {
+            // Placed by an earlier run; since ended, if it is gone.
+            return self
+                .load(to, &intent.digest)?
+                .ok_or(Error::Invalid(Reason::NoSession));
+        }
+        let to_sessions = self.sessions_of(to)?;
+        let keep = self.rules.settings.max_per_actor - 1;
+        self.make_room(to_sessions, keep, now);
+        self.insert(&intent.digest, &intent.record)?;
+        self.plan.changes.push(Change::Arrival {
+            actor_id: to.to_owned(),
+            id: intent.id.clone(),
+        });
+        Ok(intent.record.clone())
+    }
+
+    /// Step 3 of a reassign across shards: the intent goes.
+    pub fn drop_intent(&mut self, intent: &Intent) {
+        self.plan.changes.push(Change::DropIntent {
+            actor_id: intent.from.clone(),
+            id: intent.id.clone(),
+        });
     }
 
     /// Ends the due sessions the reaper found; returns how many.

@@ -39,7 +39,9 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
         let due = shared.engine.due(now, scan)?;
         let full = due.len() == scan;
         let mut queued = None;
-        for batch in due.chunks(shared.reap_batch) {
+        // A change commits within one shard: batches are cut per shard.
+        let shards = shared.by_shard(due, |d| &d.actor_id);
+        for batch in shards.iter().flat_map(|s| s.chunks(shared.reap_batch)) {
             shared.engine.prefetch(batch);
             // One batch queued at a time: an engine that groups commits
             // would merge two into one longer transaction.
@@ -57,6 +59,8 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
             break;
         }
     }
+    // Reassigns across shards that a node left half-way.
+    crate::intent::finish_stuck(shared, now, Some(crate::intent::GRACE_MS))?;
     Ok(total)
 }
 

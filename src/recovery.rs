@@ -197,6 +197,7 @@ struct Expected {
     digest: Digest,
     filed_at: u64,
     actor_id: String,
+    revision: u64,
 }
 
 /// Which index entries were found for each expected session.
@@ -234,11 +235,24 @@ impl<'a> Found<'a> {
         });
         match at {
             Some(i) => self.seen[i] = true,
-            None => self.stale.push(Fix::Drop {
-                index,
-                id: id.to_vec(),
-            }),
+            None => {
+                let revision = digest.and_then(|d| self.revision_of(&d));
+                self.stale.push(Fix::Drop {
+                    index,
+                    id: id.to_vec(),
+                    revision,
+                });
+            }
         }
+    }
+
+    /// The revision of the session with `digest`, if one has it.
+    fn revision_of(&self, digest: &Digest) -> Option<u64> {
+        let start = self.sessions.partition_point(|e| e.digest < *digest);
+        self.sessions
+            .get(start)
+            .filter(|e| e.digest == *digest)
+            .map(|e| e.revision)
     }
 
     /// The sessions no entry named.
@@ -369,6 +383,7 @@ fn survey(engine: &dyn Engine, cap: usize) -> Result<Survey> {
                 digest,
                 filed_at: record.filed_at,
                 actor_id: record.actor_id,
+                revision: record.revision,
             }),
             None => {
                 let id = stored.id;
@@ -391,6 +406,7 @@ fn survey(engine: &dyn Engine, cap: usize) -> Result<Survey> {
         at: e.filed_at,
         actor_id: e.actor_id.clone(),
         digest: e.digest,
+        revision: e.revision,
     }));
     if engine.keeps_actor_index() {
         let mut actors = Found::new(&sessions);
@@ -403,6 +419,7 @@ fn survey(engine: &dyn Engine, cap: usize) -> Result<Survey> {
         fixes.extend(actors.missing().map(|e| Fix::AddActor {
             actor_id: e.actor_id.clone(),
             digest: e.digest,
+            revision: e.revision,
         }));
     }
     let mut report = CheckReport {

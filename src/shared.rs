@@ -210,6 +210,21 @@ impl Shared {
         self.counted(reply)
     }
 
+    /// `items` split into groups of one shard each (an engine commits a
+    /// plan within one shard), each group in the items' order, the groups
+    /// in the order their first items came.
+    pub fn by_shard<T>(&self, items: Vec<T>, actor_of: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        let mut groups: Vec<(u32, Vec<T>)> = Vec::new();
+        for item in items {
+            let shard = self.engine.shard(actor_of(&item));
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, group)) => group.push(item),
+                None => groups.push((shard, vec![item])),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    }
+
     /// Plans and commits one change; returns its reply.
     pub fn write<F, R>(&self, about: About, plan: F) -> Result<R>
     where

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::engine;
 use crate::error::{clip, Error, Result};
 use crate::events::{Event, EventHub, UnsetReason};
+use crate::intent;
 use crate::key::{self, Digest, FullKey};
 use crate::plan::{DataEdit, Touch};
 use crate::reaper::{self, Reaper};
@@ -209,6 +210,12 @@ impl SessionStore {
             handle.recovery.report()
         );
         let events = subscribe.then(|| shared.events.subscribe());
+        // Reassigns across shards that a stopped node left half-way.
+        match intent::finish_stuck(&shared, shared.now(), None) {
+            Ok(0) => {}
+            Ok(n) => log::warn!("finished {n} reassigns that stopped nodes left half-way"),
+            Err(e) => log::warn!("half-way reassigns are left to the reaper: {e}"),
+        }
         if config.reaper_thread {
             let reaper = Reaper::spawn(shared, config.reap_interval).map_err(|source| {
                 Error::WorkerStart {
@@ -587,10 +594,20 @@ impl SessionStore {
         }
         let shared = self.shared();
         let now = shared.now();
-        // Planned as a change with nothing to commit, so that the engine
-        // reads every actor in one consistent view.
-        let about = About::of(actor_ids.clone());
-        shared.write(about, move |p| p.addresses(&actor_ids, now))
+        // Planned as changes with nothing to commit, so that the engine
+        // reads the actors of each shard in one consistent view (an actor's
+        // sessions are always in one shard).
+        let mut found = std::collections::HashMap::new();
+        for actors in shared.by_shard(actor_ids.clone(), |a| a) {
+            let about = About::of(actors.clone());
+            for address in shared.write(about, move |p| p.addresses(&actors, now))? {
+                found.insert(address.actor_id.clone(), address);
+            }
+        }
+        Ok(actor_ids
+            .iter()
+            .filter_map(|a| found.get(a).cloned())
+            .collect())
     }
 
     /// MAGE's `reassign`: every session of `from` ends with reason
@@ -613,8 +630,19 @@ impl SessionStore {
         let new_digest = Digest::of_secret(&secret);
         let now = shared.now();
         let (f, t) = (from.to_owned(), to.to_owned());
-        let about = About::of(vec![f.clone(), t.clone()]);
-        let record = shared.write(about, move |p| p.reassign(&f, &t, &new_digest, now))?;
+        let record = if shared.engine.shard(from) == shared.engine.shard(to) {
+            let about = About::of(vec![f.clone(), t.clone()]);
+            shared.write(about, move |p| p.reassign(&f, &t, &new_digest, now))?
+        } else {
+            // The two actors live in different shards: step by step, so
+            // that the session is never live under both (`intent`).
+            let id = key::hex(&key::random_bytes::<12>()?);
+            let about = About::of(vec![f.clone()]);
+            let intent = shared.write(about, move |p| {
+                p.reassign_out(&f, &t, &new_digest, now, &id)
+            })?;
+            intent::roll_forward(shared, intent, now)?
+        };
         Ok(Session {
             key: Some(key::full_key(to, &secret)),
             record,

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use sessiondb_model::driver::{Driver, Place};
 use sessiondb_model::ops::{
@@ -174,6 +174,11 @@ fn redis_place(test: &str) -> Option<Place> {
         .map(|server| Place::Redis(server.url.clone()))
 }
 
+/// The cluster every cluster case of this process shares.
+fn cluster_place(test: &str) -> Option<Place> {
+    RedisCluster::shared(test).map(|c| Place::RedisCluster(c.seeds.clone()))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
@@ -192,6 +197,16 @@ proptest! {
     #[test]
     fn redis_store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
         let Some(place) = redis_place("redis_store_agrees_with_model") else {
+            return Ok(());
+        };
+        if let Err(mismatch) = Driver::run_at(place, setup, &ops) {
+            return Err(TestCaseError::fail(mismatch));
+        }
+    }
+
+    #[test]
+    fn cluster_store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
+        let Some(place) = cluster_place("cluster_store_agrees_with_model") else {
             return Ok(());
         };
         if let Err(mismatch) = Driver::run_at(place, setup, &ops) {
@@ -252,10 +267,14 @@ fn every_operation_agrees_on_a_scripted_tour() {
     run_everywhere("every_operation_agrees_on_a_scripted_tour", setup, &ops);
 }
 
-/// Runs `ops` on sled, then on Redis where a server can be started.
+/// Runs `ops` on sled, then on Redis and on a Redis Cluster where servers
+/// can be started.
 fn run_everywhere(test: &str, setup: Setup, ops: &[Op]) {
     Driver::run(setup, ops).unwrap();
     if let Some(place) = redis_place(test) {
+        Driver::run_at(place, setup, ops).unwrap();
+    }
+    if let Some(place) = cluster_place(test) {
         Driver::run_at(place, setup, ops).unwrap();
     }
 }

@@ -91,6 +91,7 @@ fn damage_and_reopen_with(
         clock,
         store,
         server: None,
+        prefix: None,
     }
 }
 

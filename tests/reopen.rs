@@ -177,6 +177,7 @@ fn everything_survives_dropping_the_store_without_close() {
         clock,
         store,
         server: None,
+        prefix: None,
     };
     assert_world(&f, &w);
 }

@@ -73,6 +73,27 @@ fn two_nodes_share_sessions_and_hear_each_others_changes() {
     assert!(b.check().unwrap().is_healthy());
 }
 
+/// A node's subscription waits for messages in short reads; a quiet spell
+/// (reads that time out) must not cost it the next message.
+#[test]
+fn a_change_after_a_quiet_spell_is_heard_on_the_other_node() {
+    let Some(server) = server("a_change_after_a_quiet_spell", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let a = SessionStore::open(config(&server, &clock)).unwrap();
+    let b = SessionStore::open(config(&server, &clock)).unwrap();
+    let heard = b.subscribe();
+    for round in 0..3 {
+        let s = a.register(&format!("p{round}"), "en", Data::new()).unwrap();
+        let events = hear(&heard, |h| !h.is_empty());
+        assert!(matches!(&events[0], Event::Set { id, .. } if id == s.id()));
+        // Several of the subscription's reads time out meanwhile (real
+        // time: the network's, not the store's clock).
+        std::thread::sleep(Duration::from_millis(350));
+    }
+}
+
 #[test]
 fn racing_registers_at_the_cap_leave_exactly_the_cap() {
     let Some(server) = server("racing_registers_at_the_cap", &[]) else {
@@ -197,35 +218,60 @@ fn a_reader_behind_the_stream_retention_hears_lagged_with_the_exact_count() {
     let rx = store.subscribe();
     let first = store.register("p0", "en", Data::new()).unwrap();
     hear(&rx, |h| h.len() == 1);
-    // 40 more sessions' events arrive in one atomic burst, as a fast writer
-    // elsewhere would append them: the reader can only see the last 5.
+    // 40 more events are appended to the bucket's stream, as a writer
+    // elsewhere appends them, but their messages never reach this node (as
+    // while its subscription was down): by the time it reads the stream,
+    // only the last 5 are left.
     let mut raw = server.connection();
+    let (stream, counter) = (
+        only_key(&mut raw, "sessiondb{*}:x"),
+        only_key(&mut raw, "sessiondb{*}:xn"),
+    );
     let burst = r#"
+        local prev = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
         for i = 1, 40 do
           local n = redis.call('INCR', KEYS[2])
           local e = '{"t":"unset","id":"burst' .. i .. '","actorId":"p0","reason":"expired"}'
-          redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*', 'n', n, 'e', e)
+          prev = redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*', 'n', n, 'p', prev, 'o', 'elsewhere', 'e', e)
         end
         return 1"#;
     let _: i64 = redis::cmd("EVAL")
         .arg(burst)
         .arg(2)
-        .arg("sessiondb{0}:x")
-        .arg("sessiondb{0}:xn")
+        .arg(&stream)
+        .arg(&counter)
         .query(&mut raw)
         .unwrap();
+    // The next change's message does not follow what this node heard: it
+    // reads the stream, and reports what the stream no longer holds (the
+    // change's own entry trimmed one more: 4 of the 40 are left).
+    store.logout(&key_of(&first)).unwrap();
     let events = hear(&rx, |h| h.len() == 6);
-    assert_eq!(events[0], Event::Lagged { missed: 35 });
-    for (i, e) in events[1..].iter().enumerate() {
-        let want = format!("burst{}", 36 + i);
+    assert_eq!(events[0], Event::Lagged { missed: 36 });
+    for (i, e) in events[1..5].iter().enumerate() {
+        let want = format!("burst{}", 37 + i);
         assert!(matches!(e, Event::Unset { id, .. } if *id == want), "{e:?}");
     }
+    assert!(
+        matches!(
+            &events[5],
+            Event::Unset {
+                reason: UnsetReason::LoggedOut,
+                ..
+            }
+        ),
+        "{events:?}"
+    );
     // Events after the gap flow as before.
-    store.logout(&key_of(&first)).unwrap();
-    assert!(matches!(
-        &hear(&rx, |h| h.len() == 1)[0],
-        Event::Unset { .. }
-    ));
+    store.register("p1", "en", Data::new()).unwrap();
+    assert!(matches!(&hear(&rx, |h| h.len() == 1)[0], Event::Set { .. }));
+}
+
+/// The one key of the test's store matching `pattern`.
+fn only_key(raw: &mut redis::Connection, pattern: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(raw).unwrap();
+    assert_eq!(keys.len(), 1, "{pattern}: {keys:?}");
+    keys[0].clone()
 }
 
 #[test]
@@ -511,24 +557,27 @@ fn check_finds_and_repair_fixes_broken_redis_indexes() {
         store.register(&format!("p{i}"), "en", Data::new()).unwrap();
     }
     let mut raw = server.connection();
+    // The one bucket's keys: `sessiondb{<tag>}:...`.
+    let count_key = only_key(&mut raw, "sessiondb{*}:n");
+    let bucket = count_key.trim_end_matches(":n");
     // A dangling expiry entry, a missing actor entry, a corrupt record and
     // a wrong count, made behind the store's back.
     let member = format!("{}:ghost", "ab".repeat(32));
     let _: i64 = redis::cmd("ZADD")
-        .arg("sessiondb{0}:e")
+        .arg(format!("{bucket}:e"))
         .arg(1)
         .arg(member)
         .query(&mut raw)
         .unwrap();
     let _: i64 = redis::cmd("DEL")
-        .arg("sessiondb{0}:a:p0")
+        .arg(format!("{bucket}:a:p0"))
         .query(&mut raw)
         .unwrap();
     let p1: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("sessiondb{0}:a:p1")
+        .arg(format!("{bucket}:a:p1"))
         .query(&mut raw)
         .unwrap();
-    let p1_record = format!("sessiondb{{0}}:s:{}", p1[0]);
+    let p1_record = format!("{bucket}:s:{}", p1[0]);
     let _: i64 = redis::cmd("HSET")
         .arg(&p1_record)
         .arg("r")
@@ -536,7 +585,7 @@ fn check_finds_and_repair_fixes_broken_redis_indexes() {
         .query(&mut raw)
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg("sessiondb{0}:n")
+        .arg(&count_key)
         .arg(42)
         .query(&mut raw)
         .unwrap();
@@ -582,6 +631,150 @@ fn valkey_makes_immediate_writes_durable_with_waitaof() {
         "one WAITAOF per acknowledged write: {stats:?}"
     );
     store.flush().unwrap();
+}
+
+/// `WAITAOF` covers only the writes of the connection it runs on: each
+/// commit's wait must follow its own script on the same connection, or an
+/// unsynced change could be acknowledged. Watched with `MONITOR` while
+/// eight threads write (the store's connections are told apart by their
+/// TCP ports).
+#[test]
+fn each_durability_wait_runs_on_the_connection_that_wrote() {
+    let Some(binary) = find("valkey-server", "wait_on_the_connection_that_wrote") else {
+        return;
+    };
+    let port = common::redis::free_ports(1)[0].to_string();
+    let server = RedisServer::start(
+        &binary,
+        &[
+            "--port",
+            &port,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ],
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = SessionStore::open(
+        Config::redis(&url)
+            .reaper_thread(false)
+            .durability(Durability::Immediate),
+    )
+    .unwrap();
+    // Every command the server runs, with the client that sent it.
+    let mut monitor = server.connection();
+    monitor
+        .send_packed_command(&redis::cmd("MONITOR").get_packed_command())
+        .unwrap();
+    let _: redis::Value = monitor.recv_response().unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    store
+                        .register(&format!("t{t}p{i}"), "en", Data::new())
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    store.register("last", "en", Data::new()).unwrap();
+    // Per client: a script was sent and its wait is due next.
+    let mut due: HashMap<String, bool> = HashMap::new();
+    let mut waits = 0;
+    monitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        let line: String = match monitor.recv_response() {
+            Ok(v) => redis::from_redis_value(v).unwrap(),
+            Err(e) => panic!("the monitor stopped before the last register: {e}"),
+        };
+        // `<time> [<db> <client>] "<command>" ...`
+        let Some((client, command)) = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(who, what)| (who.to_owned(), what.trim().to_owned()))
+        else {
+            continue;
+        };
+        if client.ends_with("lua") {
+            continue;
+        }
+        let name = command
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_ascii_uppercase();
+        let wait_due = due.get(&client).copied().unwrap_or(false);
+        match name.as_str() {
+            "WAITAOF" => {
+                assert!(
+                    wait_due,
+                    "client {client} ran WAITAOF after no script of its own"
+                );
+                waits += 1;
+            }
+            _ => assert!(
+                !wait_due,
+                "client {client} ran {name} between a script and its wait"
+            ),
+        }
+        due.insert(client, matches!(name.as_str(), "EVALSHA" | "EVAL"));
+        if name == "WAITAOF" && waits > 8 * 40 {
+            break;
+        }
+    }
+}
+
+/// A primary demoted to replica (as in any failover) answers writes with
+/// READONLY: that is "unavailable", not a storage failure, and the store
+/// writes again, on fresh connections, as soon as the server is a primary.
+#[test]
+fn a_server_demoted_to_replica_is_unavailable_until_it_is_a_primary_again() {
+    let Some(server) = server("demoted_to_replica", &[]) else {
+        return;
+    };
+    // Another server, on a TCP port (REPLICAOF names host and port).
+    let port = common::redis::free_ports(1)[0].to_string();
+    let Some(_primary) = self::server("demoted_to_replica", &["--port", &port]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let store = SessionStore::open(config(&server, &clock)).unwrap();
+    store.register("p1", "en", Data::new()).unwrap();
+    assert!(store.ping().is_ok());
+
+    let mut raw = server.connection();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query(&mut raw)
+        .unwrap();
+    let started = Instant::now();
+    let err = store.register("p2", "en", Data::new()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("read only")
+            || err.to_string().contains("READONLY"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(store.ping(), Err(Error::Unavailable { .. })));
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut raw)
+        .unwrap();
+    store.register("p3", "en", Data::new()).unwrap();
+    assert!(store.ping().is_ok());
 }
 
 #[test]

@@ -101,16 +101,16 @@ impl Default for Turns {
 }
 
 impl Turns {
+    /// The stripe whose lock gives `actor` its turn.
+    pub fn stripe(&self, actor: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(actor, &mut h);
+        (std::hash::Hasher::finish(&h) % self.stripes.len() as u64) as usize
+    }
+
     /// Waits for the turn of every actor in `actors`.
     pub fn take(&self, actors: &[String]) -> Vec<MutexGuard<'_, ()>> {
-        let mut stripes: Vec<usize> = actors
-            .iter()
-            .map(|a| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::hash::Hash::hash(a, &mut h);
-                (std::hash::Hasher::finish(&h) % self.stripes.len() as u64) as usize
-            })
-            .collect();
+        let mut stripes: Vec<usize> = actors.iter().map(|a| self.stripe(a)).collect();
         stripes.sort_unstable();
         stripes.dedup();
         stripes

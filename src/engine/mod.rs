@@ -48,6 +48,24 @@ pub(crate) enum Precondition {
         actor_id: String,
         sessions: Vec<Digest>,
     },
+    /// The arrival of intent `id` is (or is not) noted in `actor_id`'s
+    /// shard.
+    Arrival {
+        actor_id: String,
+        id: String,
+        present: bool,
+    },
+}
+
+impl Precondition {
+    /// The actor whose shard holds what it names.
+    pub fn actor_id(&self) -> &str {
+        match self {
+            Precondition::Record { actor_id, .. }
+            | Precondition::Actor { actor_id, .. }
+            | Precondition::Arrival { actor_id, .. } => actor_id,
+        }
+    }
 }
 
 /// One change to the store. The engine keeps its indexes (a session's
@@ -87,6 +105,34 @@ pub(crate) enum Change {
         actor_id: String,
         at: u64,
     },
+    /// Stores an intent (`intent::Intent`, encoded) in `actor_id`'s shard:
+    /// a change across shards under way, which any node rolls forward.
+    /// Only engines with more than one shard meet these three.
+    PutIntent {
+        actor_id: String,
+        id: String,
+        value: Vec<u8>,
+    },
+    /// Drops intent `id` from `actor_id`'s shard.
+    DropIntent { actor_id: String, id: String },
+    /// Notes in `actor_id`'s shard that intent `id` arrived there, for
+    /// longer than any intent can wait (`intent::ARRIVAL_KEPT_MS`).
+    Arrival { actor_id: String, id: String },
+}
+
+impl Change {
+    /// The actor whose shard it changes.
+    pub fn actor_id(&self) -> &str {
+        match self {
+            Change::Insert { actor_id, .. }
+            | Change::Update { actor_id, .. }
+            | Change::Delete { actor_id, .. }
+            | Change::DropExpiry { actor_id, .. }
+            | Change::PutIntent { actor_id, .. }
+            | Change::DropIntent { actor_id, .. }
+            | Change::Arrival { actor_id, .. } => actor_id,
+        }
+    }
 }
 
 /// What one operation decided: commit all of it or none of it.
@@ -115,6 +161,11 @@ pub(crate) trait View {
     }
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
+    /// Whether `actor_id`'s shard notes the arrival of intent `id`. An
+    /// engine with one shard stores no intents.
+    fn arrived(&self, _actor_id: &str, _id: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// One operation, ready to be planned by an engine. Planning may run more
@@ -230,26 +281,31 @@ pub(crate) type RecordVisit<'a> = dyn FnMut(Stored<'_>) -> Result<bool> + 'a;
 /// [`Fix::Drop`], `parsed` is its content, `None` when it is malformed.
 pub(crate) type IndexVisit<'a, T> = dyn FnMut(&[u8], Option<T>) -> Result<bool> + 'a;
 
-/// A repair found by the consistency check.
+/// A repair found by the consistency check. `revision` is the revision
+/// of the session the fix is about as the check saw it (`None`: no session
+/// had that digest): an engine shared with other processes applies the fix
+/// only while the session is still so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fix {
     /// Moves the record a scan named `id` (that does not decode) aside.
-    Quarantine {
-        id: Vec<u8>,
-    },
+    Quarantine { id: Vec<u8> },
     AddExpiry {
         at: u64,
         actor_id: String,
         digest: Digest,
+        revision: u64,
     },
     AddActor {
         actor_id: String,
         digest: Digest,
+        revision: u64,
     },
-    /// Removes the index entry a scan named `id`.
+    /// Removes the index entry a scan named `id`; `revision` is that of
+    /// the session the entry names, if one has its digest.
     Drop {
         index: Index,
         id: Vec<u8>,
+        revision: Option<u64>,
     },
     /// Sets the stored session count.
     Count(u64),
@@ -312,6 +368,17 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     fn next_expiry(&self) -> Result<Option<u64>>;
     /// How many sessions are stored.
     fn session_count(&self) -> Result<Count>;
+    /// The shard an actor's sessions live in. A plan commits within one
+    /// shard: the session logic cuts batches per shard, and moves a session
+    /// between shards in steps (`codec::Intent`). One shard by default.
+    fn shard(&self, _actor_id: &str) -> u32 {
+        0
+    }
+    /// Every intent stored (a change across shards under way), encoded.
+    /// An engine with one shard stores none.
+    fn intents(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
 
     /// Hands `task` over to be planned and committed.
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket>;
@@ -378,8 +445,8 @@ pub(crate) fn open(
             let (engine, opened) = sled::SledEngine::open(path, config, events, poison)?;
             Ok((Arc::new(engine), opened))
         }
-        Location::Redis(url) => {
-            let (engine, opened) = redis::RedisEngine::open(url, config, events, poison)?;
+        Location::Redis(target) => {
+            let (engine, opened) = redis::RedisEngine::open(target, config, events, poison)?;
             Ok((Arc::new(engine), opened))
         }
     }

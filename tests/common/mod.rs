@@ -1,6 +1,8 @@
 //! Shared set-up for the scenario tests, on every engine: a test written
-//! inside `on_every_engine! { ... }` runs once on the embedded sled engine
-//! and once on a real Redis server of its own (`redis.rs`).
+//! inside `on_every_engine! { ... }` runs on the embedded sled engine, on a
+//! real Redis server of its own, and on a Redis Cluster (three primaries,
+//! three replicas) that the test process's cluster tests share, each store
+//! under a key prefix of its own (`redis.rs`).
 #![allow(dead_code, unused_macros)]
 
 pub mod redis;
@@ -12,13 +14,14 @@ use std::time::Duration;
 use sessiondb::{Config, Event, ManualClock, Session, SessionStore, UnsetReason};
 use tempfile::TempDir;
 
-use self::redis::RedisServer;
+use self::redis::{RedisCluster, RedisServer};
 
 /// The engines a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sled,
     Redis,
+    Cluster,
 }
 
 thread_local! {
@@ -34,15 +37,20 @@ pub fn engine() -> Engine {
 /// Runs `test` with fixtures on `engine`; on Redis without a server binary,
 /// says what it skipped instead (and fails when `CI=true`).
 pub fn run_on(engine: Engine, name: &str, test: impl FnOnce()) {
-    if engine == Engine::Redis && redis::find("redis-server", name).is_none() {
+    let missing = match engine {
+        Engine::Sled => false,
+        Engine::Redis => redis::find("redis-server", name).is_none(),
+        Engine::Cluster => RedisCluster::shared(name).is_none(),
+    };
+    if missing {
         return;
     }
     ENGINE.with(|e| e.set(engine));
     test();
 }
 
-/// Runs each test inside once per engine, in modules `sled_engine` and
-/// `redis_engine`.
+/// Runs each test inside once per engine, in modules `sled_engine`,
+/// `redis_engine` and `cluster_engine`.
 macro_rules! on_every_engine {
     ($( $(#[$m:meta])* fn $name:ident() $body:block )*) => {
         mod sled_engine {
@@ -57,6 +65,13 @@ macro_rules! on_every_engine {
             use super::*;
             $( $(#[$m])* #[test] fn $name() {
                 crate::common::run_on(crate::common::Engine::Redis, stringify!($name), || $body)
+            } )*
+        }
+        mod cluster_engine {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$m])* #[test] fn $name() {
+                crate::common::run_on(crate::common::Engine::Cluster, stringify!($name), || $body)
             } )*
         }
     };
@@ -74,6 +89,8 @@ pub struct Fixture {
     pub store: SessionStore,
     /// The Redis server, on the Redis engine.
     pub server: Option<RedisServer>,
+    /// The store's key prefix, on the cluster engine.
+    pub prefix: Option<String>,
 }
 
 /// The settings every fixture starts from, for a sled store in `dir`.
@@ -81,10 +98,26 @@ pub fn config(dir: &TempDir, clock: &ManualClock) -> Config {
     settings(Config::new(dir.path()), clock)
 }
 
-fn base(dir: &TempDir, server: Option<&RedisServer>, clock: &ManualClock) -> Config {
-    let location = match server {
-        Some(server) => Config::redis(&server.url),
-        None => Config::new(dir.path()),
+/// A key prefix no other store of this test process uses.
+pub fn unique_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
+}
+
+fn base(
+    dir: &TempDir,
+    server: Option<&RedisServer>,
+    prefix: Option<&str>,
+    clock: &ManualClock,
+) -> Config {
+    let location = match (server, prefix) {
+        (Some(server), _) => Config::redis(&server.url),
+        (None, Some(prefix)) => {
+            let cluster = RedisCluster::shared("fixture").expect("a cluster");
+            Config::redis_cluster(cluster.seeds.clone()).redis_prefix(prefix)
+        }
+        (None, None) => Config::new(dir.path()),
     };
     settings(location, clock)
 }
@@ -104,30 +137,39 @@ impl Fixture {
     pub fn with(tune: impl FnOnce(Config) -> Config) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let server = match engine() {
-            Engine::Sled => None,
+        let (server, prefix) = match engine() {
+            Engine::Sled => (None, None),
             Engine::Redis => {
                 let binary = redis::find("redis-server", "fixture").expect("redis-server");
                 // An append-only file fsynced on every write, so that
                 // `Durability::Immediate` works on any Redis 7.
-                Some(RedisServer::start(
+                let server = RedisServer::start(
                     &binary,
                     &["--appendonly", "yes", "--appendfsync", "always"],
-                ))
+                );
+                (Some(server), None)
             }
+            Engine::Cluster => (None, Some(unique_prefix())),
         };
-        let store = SessionStore::open(tune(base(&dir, server.as_ref(), &clock))).expect("open");
+        let config = base(&dir, server.as_ref(), prefix.as_deref(), &clock);
+        let store = SessionStore::open(tune(config)).expect("open");
         Fixture {
             dir,
             clock,
             store,
             server,
+            prefix,
         }
     }
 
     /// The settings of this fixture's store (its engine, clock and defaults).
     pub fn config(&self) -> Config {
-        base(&self.dir, self.server.as_ref(), &self.clock)
+        base(
+            &self.dir,
+            self.server.as_ref(),
+            self.prefix.as_deref(),
+            &self.clock,
+        )
     }
 
     /// Closes the store and opens it again on the same engine and clock.
@@ -138,6 +180,7 @@ impl Fixture {
             clock,
             store,
             server,
+            prefix,
         } = self;
         store.close().expect("close");
         let store = SessionStore::open(config).expect("reopen");
@@ -146,6 +189,7 @@ impl Fixture {
             clock,
             store,
             server,
+            prefix,
         }
     }
 

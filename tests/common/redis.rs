@@ -56,6 +56,45 @@ fn found_or_skipped(found: Option<PathBuf>, name: &str, test: &str) -> Option<Pa
     found
 }
 
+/// Runs `cmd` (a server, its output to `log`) under a watchdog shell that
+/// kills it with SIGKILL when the test process is gone, or when the
+/// watchdog gets SIGTERM (`kill_watched`).
+fn watched(cmd: &[String], log: &Path) -> Child {
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| {
+            if a == "''" {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    let script = format!(
+        "{} > '{}' 2>&1 & r=$!; trap 'kill -9 $r; exit 0' TERM; \
+         while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2 & wait $!; done; \
+         kill -9 $r 2>/dev/null",
+        quoted.join(" "),
+        log.display(),
+        std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the server")
+}
+
+/// Kills a watched server with SIGKILL (through its watchdog) and waits
+/// for the watchdog.
+fn kill_watched(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 pub struct RedisServer {
     binary: PathBuf,
     dir: TempDir,
@@ -104,33 +143,8 @@ impl RedisServer {
             "''".into(),
         ];
         cmd.extend(self.args.iter().cloned());
-        let quoted: Vec<String> = cmd
-            .iter()
-            .map(|a| {
-                if a == "''" {
-                    a.clone()
-                } else {
-                    format!("'{}'", a.replace('\'', r"'\''"))
-                }
-            })
-            .collect();
-        // The watchdog: stops the server when the test process is gone.
-        let script = format!(
-            "{} > '{}/server.log' 2>&1 & r=$!; trap 'kill -9 $r; exit 0' TERM; \
-             while kill -0 {} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.2 & wait $!; done; \
-             kill -9 $r 2>/dev/null",
-            quoted.join(" "),
-            self.dir.path().display(),
-            std::process::id()
-        );
         let _ = std::fs::remove_file(self.socket());
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        self.child = Some(child);
+        self.child = Some(watched(&cmd, &self.dir.path().join("server.log")));
         self.wait_ready();
     }
 
@@ -161,11 +175,8 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL (through its watchdog) and waits.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            kill_watched(child);
         }
         // The socket disappears with the server only on a clean shutdown.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -189,5 +200,297 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- cluster --
+
+/// A Redis Cluster of three primaries and three replicas on loopback TCP
+/// ports (each below 55535: the cluster bus listens 10000 above), formed
+/// with `redis-cli --cluster create` (`valkey-cli` for Valkey), with an
+/// append-only file fsynced on every write. Each node runs under a
+/// watchdog, like `RedisServer`.
+pub struct RedisCluster {
+    binary: PathBuf,
+    dir: TempDir,
+    ports: Vec<u16>,
+    children: std::sync::Mutex<Vec<Option<Child>>>,
+    /// The nodes' URLs, the seeds a store is given.
+    pub seeds: Vec<String>,
+}
+
+/// The command-line tool beside a server binary.
+fn cli_for(binary: &Path) -> PathBuf {
+    let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let cli = if name.starts_with("valkey") {
+        "valkey-cli"
+    } else {
+        "redis-cli"
+    };
+    let beside = binary.with_file_name(cli);
+    if beside.is_file() {
+        return beside;
+    }
+    on_path(cli).unwrap_or_else(|| PathBuf::from(cli))
+}
+
+/// `count` free loopback ports in a row, each with its cluster bus port
+/// (+10000) free too, all below 55535.
+pub fn free_ports(count: u16) -> Vec<u16> {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(31).wrapping_add(attempt * 7919)) % 25_000) as u16;
+        let ports: Vec<u16> = (base..base + count).collect();
+        if ports.iter().all(|&p| free(p) && free(p + 10_000)) {
+            return ports;
+        }
+    }
+    panic!("no {count} free loopback ports with free bus ports below 55535");
+}
+
+impl RedisCluster {
+    /// The cluster every cluster test of this process shares (each store
+    /// under a key prefix of its own), or `None` after saying why it is
+    /// skipped (a failure when `CI=true`).
+    pub fn shared(test: &str) -> Option<&'static RedisCluster> {
+        static CLUSTER: std::sync::OnceLock<Option<RedisCluster>> = std::sync::OnceLock::new();
+        CLUSTER
+            .get_or_init(|| find("redis-server", test).map(|b| RedisCluster::start(&b)))
+            .as_ref()
+    }
+
+    /// Starts six nodes and forms a cluster of three primaries, each with
+    /// one replica; returns once every replica is in sync.
+    pub fn start(binary: &Path) -> RedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(6);
+        let cluster = RedisCluster {
+            binary: binary.to_path_buf(),
+            seeds: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+            children: std::sync::Mutex::new(ports.iter().map(|_| None).collect()),
+            ports,
+            dir,
+        };
+        for &p in &cluster.ports {
+            cluster.launch(p);
+        }
+        let mut create = Command::new(cli_for(binary));
+        create.arg("--cluster").arg("create");
+        for p in &cluster.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    fn node_dir(&self, port: u16) -> PathBuf {
+        self.dir.path().join(port.to_string())
+    }
+
+    fn launch(&self, port: u16) {
+        let dir = self.node_dir(port);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let cmd: Vec<String> = [
+            self.binary.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "nodes.conf".into(),
+            "--cluster-node-timeout".into(),
+            "1000".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            "''".into(),
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ]
+        .into();
+        let child = watched(&cmd, &dir.join("server.log"));
+        let i = self.index(port);
+        self.children.lock().unwrap()[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_connection(port).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} did not start; its log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn index(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|&p| p == port)
+            .expect("a node's port")
+    }
+
+    fn try_connection(&self, port: u16) -> Option<redis::Connection> {
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        con.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        Some(con)
+    }
+
+    /// A plain connection to the node at `port`.
+    pub fn connection(&self, port: u16) -> redis::Connection {
+        self.try_connection(port)
+            .unwrap_or_else(|| panic!("connect to the cluster node at {port}"))
+    }
+
+    /// Every node's port.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The ports of the nodes that answer and call themselves primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|&p| self.role(p).as_deref() == Some("master"))
+            .collect()
+    }
+
+    /// `master` or `slave`, for a node that answers.
+    pub fn role(&self, port: u16) -> Option<String> {
+        let mut con = self.try_connection(port)?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut con).ok()?;
+        match role.first()? {
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// The port of the replica of the primary at `port`.
+    pub fn replica_of(&self, port: u16) -> Option<u16> {
+        let mut con = self.try_connection(port)?;
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut con).ok()?;
+        info.lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
+            .and_then(|p| p.parse().ok())
+    }
+
+    /// The primary serving the slot of `key`.
+    pub fn primary_of_key(&self, key: &str) -> u16 {
+        for p in self.primaries() {
+            let mut con = self.connection(p);
+            let slot: i64 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut con)
+                .expect("CLUSTER KEYSLOT");
+            let owner: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query(&mut con)
+                .expect("CLUSTER SLOTS");
+            for range in owner {
+                let int = |v: &redis::Value| match v {
+                    redis::Value::Int(i) => *i,
+                    _ => -1,
+                };
+                if int(&range[0]) <= slot && slot <= int(&range[1]) {
+                    if let redis::Value::Array(node) = &range[2] {
+                        return int(&node[1]) as u16;
+                    }
+                }
+            }
+        }
+        panic!("no primary serves the slot of {key}")
+    }
+
+    /// Kills the node at `port` with SIGKILL.
+    pub fn kill(&self, port: u16) {
+        let i = self.index(port);
+        if let Some(child) = self.children.lock().unwrap()[i].take() {
+            kill_watched(child);
+        }
+    }
+
+    /// Starts the node at `port` again (it rejoins as its nodes.conf says).
+    pub fn restart(&self, port: u16) {
+        self.kill(port);
+        self.launch(port);
+    }
+
+    /// Waits until every node that runs says the cluster is `ok`, and every
+    /// primary has a replica in sync.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let running: Vec<u16> = {
+                let children = self.children.lock().unwrap();
+                self.ports
+                    .iter()
+                    .zip(children.iter())
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(p, _)| *p)
+                    .collect()
+            };
+            let ok = running.iter().all(|&p| {
+                self.try_connection(p).is_some_and(|mut con| {
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query::<String>(&mut con)
+                        .is_ok_and(|i| i.contains("cluster_state:ok"))
+                })
+            });
+            let primaries = self.primaries();
+            let replicated = !primaries.is_empty()
+                && primaries.iter().all(|&p| {
+                    self.try_connection(p).is_some_and(|mut con| {
+                        redis::cmd("INFO")
+                            .arg("replication")
+                            .query::<String>(&mut con)
+                            .is_ok_and(|i| i.contains("state=online"))
+                    })
+                });
+            if ok && replicated {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become healthy within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for &p in &self.ports.clone() {
+            self.kill(p);
+        }
     }
 }

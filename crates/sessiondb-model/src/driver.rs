@@ -27,6 +27,9 @@ pub enum Place {
     /// The Redis engine on the server at this URL, under a key prefix of its
     /// own (so that many drivers can share one server).
     Redis(String),
+    /// The Redis engine on the Redis Cluster with these seed URLs, under a
+    /// key prefix of its own.
+    RedisCluster(Vec<String>),
 }
 
 /// A store and its model, side by side.
@@ -575,6 +578,7 @@ fn base(place: &Place, dir: &TempDir, prefix: &str) -> Config {
     match place {
         Place::Directory => Config::new(dir.path()),
         Place::Redis(url) => Config::redis(url).redis_prefix(prefix),
+        Place::RedisCluster(seeds) => Config::redis_cluster(seeds.clone()).redis_prefix(prefix),
     }
 }
 

@@ -79,7 +79,8 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below as snake_case keys
-    /// (`data_dir`, `redis_url`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
+    /// (`data_dir`, `redis_url`, `redis_cluster`, `redis_sentinel`,
+    /// `redis_sentinel_master`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
     /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list). Flags
     /// and environment variables override it.
@@ -156,20 +157,39 @@ pub struct ServeArgs {
     pub no_reaper: bool,
 }
 
-/// The store an offline tool works on: a directory or a Redis URL.
+/// The store a command works on: a directory, or Redis / Valkey servers
+/// (one server, a cluster, or a primary behind Sentinel).
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Store directory (the embedded engine)
     /// [env: SESSIONDB_DATA_DIR] [default: ./sessiondb-data]
-    #[arg(long, value_name = "DIR", conflicts_with = "redis_url")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["redis_url", "redis_cluster", "redis_sentinel"])]
     pub data_dir: Option<PathBuf>,
 
-    /// A store shared through Redis or Valkey instead of a directory:
-    /// `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, or
-    /// `redis+unix:///path/to/socket`; logs and messages show it without
-    /// its password [env: SESSIONDB_REDIS_URL]
-    #[arg(long, value_name = "URL")]
+    /// A store shared through one Redis or Valkey server instead of a
+    /// directory: `redis://[user:password@]host[:port][/db]`, `rediss://`
+    /// for TLS, or `redis+unix:///path/to/socket`; logs and messages show
+    /// it without its password [env: SESSIONDB_REDIS_URL]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["redis_cluster", "redis_sentinel"])]
     pub redis_url: Option<String>,
+
+    /// A store shared through a Redis (or Valkey) Cluster: the URL of one
+    /// of its nodes, repeatable (more help while a node is down); each with
+    /// the user and password the nodes take
+    /// [env: SESSIONDB_REDIS_CLUSTER, comma-separated]
+    #[arg(long, value_name = "URL", conflicts_with = "redis_sentinel")]
+    pub redis_cluster: Vec<String>,
+
+    /// A store on the primary that Redis Sentinel manages: the URL of a
+    /// sentinel, repeatable; the primary is reached with the user, password
+    /// and database of the sentinel URL that named it. Needs
+    /// --redis-sentinel-master [env: SESSIONDB_REDIS_SENTINEL, comma-separated]
+    #[arg(long, value_name = "URL")]
+    pub redis_sentinel: Vec<String>,
+
+    /// The name under which the sentinels manage the primary
+    #[arg(long, env = "SESSIONDB_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
 
     /// Prefix of the store's keys on the Redis server, so that several
     /// games (or environments) share one server [default: sessiondb]

@@ -51,6 +51,7 @@ mod clock;
 mod cors;
 mod error;
 mod events;
+mod location;
 mod metrics;
 mod server;
 mod session_events;
@@ -67,24 +68,24 @@ pub use crate::error::AnyResult;
 pub use crate::server::{run, run_with, Options};
 
 use crate::cli::Command;
-use crate::settings::{Redactor, ENV_REDIS_URL};
+use crate::location::{named_urls, Redactor};
 
 /// Hides the passwords of the Redis URLs given on the command line and in
 /// the environment.
 fn redactor(command: &Command) -> Redactor {
-    let flag = match command {
-        Command::Serve(args) => args.store.redis_url.clone(),
-        Command::Stats(args) => args.store.redis_url.clone(),
-        Command::List(args) => args.store.redis_url.clone(),
-        Command::Show(args) => args.store.redis_url.clone(),
-        Command::Expire(args) => args.store.redis_url.clone(),
-        Command::Check(args) => args.store.redis_url.clone(),
-        Command::Export(args) => args.store.redis_url.clone(),
-        Command::Import(args) => args.store.redis_url.clone(),
-        Command::Compact(args) => args.store.redis_url.clone(),
+    let store = match command {
+        Command::Serve(args) => &args.store,
+        Command::Stats(args) => &args.store,
+        Command::List(args) => &args.store,
+        Command::Show(args) => &args.store,
+        Command::Expire(args) => &args.store,
+        Command::Check(args) => &args.store,
+        Command::Export(args) => &args.store,
+        Command::Import(args) => &args.store,
+        Command::Compact(args) => &args.store,
     };
-    let env = std::env::var(ENV_REDIS_URL).ok();
-    Redactor::for_urls(flag.iter().chain(env.iter()).map(String::as_str))
+    let urls = named_urls(store);
+    Redactor::for_urls(urls.iter().map(String::as_str))
 }
 
 /// Runs the command `cli` names and reports its outcome: errors go to

@@ -27,9 +27,10 @@ use crate::cli::ServeArgs;
 use crate::cors::CorsPolicy;
 use crate::error::{AnyResult, ApiError};
 use crate::events::Streams;
+use crate::location::{open_store, Redactor};
 use crate::metrics::{spawn_event_counter, Metrics};
 use crate::session_events::{spawn_dispatcher, SessionStreams, STREAM_CAPACITY};
-use crate::settings::{open_store, Redactor, Settings};
+use crate::settings::Settings;
 use crate::state::AppState;
 
 /// How long shutdown waits for requests in flight before closing the store

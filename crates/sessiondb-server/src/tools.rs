@@ -22,7 +22,7 @@ use crate::cli::{
 };
 use crate::clock::now_ms;
 use crate::error::AnyResult;
-use crate::settings::{open_error, tool_store, Location};
+use crate::location::{open_error, tool_store, Location};
 
 /// `check` found problems it did not (or could not) repair.
 pub const EXIT_PROBLEMS: u8 = 1;

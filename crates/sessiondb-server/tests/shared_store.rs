@@ -57,6 +57,51 @@ fn events_until(rx: &Receiver<Sse>, limit: Duration, done: impl Fn(&Sse) -> bool
 }
 
 /// Polls `check` until it holds, failing after `limit`.
+/// A primary demoted to replica (a failover) cannot take writes: health
+/// says so (503) and writes answer 503 with `Retry-After`, until the server
+/// is a primary again, when the same process serves again.
+#[test]
+fn health_and_writes_are_unavailable_while_the_server_is_a_replica() {
+    let Some(redis) = redis("health_while_a_replica") else {
+        return;
+    };
+    // Another server, on a TCP port (REPLICAOF names host and port).
+    let port = redis_server::free_ports(1)[0].to_string();
+    let Some(binary) = redis_server::find("redis-server", "health_while_a_replica") else {
+        return;
+    };
+    let _primary = RedisServer::start(&binary, &["--port", &port]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_redis(dir.path(), &redis.url, &[]);
+    assert_eq!(get(&server.url("/healthz"), None).status, 200);
+    register(&server, "p1");
+
+    let mut raw = redis.connection();
+    let _: () = ::redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query(&mut raw)
+        .unwrap();
+    let health = get(&server.url("/healthz"), None);
+    assert_eq!(health.status, 503, "{}", health.body);
+    let r = post(
+        &server.url("/v1/sessions"),
+        None,
+        &json!({"actorId": "p2"}).to_string(),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"], "unavailable");
+
+    let _: () = ::redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(get(&server.url("/healthz"), None).status, 200);
+    register(&server, "p3");
+}
+
 #[test]
 fn two_nodes_on_one_redis_share_sessions_and_hear_each_others_events() {
     let Some(redis) = redis("two_nodes_on_one_redis_share_sessions") else {
@@ -407,11 +452,16 @@ fn tools_work_on_redis_and_migrate_a_data_directory_there_and_back() {
 
     // A dangling expiry entry, made behind the store's back: check sees
     // it, repair removes it.
+    let mut raw = redis.connection();
+    let indexes: Vec<String> = ::redis::cmd("KEYS")
+        .arg("sessiondb{*}:e")
+        .query(&mut raw)
+        .unwrap();
     let _: i64 = ::redis::cmd("ZADD")
-        .arg("sessiondb{0}:e")
+        .arg(&indexes[0])
         .arg(1)
         .arg(format!("{}:ghost", "ab".repeat(32)))
-        .query(&mut redis.connection())
+        .query(&mut raw)
         .unwrap();
     let out = tool(&["check", "--redis-url", &url]);
     let report = text(&out.stdout);

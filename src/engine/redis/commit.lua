@@ -5,7 +5,9 @@
 -- ARGV[2] the marker's lifetime in ms, ARGV[3] the events streams'
 -- retention (entries kept per stream), ARGV[4] the committing node's origin
 -- tag (stored with its events). From ARGV[5] on comes the program,
--- one instruction after another, each an opcode and its operands:
+-- one instruction after another, each an opcode and its operands. Every
+-- key of one program is in one bucket (one hash slot), so the script runs
+-- on a cluster as on one server.
 --
 --   R skey rev                 the session hash's revision is `rev` ('' = no session)
 --   A akey n m1 .. mn          the actor set holds exactly m1 .. mn
@@ -16,17 +18,31 @@
 --   D skey ekey akey nkey member digest
 --                              delete a session and its entries, count -1
 --   X ekey member              drop an expiry entry
---   E xkey qkey payload        append an event to a stream, numbered by counter qkey
+--   T akey present             the arrival note exists ('1') or not ('0')
+--   P ikey id value            store intent `id` in the intent hash
+--   Q ikey id                  drop intent `id`
+--   V akey ms                  note an arrival, kept for ms
+--   E xkey qkey channel payload
+--                              append an event to a stream, numbered by counter
+--                              qkey, and publish it on the shard channel
 --
 -- Every precondition is checked before the first write (Redis has no
--- rollback). The done marker makes a retried call (same marker) a no-op.
+-- rollback). The done marker makes a retried call (same marker) a no-op;
+-- such a call still writes (it renews the marker), so that a WAITAOF or
+-- WAIT after it on the same connection covers the first call's writes.
 -- Returns {'ok', xkey, prev, id, n, ...} with, for every event appended, its
 -- stream, the id of the entry before it ('0-0' for none), its own id and
 -- its sequence number,
 -- {'conflict', key} when a precondition does not hold, or {'done'}.
+--
+-- A stream entry holds n (sequence), p (the entry before it), o (origin)
+-- and e (the event's JSON); the channel message is the same, as
+-- "n\np\nid\no\ne": a node that hears a message whose p is not the last
+-- entry it heard reads the stream from there (see `events.rs`).
 
 local marker = KEYS[tonumber(ARGV[1])]
 if redis.call('EXISTS', marker) == 1 then
+  redis.call('PEXPIRE', marker, ARGV[2])
   return {'done'}
 end
 local marker_ttl = ARGV[2]
@@ -71,8 +87,20 @@ while i <= n do
     i = i + 7
   elseif op == 'X' then
     i = i + 3
-  elseif op == 'E' then
+  elseif op == 'T' then
+    local present = redis.call('EXISTS', key(i + 1))
+    if tostring(present) ~= ARGV[i + 2] then
+      return {'conflict', key(i + 1)}
+    end
+    i = i + 3
+  elseif op == 'P' then
     i = i + 4
+  elseif op == 'Q' then
+    i = i + 3
+  elseif op == 'V' then
+    i = i + 3
+  elseif op == 'E' then
+    i = i + 5
   else
     return redis.error_reply('sessiondb: unknown plan instruction ' .. tostring(op))
   end
@@ -121,6 +149,17 @@ while i <= n do
   elseif op == 'X' then
     redis.call('ZREM', key(i + 1), ARGV[i + 2])
     i = i + 3
+  elseif op == 'T' then
+    i = i + 3
+  elseif op == 'P' then
+    redis.call('HSET', key(i + 1), ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'Q' then
+    redis.call('HDEL', key(i + 1), ARGV[i + 2])
+    i = i + 3
+  elseif op == 'V' then
+    redis.call('SET', key(i + 1), '1', 'PX', ARGV[i + 2])
+    i = i + 3
   elseif op == 'E' then
     local stream, qkey = key(i + 1), key(i + 2)
     local prev = last_ids[stream]
@@ -136,13 +175,15 @@ while i <= n do
       sequence_keys[#sequence_keys + 1] = qkey
     end
     sequences[qkey] = sequences[qkey] + 1
-    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', sequences[qkey], 'o', origin, 'e', ARGV[i + 3])
+    local n = tostring(sequences[qkey])
+    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', n, 'p', prev, 'o', origin, 'e', ARGV[i + 4])
+    redis.call('SPUBLISH', ARGV[i + 3], n .. '\n' .. prev .. '\n' .. id .. '\n' .. origin .. '\n' .. ARGV[i + 4])
     last_ids[stream] = id
     out[#out + 1] = stream
     out[#out + 1] = prev
     out[#out + 1] = id
-    out[#out + 1] = tostring(sequences[qkey])
-    i = i + 4
+    out[#out + 1] = n
+    i = i + 5
   end
 end
 for _, k in ipairs(count_keys) do

@@ -1,107 +1,54 @@
 //! The shared engine: Redis 7.x or Valkey 8.x/9.x, for several game-server
-//! nodes sharing one store.
+//! nodes sharing one store: one server, a Sentinel-managed primary, or a
+//! Redis Cluster.
 //!
-//! Each plan commits as one Lua script (`commit.lua`) that checks the plan's
-//! preconditions, then applies its record and index changes and appends its
-//! events to the streams, or changes nothing and reports a conflict. Planning
-//! reads on the caller's side (no lock is held across nodes); the store plans
-//! again on a conflict. Sessions carry no Redis TTL: expiry is sessiondb's.
-//! Key layout: `keys`.
+//! The store's keys are spread over buckets, each under one hash tag, so
+//! each bucket is one hash slot (`keys`); an actor's sessions live in one
+//! bucket. Each plan names the sessions of one bucket and commits as one
+//! Lua script on the primary serving it (`commit`): preconditions checked,
+//! then records, indexes and events changed together, or nothing. Planning
+//! reads on the caller's side (no lock is held across nodes); the store
+//! plans again on a conflict. Sessions carry no Redis TTL: expiry is
+//! sessiondb's.
+//!
+//! - `conn`: pools per server, the topology (which primary serves which
+//!   slot), retries until the deadline while servers fail over;
+//! - `open`: the servers' settings and the store's meta;
+//! - `commit`: a plan as a script program, with its durability wait;
+//! - `events`: the streams and shard channels every node follows;
+//! - `upkeep`: scans and guarded repair;
+//! - `keys`: the key layout and the buckets' hash tags.
 
+mod commit;
 mod conn;
 mod events;
 mod keys;
+mod open;
+mod upkeep;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use redis::{Connection, IntoConnectionInfo};
-
-use self::conn::{failed, Pool};
-use self::events::Reader;
-use self::keys::{digest_hex, expiry_member, parse_expiry_member, Keys, REDIS_FORMAT};
-use crate::config::{Config, Durability};
+use self::commit::Committer;
+use self::conn::Nodes;
+use self::events::{Progress, Reader};
+use self::keys::{parse_expiry_member, Keys};
+use crate::config::{Config, RedisTarget};
 use crate::engine::gate::{Gate, Turns};
-use crate::engine::{
-    Change, Commit, CommitCounts, Count, Due, Engine, Fix, Index, IndexVisit, Opened, Plan,
-    Precondition, RecordVisit, Stored, Task, Ticket, Upkeep, View, WritesHeld,
-};
-use crate::error::{Error, Result, StorageError};
+use crate::engine::{Commit, CommitCounts, Count, Due, Engine, Opened, Task, Ticket, View};
+use crate::error::{Error, Result};
 use crate::events::EventHub;
 use crate::key::{random_bytes, Digest};
 use crate::worker::Poison;
 
-/// How long a committed plan's marker is kept for idempotent retries.
-const MARKER_TTL_MS: u64 = 60_000;
-/// Keys asked for per SCAN step.
-const SCAN_COUNT: usize = 1_000;
-
-/// `url` with its password replaced by `***`, for messages and logs: the
-/// `user:password@` part, and `pass=` / `password=` query parameters (unix
-/// sockets).
-///
-/// ```
-/// assert_eq!(
-///     sessiondb::redact_url("redis://app:s3cret@db:6379/2"),
-///     "redis://app:***@db:6379/2"
-/// );
-/// ```
-pub fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme + 3 => {
-            let auth = &base[scheme + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme + 3], &base[at..]),
-                // A user name alone: no password to hide.
-                None => base.to_owned(),
-            }
-        }
-        _ => base.to_owned(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((name, _))
-                    if name.eq_ignore_ascii_case("pass")
-                        || name.eq_ignore_ascii_case("password") =>
-                {
-                    format!("{name}=***")
-                }
-                _ => p.to_owned(),
-            })
-            .collect();
-        out = format!("{out}?{}", params.join("&"));
-    }
-    out
-}
-
-/// How a commit is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sync {
-    /// The server's own fsync policy (`Durability::Periodic`).
-    Server,
-    /// `WAITAOF 1 0` after each commit: the server fsynced it.
-    WaitAof,
-    /// The server runs `appendfsync always`: a reply means it is on disk.
-    AlwaysFsync,
-}
-
 pub(crate) struct RedisEngine {
-    pool: Arc<Pool>,
+    nodes: Arc<Nodes>,
     keys: Keys,
-    script: redis::Script,
-    sync: Sync,
-    timeout: Duration,
-    retention: u64,
+    committer: Committer,
+    repair_script: redis::Script,
     reader: Mutex<Option<Reader>>,
-    progress: Arc<events::Progress>,
+    progress: Arc<Progress>,
     events: Arc<EventHub>,
     gate: Arc<Gate>,
     turns: Turns,
@@ -112,554 +59,168 @@ pub(crate) struct RedisEngine {
     syncs: AtomicU64,
 }
 
-fn bad_url(url: &str, problem: impl std::fmt::Display) -> Error {
-    Error::InvalidConfig {
-        setting: "redis_url",
-        problem: format!("{}: {problem}", redacted(url)),
-    }
-}
-
-/// The value of `name` in an `INFO` reply.
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-/// `CONFIG GET name`, or `None` where the server refuses CONFIG.
-fn config_get(con: &mut Connection, name: &str) -> Option<String> {
-    let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(con).ok()?;
-    pair.into_iter().nth(1)
-}
-
 impl RedisEngine {
     pub fn open(
-        url: &str,
+        target: &RedisTarget,
         config: &Config,
         events: Arc<EventHub>,
         poison: Arc<Poison>,
     ) -> Result<(RedisEngine, Opened)> {
         let settings = &config.redis;
-        let info = url.into_connection_info().map_err(|e| bad_url(url, e))?;
-        let client = match &settings.tls_ca {
-            None => redis::Client::open(info),
-            Some(pem) => {
-                let root_cert = std::fs::read(pem).map_err(|source| Error::Io {
-                    action: "reading the Redis CA certificate",
-                    path: pem.clone(),
-                    source,
-                })?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(info, certificates)
-            }
-        }
-        .map_err(|e| bad_url(url, e))?;
-        let pool = Arc::new(Pool::new(client, settings.timeout));
-        let (sync, created, buckets) = pool.with(|con| {
-            let sync = check_server(con, config.durability)?;
-            let (created, buckets) = meta(con, &settings.prefix, settings.buckets)?;
-            Ok((sync, created, buckets))
-        })?;
-        let keys = Keys::new(&settings.prefix, buckets);
+        let nodes = Arc::new(Nodes::open(target, settings)?);
+        let sync = open::check_servers(&nodes, config.durability)?;
+        let meta = open::meta(&nodes, &settings.prefix, settings.buckets)?;
+        let keys = Keys::new(&settings.prefix, meta.buckets, meta.tags);
         let origin = crate::key::hex(&random_bytes::<8>()?);
+        let progress = Arc::new(Progress::new(origin.clone(), settings.timeout));
         let reader = Reader::start(
-            pool.clone(),
+            nodes.clone(),
             keys.clone(),
             events.clone(),
+            progress.clone(),
             poison,
-            origin,
-            settings.timeout,
         )?;
         let engine = RedisEngine {
-            progress: reader.progress.clone(),
+            committer: Committer::new(sync, settings.event_retention, origin, settings.timeout),
+            repair_script: redis::Script::new(include_str!("repair.lua")),
             reader: Mutex::new(Some(reader)),
+            progress,
             events,
-            pool,
+            nodes,
+            reap_start: u32::from_le_bytes(random_bytes::<4>()?) % meta.buckets,
             keys,
-            script: redis::Script::new(include_str!("commit.lua")),
-            sync,
-            timeout: settings.timeout,
-            retention: settings.event_retention,
             gate: Arc::new(Gate::default()),
             turns: Turns::default(),
-            reap_start: u32::from_le_bytes(random_bytes::<4>()?) % buckets,
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         };
         // Every change is one atomic script, so a node's crash never leaves
         // the store inconsistent: there is no unclean shutdown to recover.
+        // (A reassign across buckets cut short is an intent, which the
+        // reapers roll forward.)
         let opened = Opened {
-            created,
+            created: meta.created,
             clean_shutdown: true,
             stale_files_removed: 0,
         };
         Ok((engine, opened))
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        self.pool.with(f)
+    /// Every bucket, with its slot.
+    fn all_buckets(&self) -> Vec<(u32, u16)> {
+        (0..self.keys.buckets())
+            .map(|b| (b, self.keys.slot(b)))
+            .collect()
     }
 
-    /// Commits `plan` as one script call. A call whose answer was lost to
-    /// a dropped connection is sent again with the same marker, so it
-    /// applies at most once.
-    fn commit(&self, plan: &Plan) -> Result<Commit> {
-        if plan.changes.is_empty() && plan.events.is_empty() && plan.preconditions.is_empty() {
-            return Ok(Commit::Done);
-        }
-        let program = self.program(plan)?;
-        let deadline = Instant::now() + self.timeout;
-        let reply: Vec<String> = loop {
-            let sent = self.with(|con| {
-                let mut call = self.script.prepare_invoke();
-                for k in &program.keys {
-                    call.key(k);
-                }
-                for a in &program.args {
-                    call.arg(a.as_slice());
-                }
-                call.invoke(con).map_err(failed("committing a change"))
-            });
-            match sent {
-                Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => break other?,
-            }
-        };
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.plans.fetch_add(1, Ordering::Relaxed);
-        match reply.first().map(String::as_str) {
-            Some("conflict") => return Ok(Commit::Conflict),
-            Some("ok") => {}
-            Some("done") => return Ok(Commit::Done),
-            _ => {
-                return Err(Error::Storage(StorageError::new(
-                    "committing a change",
-                    format!("unexpected reply from the commit script: {reply:?}"),
-                )))
-            }
-        }
-        if self.sync == Sync::WaitAof {
-            self.wait_aof()?;
-        }
-        // This node publishes its own change's events, in the plan's order,
-        // before the call returns (as on every engine); the reader leaves
-        // them to it. Each waits until everything before it in its stream
-        // is published, so per-actor commit order holds across nodes.
-        let appended = plan.events.iter().filter(|e| events::encode(e).is_some());
-        let wait_until = deadline.max(Instant::now() + self.timeout);
-        for (event, group) in appended.zip(reply[1..].chunks(4)) {
-            let Some(entry) = events::Appended::parse(&self.keys, group) else {
-                continue;
-            };
-            let published = self
+    /// The bucket's slot of `actor_id`.
+    fn slot_of(&self, actor_id: &str) -> u16 {
+        self.keys.slot(self.keys.bucket(actor_id))
+    }
+
+    /// Publishes a committed change's own events, in the plan's order: each
+    /// once everything before it in its stream is published, so that
+    /// per-actor order holds across nodes. Waits at most the timeout; the
+    /// reader publishes what is left after that.
+    fn publish_own(&self, plan_events: &[crate::events::Event], appended: &[events::Appended]) {
+        let encoded = plan_events.iter().filter(|e| events::encode(e).is_some());
+        let deadline = Instant::now() + self.progress.patience();
+        for (event, entry) in encoded.zip(appended) {
+            if !self
                 .progress
-                .publish_own(&self.events, entry, event, wait_until);
-            if !published {
-                // The reader publishes it once its patience runs out.
+                .publish_own(&self.events, *entry, event, deadline)
+            {
                 log::warn!("the events of a committed change are late; they will follow");
                 break;
             }
         }
-        Ok(Commit::Done)
     }
 
-    fn wait_aof(&self) -> Result<()> {
-        let timeout = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        let (local, _): (u64, u64) = self.with(|con| {
-            redis::cmd("WAITAOF")
-                .arg(1)
-                .arg(0)
-                .arg(timeout)
-                .query(con)
-                .map_err(failed("waiting for the server's fsync"))
-        })?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        if local < 1 {
-            return Err(Error::Unavailable {
-                source: StorageError::new(
-                    "waiting for the server's fsync",
-                    format!("the change was not fsynced within {:?}", self.timeout),
-                ),
-            });
+    /// Makes every change committed on every primary durable (see
+    /// `Committer::flush_on`).
+    fn flush_all(&self) -> Result<()> {
+        if self.committer.sync == commit::Sync::Server {
+            return Ok(());
+        }
+        for b in self.bucket_per_primary() {
+            let probe = self.keys.alive(b);
+            self.nodes.run(
+                self.keys.slot(b),
+                "waiting for the server's fsync",
+                |pool, con| self.committer.flush_on(pool, con, &probe),
+            )??;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// The script's keys and arguments for `plan` (see `commit.lua`).
-    fn program(&self, plan: &Plan) -> Result<Program> {
-        let k = &self.keys;
-        let mut p = Program::default();
-        let first_actor =
-            plan.preconditions
-                .iter()
-                .map(|c| match c {
-                    Precondition::Record { actor_id, .. }
-                    | Precondition::Actor { actor_id, .. } => actor_id.as_str(),
-                })
-                .chain(plan.changes.iter().map(|c| match c {
-                    Change::Insert { actor_id, .. }
-                    | Change::Update { actor_id, .. }
-                    | Change::Delete { actor_id, .. }
-                    | Change::DropExpiry { actor_id, .. } => actor_id.as_str(),
-                }))
-                .next()
-                .unwrap_or("");
-        let id = random_bytes::<12>()?;
-        let marker = p.key(k.done(k.bucket(first_actor), &crate::key::hex(&id)));
-        p.args = vec![
-            marker.to_string().into_bytes(),
-            MARKER_TTL_MS.to_string().into_bytes(),
-            self.retention.to_string().into_bytes(),
-            self.progress.origin().as_bytes().to_vec(),
-        ];
-        for c in &plan.preconditions {
-            match c {
-                Precondition::Record {
-                    actor_id,
-                    digest,
-                    revision,
-                } => {
-                    let s = p.key(k.session(actor_id, digest));
-                    p.op(
-                        "R",
-                        &[
-                            &s.to_string(),
-                            &revision.map(|r| r.to_string()).unwrap_or_default(),
-                        ],
-                    );
-                }
-                Precondition::Actor { actor_id, sessions } => {
-                    let a = p.key(k.actor(actor_id));
-                    p.op("A", &[&a.to_string(), &sessions.len().to_string()]);
-                    for d in sessions {
-                        p.args.push(digest_hex(d).into_bytes());
-                    }
-                }
+    /// One bucket served by each primary that serves any.
+    fn bucket_per_primary(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for p in self.nodes.primaries() {
+            if let Some(b) = (0..self.keys.buckets()).find(|&b| p.serves(self.keys.slot(b))) {
+                out.push(b);
             }
         }
-        for c in &plan.changes {
-            match c {
-                Change::Insert {
-                    digest,
-                    actor_id,
-                    filed_at,
-                    revision,
-                    record,
-                } => {
-                    let (s, e, a, n) = p.session_keys(k, actor_id, digest);
-                    p.op(
-                        "I",
-                        &[
-                            &s.to_string(),
-                            &e.to_string(),
-                            &a.to_string(),
-                            &n.to_string(),
-                            &expiry_member(digest, actor_id),
-                            &digest_hex(digest),
-                            &filed_at.to_string(),
-                            &revision.to_string(),
-                        ],
-                    );
-                    p.args.push(record.clone());
-                }
-                Change::Update {
-                    digest,
-                    actor_id,
-                    filed_at,
-                    revision,
-                    record,
-                    ..
-                } => {
-                    let (s, e) = (
-                        p.key(k.session(actor_id, digest)),
-                        p.key(k.expiries(k.bucket(actor_id))),
-                    );
-                    p.op(
-                        "U",
-                        &[
-                            &s.to_string(),
-                            &e.to_string(),
-                            &expiry_member(digest, actor_id),
-                            &filed_at.to_string(),
-                            &revision.to_string(),
-                        ],
-                    );
-                    p.args.push(record.clone());
-                }
-                Change::Delete {
-                    digest, actor_id, ..
-                } => {
-                    let (s, e, a, n) = p.session_keys(k, actor_id, digest);
-                    p.op(
-                        "D",
-                        &[
-                            &s.to_string(),
-                            &e.to_string(),
-                            &a.to_string(),
-                            &n.to_string(),
-                            &expiry_member(digest, actor_id),
-                            &digest_hex(digest),
-                        ],
-                    );
-                }
-                Change::DropExpiry {
-                    digest, actor_id, ..
-                } => {
-                    let e = p.key(k.expiries(k.bucket(actor_id)));
-                    p.op("X", &[&e.to_string(), &expiry_member(digest, actor_id)]);
-                }
-            }
+        if out.is_empty() {
+            out.push(0);
         }
-        for event in &plan.events {
-            if let Some((actor, json)) = events::encode(event) {
-                let b = k.bucket(actor);
-                let (x, q) = (p.key(k.stream(b)), p.key(k.sequence(b)));
-                p.op("E", &[&x.to_string(), &q.to_string()]);
-                p.args.push(json.into_bytes());
-            }
-        }
-        Ok(p)
-    }
-
-    /// Every key matching `pattern`, by SCAN.
-    fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let fail = failed("scanning keys");
-        self.with(|con| {
-            let mut out = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT)
-                    .query(con)
-                    .map_err(&fail)?;
-                out.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            out.sort();
-            out.dedup();
-            Ok(out)
-        })
-    }
-
-    /// Sets each bucket's count to the sessions it holds.
-    fn recount(&self) -> Result<()> {
-        let mut counts: HashMap<u32, u64> = HashMap::new();
-        for key in self.scan_keys(&self.keys.sessions_pattern())? {
-            if let Some((bucket, _)) = self.keys.split(&key) {
-                *counts.entry(bucket).or_default() += 1;
-            }
-        }
-        let fail = failed("repairing the counts");
-        self.with(|con| {
-            let mut pipe = redis::pipe();
-            for b in 0..self.keys.buckets() {
-                pipe.cmd("SET")
-                    .arg(self.keys.count(b))
-                    .arg(counts.get(&b).copied().unwrap_or(0))
-                    .ignore();
-            }
-            pipe.query::<()>(con).map_err(&fail)
-        })
+        out
     }
 }
 
-/// The script's keys (each once) and arguments.
-#[derive(Default)]
-struct Program {
-    keys: Vec<String>,
-    index: HashMap<String, usize>,
-    args: Vec<Vec<u8>>,
-}
-
-impl Program {
-    /// The 1-based index of `key` in KEYS.
-    fn key(&mut self, key: String) -> usize {
-        if let Some(&i) = self.index.get(&key) {
-            return i;
-        }
-        self.keys.push(key.clone());
-        let i = self.keys.len();
-        self.index.insert(key, i);
-        i
-    }
-
-    /// The indexes of a session's record, its bucket's expiry index, its
-    /// actor's set and its bucket's count.
-    fn session_keys(
-        &mut self,
-        k: &Keys,
-        actor_id: &str,
-        digest: &Digest,
-    ) -> (usize, usize, usize, usize) {
-        let b = k.bucket(actor_id);
-        (
-            self.key(k.session(actor_id, digest)),
-            self.key(k.expiries(b)),
-            self.key(k.actor(actor_id)),
-            self.key(k.count(b)),
-        )
-    }
-
-    fn op(&mut self, code: &str, operands: &[&str]) {
-        self.args.push(code.as_bytes().to_vec());
-        self.args
-            .extend(operands.iter().map(|o| o.as_bytes().to_vec()));
-    }
-}
-
-/// Checks what the server must offer, and returns how commits are made
-/// durable.
-fn check_server(con: &mut Connection, durability: Durability) -> Result<Sync> {
-    let fail = failed("reading the server's settings");
-    let info: String = redis::cmd("INFO").arg("memory").query(con).map_err(&fail)?;
-    if let Some(policy) = info_field(&info, "maxmemory_policy") {
-        if policy.starts_with("allkeys-") {
-            return Err(Error::InvalidConfig {
-                setting: "redis_url",
-                problem: format!(
-                    "the server's maxmemory-policy is {policy}: it may evict sessions and their \
-                     indexes; set `maxmemory-policy noeviction` (or a volatile-* policy) on the server"
-                ),
-            });
-        }
-    }
-    if durability != Durability::Immediate {
-        return Ok(Sync::Server);
-    }
-    let persistence: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query(con)
-        .map_err(&fail)?;
-    let aof = info_field(&persistence, "aof_enabled") == Some("1");
-    let waitaof: redis::Value = redis::cmd("COMMAND")
-        .arg("INFO")
-        .arg("WAITAOF")
-        .query(con)
-        .map_err(&fail)?;
-    let has_waitaof = matches!(&waitaof, redis::Value::Array(v) if v.first().is_some_and(|c| *c != redis::Value::Nil));
-    if aof && has_waitaof {
-        return Ok(Sync::WaitAof);
-    }
-    if aof && config_get(con, "appendfsync").as_deref() == Some("always") {
-        return Ok(Sync::AlwaysFsync);
-    }
-    Err(Error::InvalidConfig {
-        setting: "durability",
-        problem: if aof {
-            "Durability::Immediate needs the server to fsync each write: this server has no \
-             WAITAOF (Redis 7.2+, Valkey 8+), so set `appendfsync always` on it"
-                .into()
-        } else {
-            "Durability::Immediate needs the server's append-only file: set `appendonly yes` \
-             (and, without WAITAOF, `appendfsync always`) on the server"
-                .into()
-        },
-    })
-}
-
-/// Creates or checks the store's meta; returns whether the store is new and
-/// its bucket count.
-fn meta(con: &mut Connection, prefix: &str, wanted: Option<u32>) -> Result<(bool, u32)> {
-    let fail = failed("reading the store's meta");
-    let key = Keys::meta(prefix);
-    let (created, _, stored): (bool, bool, HashMap<String, String>) = redis::pipe()
-        .cmd("HSETNX")
-        .arg(&key)
-        .arg("format")
-        .arg(REDIS_FORMAT)
-        .cmd("HSETNX")
-        .arg(&key)
-        .arg("buckets")
-        .arg(wanted.unwrap_or(keys::DEFAULT_BUCKETS))
-        .cmd("HGETALL")
-        .arg(&key)
-        .query(con)
-        .map_err(&fail)?;
-    let corrupt = |what: &str| Error::Corrupt {
-        what: format!("meta entry `{what}` of {key}"),
-        problem: "missing or not a number".into(),
-    };
-    let format: u32 = stored
-        .get("format")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| corrupt("format"))?;
-    if format > REDIS_FORMAT {
-        return Err(Error::NewerFormat {
-            found: format,
-            supported: REDIS_FORMAT,
-        });
-    }
-    if format < REDIS_FORMAT {
-        // Nodes of the older build refuse the store from their next open.
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg("format")
-            .arg(REDIS_FORMAT)
-            .query::<()>(con)
-            .map_err(&fail)?;
-    }
-    let buckets: u32 = stored
-        .get("buckets")
-        .and_then(|v| v.parse().ok())
-        .filter(|b| *b > 0)
-        .ok_or_else(|| corrupt("buckets"))?;
-    if let Some(w) = wanted.filter(|w| *w != buckets) {
-        return Err(Error::InvalidConfig {
-            setting: "redis_buckets",
-            problem: format!(
-                "the store under prefix {prefix:?} was created with {buckets} buckets, not {w}; \
-                 leave redis_buckets unset to use the store's own"
-            ),
-        });
-    }
-    Ok((created, buckets))
-}
-
-/// Planning's view of the store: plain reads, one round trip each.
+/// Planning's view of the store: plain reads, one round trip each (a batch
+/// of records in one).
 struct RedisView<'a>(&'a RedisEngine);
 
 impl View for RedisView<'_> {
     fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        let key = self.0.keys.session(actor_id, digest);
-        self.0.with(|con| {
-            redis::cmd("HGET")
-                .arg(key)
-                .arg("r")
-                .query(con)
-                .map_err(failed("reading a session"))
-        })
+        let e = self.0;
+        let key = e.keys.session(actor_id, digest);
+        e.nodes
+            .run(e.slot_of(actor_id), "reading a session", |_, con| {
+                redis::cmd("HGET").arg(&key).arg("r").query(con)
+            })
     }
 
     fn records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
+        let e = self.0;
+        let Some((first, _)) = wanted.first() else {
+            return Ok(Vec::new());
+        };
         if wanted.len() < 2 {
             return wanted.iter().map(|(a, d)| self.record(a, d)).collect();
         }
-        self.0.with(|con| {
-            let mut pipe = redis::pipe();
-            for (actor_id, digest) in wanted {
-                pipe.cmd("HGET")
-                    .arg(self.0.keys.session(actor_id, digest))
-                    .arg("r");
-            }
-            pipe.query(con).map_err(failed("reading sessions"))
-        })
+        // A plan reads within one bucket; a read of several buckets (an
+        // actors' addresses) goes bucket by bucket.
+        let bucket = e.keys.bucket(first);
+        if wanted.iter().any(|(a, _)| e.keys.bucket(a) != bucket) {
+            return wanted.iter().map(|(a, d)| self.record(a, d)).collect();
+        }
+        e.nodes
+            .run(e.keys.slot(bucket), "reading sessions", |_, con| {
+                let mut pipe = redis::pipe();
+                for (actor_id, digest) in wanted {
+                    pipe.cmd("HGET")
+                        .arg(e.keys.session(actor_id, digest))
+                        .arg("r");
+                }
+                pipe.query(con)
+            })
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
         self.0.actor_sessions(actor_id)
+    }
+
+    fn arrived(&self, actor_id: &str, id: &str) -> Result<bool> {
+        let e = self.0;
+        let key = e.keys.arrival(e.keys.bucket(actor_id), id);
+        e.nodes
+            .run(e.slot_of(actor_id), "reading an arrival note", |_, con| {
+                redis::cmd("EXISTS").arg(&key).query(con)
+            })
     }
 }
 
@@ -680,19 +241,25 @@ impl Engine for RedisEngine {
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
-        let members: Vec<String> = self.with(|con| {
-            redis::cmd("SMEMBERS")
-                .arg(self.keys.actor(actor_id))
-                .query(con)
-                .map_err(failed("listing an actor's sessions"))
-        })?;
+        let key = self.keys.actor(actor_id);
+        let members: Vec<String> = self.nodes.run(
+            self.slot_of(actor_id),
+            "listing an actor's sessions",
+            |_, con| redis::cmd("SMEMBERS").arg(&key).query(con),
+        )?;
         Ok(members.iter().filter_map(|m| Digest::from_hex(m)).collect())
     }
 
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>> {
-        let replies: Vec<Vec<(Vec<u8>, f64)>> = self.with(|con| {
-            let mut pipe = redis::pipe();
-            for b in 0..self.keys.buckets() {
+        // Bucket by bucket, from a bucket of this node's own: nodes reaping at
+        // once mostly claim different sessions instead of racing for the
+        // same earliest ones (each stays exactly-once either way).
+        let mut buckets = self.all_buckets();
+        let start = self.reap_start as usize % buckets.len().max(1);
+        buckets.rotate_left(start);
+        let replies = self
+            .nodes
+            .across(&buckets, 1, "scanning expiries", |pipe, b| {
                 pipe.cmd("ZRANGE")
                     .arg(self.keys.expiries(b))
                     .arg("-inf")
@@ -702,77 +269,117 @@ impl Engine for RedisEngine {
                     .arg(0)
                     .arg(limit)
                     .arg("WITHSCORES");
+            })?;
+        let mut due = Vec::new();
+        for (_, reply) in replies {
+            for value in reply {
+                let entries: Vec<(Vec<u8>, f64)> =
+                    redis::from_redis_value(value).unwrap_or_default();
+                due.extend(entries.into_iter().filter_map(|(member, score)| {
+                    let (digest, actor_id) = parse_expiry_member(&member)?;
+                    Some(Due {
+                        at: score as u64,
+                        digest,
+                        actor_id,
+                    })
+                }));
             }
-            pipe.query(con).map_err(failed("scanning expiries"))
-        })?;
-        // Bucket by bucket, from a bucket of this node's own: nodes reaping at
-        // once mostly claim different sessions instead of racing for the
-        // same earliest ones (each stays exactly-once either way).
-        let mut replies = replies;
-        let start = self.reap_start as usize % replies.len().max(1);
-        replies.rotate_left(start);
-        let mut due: Vec<Due> = replies
-            .into_iter()
-            .flatten()
-            .filter_map(|(member, score)| {
-                let (digest, actor_id) = parse_expiry_member(&member)?;
-                Some(Due {
-                    at: score as u64,
-                    digest,
-                    actor_id,
-                })
-            })
-            .collect();
+            if due.len() >= limit {
+                break;
+            }
+        }
         due.truncate(limit);
         Ok(due)
     }
 
     fn next_expiry(&self) -> Result<Option<u64>> {
-        let replies: Vec<Vec<(Vec<u8>, f64)>> = self.with(|con| {
-            let mut pipe = redis::pipe();
-            for b in 0..self.keys.buckets() {
+        let replies = self.nodes.across(
+            &self.all_buckets(),
+            1,
+            "reading the earliest expiry",
+            |pipe, b| {
                 pipe.cmd("ZRANGE")
                     .arg(self.keys.expiries(b))
                     .arg(0)
                     .arg(0)
                     .arg("WITHSCORES");
-            }
-            pipe.query(con)
-                .map_err(failed("reading the earliest expiry"))
-        })?;
+            },
+        )?;
         Ok(replies
             .into_iter()
+            .flat_map(|(_, v)| v)
+            .filter_map(|v| redis::from_redis_value::<Vec<(Vec<u8>, f64)>>(v).ok())
             .flatten()
             .map(|(_, score)| score as u64)
             .min())
     }
 
     fn session_count(&self) -> Result<Count> {
-        let counts: Vec<Option<i64>> = self.with(|con| {
-            let mut cmd = redis::cmd("MGET");
-            for b in 0..self.keys.buckets() {
-                cmd.arg(self.keys.count(b));
-            }
-            cmd.query(con).map_err(failed("reading the session count"))
-        })?;
+        let counts = self.nodes.across(
+            &self.all_buckets(),
+            1,
+            "reading the session count",
+            |pipe, b| {
+                pipe.cmd("GET").arg(self.keys.count(b));
+            },
+        )?;
+        let sessions = counts
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .filter_map(|v| redis::from_redis_value::<Option<i64>>(v).ok().flatten())
+            .map(|c| u64::try_from(c).unwrap_or(0))
+            .sum();
         Ok(Count {
-            sessions: counts
-                .into_iter()
-                .map(|c| u64::try_from(c.unwrap_or(0)).unwrap_or(0))
-                .sum(),
+            sessions,
             exact: true,
         })
+    }
+
+    fn shard(&self, actor_id: &str) -> u32 {
+        self.keys.bucket(actor_id)
+    }
+
+    fn intents(&self) -> Result<Vec<Vec<u8>>> {
+        let replies = self
+            .nodes
+            .across(&self.all_buckets(), 1, "reading intents", |pipe, b| {
+                pipe.cmd("HVALS").arg(self.keys.intents(b));
+            })?;
+        Ok(replies
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .filter_map(|v| redis::from_redis_value::<Vec<Vec<u8>>>(v).ok())
+            .flatten()
+            .collect())
     }
 
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
         let outcome = {
             let _inside = self.gate.enter();
-            // This node's plans for the same actors take turns: optimistic
-            // commits of many local callers on one hot actor would otherwise
-            // keep conflicting with each other.
-            let _turn = self.turns.take(task.subjects());
-            task.plan(&RedisView(self))
-                .and_then(|plan| self.commit(&plan))
+            let committed = {
+                // This node's plans for the same actors take turns:
+                // optimistic commits of many local callers on one hot actor
+                // would otherwise keep conflicting with each other. The
+                // turn ends with the commit: publishing waits for other
+                // nodes' events, and keeps order by the streams, not by it.
+                let _turn = self.turns.take(task.subjects());
+                task.plan(&RedisView(self)).and_then(|plan| {
+                    let committed = self.committer.commit(&self.nodes, &self.keys, &plan)?;
+                    Ok((plan, committed))
+                })
+            };
+            committed.map(|(plan, committed)| {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.plans.fetch_add(1, Ordering::Relaxed);
+                if self.committer.sync != commit::Sync::Server && committed.outcome == Commit::Done
+                {
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                if committed.outcome == Commit::Done {
+                    self.publish_own(&plan.events, &committed.appended);
+                }
+                committed.outcome
+            })
         };
         Ok(Ticket::answered(outcome))
     }
@@ -784,21 +391,27 @@ impl Engine for RedisEngine {
     }
 
     fn flush(&self) -> Result<()> {
-        match self.sync {
-            Sync::WaitAof => self.wait_aof(),
-            // Every reply already means fsynced, or the server's own
-            // policy governs (`Durability::Periodic`).
-            Sync::AlwaysFsync | Sync::Server => Ok(()),
-        }
+        self.flush_all()
     }
 
+    /// Whether every primary takes writes now: one write of a probe key on
+    /// each (a replica, a server still loading, a cluster without a quorum
+    /// or out of memory fail it).
     fn ping(&self) -> Result<()> {
-        self.with(|con| {
-            redis::cmd("PING")
-                .query::<String>(con)
-                .map(drop)
-                .map_err(failed("pinging the server"))
-        })
+        for b in self.bucket_per_primary() {
+            let probe = self.keys.alive(b);
+            let origin = self.progress.origin();
+            self.nodes
+                .run(self.keys.slot(b), "writing to the server", |_, con| {
+                    redis::cmd("SET")
+                        .arg(&probe)
+                        .arg(origin)
+                        .arg("PX")
+                        .arg(10_000)
+                        .query::<()>(con)
+                })?;
+        }
+        Ok(())
     }
 
     fn commit_counts(&self) -> CommitCounts {
@@ -824,212 +437,208 @@ impl Engine for RedisEngine {
     }
 }
 
-impl Upkeep for RedisEngine {
-    fn quarantined(&self) -> Result<u64> {
-        let lens: Vec<u64> = self.with(|con| {
-            let mut pipe = redis::pipe();
-            for b in 0..self.keys.buckets() {
-                pipe.cmd("HLEN").arg(self.keys.quarantine(b));
-            }
-            pipe.query(con).map_err(failed("counting the quarantine"))
-        })?;
-        Ok(lens.into_iter().sum())
-    }
-
-    fn hold_writes(&self) -> Result<WritesHeld> {
-        Ok(WritesHeld(Box::new(self.gate.hold())))
-    }
-
-    fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()> {
-        let keys = self.scan_keys(&self.keys.sessions_pattern())?;
-        for chunk in keys.chunks(SCAN_COUNT) {
-            let records: Vec<Option<Vec<u8>>> = self.with(|con| {
-                let mut pipe = redis::pipe();
-                for key in chunk {
-                    pipe.cmd("HGET").arg(key).arg("r");
-                }
-                pipe.query(con).map_err(failed("scanning sessions"))
-            })?;
-            for (key, record) in chunk.iter().zip(records) {
-                let digest = self
-                    .keys
-                    .split(key)
-                    .and_then(|(_, rest)| rest.strip_prefix("s:"))
-                    .and_then(Digest::from_hex);
-                let bytes = record.unwrap_or_default();
-                let stored = Stored {
-                    id: key.as_bytes(),
-                    digest,
-                    bytes: &bytes,
-                };
-                if !visit(stored)? {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()> {
-        for b in 0..self.keys.buckets() {
-            let key = self.keys.expiries(b);
-            let entries: Vec<(Vec<u8>, f64)> = self.with(|con| {
-                redis::cmd("ZRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES")
-                    .query(con)
-                    .map_err(failed("scanning expiries"))
-            })?;
-            for (member, score) in entries {
-                let parsed = parse_expiry_member(&member)
-                    .filter(|(_, actor)| self.keys.bucket(actor) == b)
-                    .map(|(d, _)| (score as u64, d));
-                if !visit(&entry_id(&key, &member), parsed)? {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()> {
-        for key in self.scan_keys(&self.keys.actors_pattern())? {
-            let actor = self
-                .keys
-                .split(&key)
-                .and_then(|(_, rest)| rest.strip_prefix("a:"))
-                .map(str::to_owned);
-            let members: Vec<Vec<u8>> = self.with(|con| {
-                redis::cmd("SMEMBERS")
-                    .arg(&key)
-                    .query(con)
-                    .map_err(failed("scanning actor sets"))
-            })?;
-            for member in members {
-                let digest = std::str::from_utf8(&member).ok().and_then(Digest::from_hex);
-                let parsed = actor.clone().zip(digest);
-                if !visit(&entry_id(&key, &member), parsed)? {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The Redis engine never opens unclean (every commit is one atomic
-    /// script), so its checks run with writes held, where every finding
-    /// stands as found.
-    fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
-        Ok(fixes)
-    }
-
-    fn repair(&self, fixes: &[Fix]) -> Result<()> {
-        let fail = failed("repairing");
-        let k = &self.keys;
-        let mut recount = false;
-        self.with(|con| {
-            for fix in fixes {
-                match fix {
-                    Fix::Quarantine { id } => {
-                        let key = String::from_utf8_lossy(id).into_owned();
-                        let bucket = k.split(&key).map_or(0, |(b, _)| b);
-                        let name = key.rsplit(':').next().unwrap_or_default().to_owned();
-                        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-                            .arg(&key)
-                            .arg("r")
-                            .query(con)
-                            .map_err(&fail)?;
-                        redis::pipe()
-                            .cmd("HSET")
-                            .arg(k.quarantine(bucket))
-                            .arg(name)
-                            .arg(bytes.unwrap_or_default())
-                            .ignore()
-                            .cmd("DEL")
-                            .arg(&key)
-                            .ignore()
-                            .query::<()>(con)
-                            .map_err(&fail)?;
-                        recount = true;
-                    }
-                    Fix::AddExpiry {
-                        at,
-                        actor_id,
-                        digest,
-                    } => redis::cmd("ZADD")
-                        .arg(k.expiries(k.bucket(actor_id)))
-                        .arg(*at)
-                        .arg(expiry_member(digest, actor_id))
-                        .query::<()>(con)
-                        .map_err(&fail)?,
-                    Fix::AddActor { actor_id, digest } => redis::cmd("SADD")
-                        .arg(k.actor(actor_id))
-                        .arg(digest_hex(digest))
-                        .query::<()>(con)
-                        .map_err(&fail)?,
-                    Fix::Drop { index, id } => {
-                        let (key, member) = split_entry_id(id);
-                        let op = match index {
-                            Index::Expiries => "ZREM",
-                            Index::Actors => "SREM",
-                        };
-                        redis::cmd(op)
-                            .arg(key)
-                            .arg(member)
-                            .query::<()>(con)
-                            .map_err(&fail)?;
-                    }
-                    Fix::Count(_) => recount = true,
-                }
-            }
-            Ok(())
-        })?;
-        if recount {
-            self.recount()?;
-        }
-        self.flush()
-    }
-}
-
-/// An index entry's id: its key, a NUL, its member.
-fn entry_id(key: &str, member: &[u8]) -> Vec<u8> {
-    let mut id = Vec::with_capacity(key.len() + 1 + member.len());
-    id.extend_from_slice(key.as_bytes());
-    id.push(0);
-    id.extend_from_slice(member);
-    id
-}
-
-fn split_entry_id(id: &[u8]) -> (&[u8], &[u8]) {
-    match id.iter().position(|&b| b == 0) {
-        Some(at) => (&id[..at], &id[at + 1..]),
-        None => (id, &[]),
-    }
-}
+#[cfg(test)]
+#[path = "../../../tests/common/redis.rs"]
+mod test_server;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
+    use super::test_server::{find, RedisServer};
+    use super::*;
+    use crate::codec;
+    use crate::engine::{Change, Fix, Index, Plan};
+    use crate::events::Event;
+    use crate::key::FullKey;
+    use crate::session::{Data, Record};
+    use crate::{Config, SessionStore};
+
+    /// The digest and stored revision of the session a full key names.
+    fn stored(store: &SessionStore, key: &str) -> (Digest, u64) {
+        let digest = FullKey::parse(key).unwrap().digest();
+        let mut revision = None;
+        let actor = key.rsplit_once(':').unwrap().0;
+        store
+            .shared()
+            .engine
+            .read_record(actor, &digest, &mut |b| {
+                revision = Some(codec::decode(b).unwrap().revision)
+            })
+            .unwrap();
+        (digest, revision.expect("a stored session"))
+    }
+
+    /// A check runs beside other nodes' writes: a fix it found must not
+    /// undo a change made after it looked.
     #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            redacted("redis://app:s3cret@db.local:6379/2"),
-            "redis://app:***@db.local:6379/2"
-        );
-        assert_eq!(
-            redacted("rediss://:s3cret@db.local"),
-            "rediss://:***@db.local"
-        );
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(
-            redacted("redis+unix:///run/r.sock?db=2&pass=s3cret"),
-            "redis+unix:///run/r.sock?db=2&pass=***"
-        );
-        let id = entry_id("k:x", b"m\x01");
-        let (key, member) = split_entry_id(&id);
-        assert_eq!((key, member), (&b"k:x"[..], &b"m\x01"[..]));
+    fn repair_leaves_alone_what_changed_since_the_check() {
+        let Some(binary) = find("redis-server", "repair_leaves_alone_what_changed") else {
+            return;
+        };
+        let server = RedisServer::start(&binary, &[]);
+        let store = SessionStore::open(Config::redis(&server.url).reaper_thread(false)).unwrap();
+        let engine = store.shared().engine.clone();
+        let gone = store.register("p1", "en", Data::new()).unwrap();
+        let gone_key = gone.key().unwrap().to_owned();
+        let (gone_digest, gone_revision) = stored(&store, &gone_key);
+        let kept = store.register("p2", "en", Data::new()).unwrap();
+        let (kept_digest, kept_revision) = stored(&store, kept.key().unwrap());
+        // What a check saw: p1's session without its entries, p2's expiry
+        // entry pointing at no session. Then p1 logs out, and p2 is used.
+        store.logout(&gone_key).unwrap();
+        store.extend(kept.key().unwrap()).unwrap();
+        let mut expiry_entry = None;
+        engine
+            .scan_expiries(&mut |id, entry| {
+                if entry.is_some_and(|(_, d)| d == kept_digest) {
+                    expiry_entry = Some(id.to_vec());
+                }
+                Ok(true)
+            })
+            .unwrap();
+        let expiry_entry = expiry_entry.expect("p2's expiry entry");
+        engine
+            .repair(&[
+                Fix::AddActor {
+                    actor_id: "p1".into(),
+                    digest: gone_digest,
+                    revision: gone_revision,
+                },
+                Fix::AddExpiry {
+                    at: 1,
+                    actor_id: "p1".into(),
+                    digest: gone_digest,
+                    revision: gone_revision,
+                },
+                Fix::Drop {
+                    index: Index::Expiries,
+                    id: expiry_entry,
+                    revision: Some(kept_revision),
+                },
+            ])
+            .unwrap();
+        assert!(engine.actor_sessions("p1").unwrap().is_empty());
+        assert_eq!(engine.next_expiry().unwrap().map(|at| at > 1), Some(true));
+        store.is_valid(kept.key().unwrap()).unwrap();
+        assert!(store.check().unwrap().is_healthy());
+        store.close().unwrap();
+    }
+
+    /// A plan inserting one session of `actor` with its `session.set`.
+    struct Insert {
+        actor: String,
+        subjects: Vec<String>,
+    }
+
+    impl Task for Insert {
+        fn subjects(&self) -> &[String] {
+            &self.subjects
+        }
+
+        fn plan(&self, _view: &dyn View) -> Result<Plan> {
+            let digest = Digest::of_secret(&self.actor);
+            let record = Record {
+                actor_id: self.actor.clone(),
+                expires_at: u64::MAX / 2,
+                filed_at: u64::MAX / 2,
+                app_version: None,
+                revision: 1,
+                id: format!("id-{}", self.actor),
+                language: "en".into(),
+                created_at: 1,
+                deadline: None,
+                node_id: None,
+                data: Data::new(),
+            };
+            Ok(Plan {
+                preconditions: Vec::new(),
+                changes: vec![Change::Insert {
+                    digest,
+                    actor_id: self.actor.clone(),
+                    filed_at: record.filed_at,
+                    revision: 1,
+                    record: codec::encode(&record)?,
+                }],
+                events: vec![Event::Set {
+                    id: record.id.clone(),
+                    actor_id: self.actor.clone(),
+                    language: "en".into(),
+                    expires_at: record.expires_at,
+                }],
+            })
+        }
+    }
+
+    fn insert(actor: &str) -> Arc<dyn Task> {
+        Arc::new(Insert {
+            actor: actor.into(),
+            subjects: vec![actor.into()],
+        })
+    }
+
+    /// A node waits for its events to publish after the entries before
+    /// them; meanwhile it must not hold the turn of unrelated actors that
+    /// happen to share a stripe of the per-actor turns.
+    #[test]
+    fn a_write_waiting_to_publish_holds_up_no_other_actor() {
+        let Some(binary) = find("redis-server", "a_write_waiting_to_publish") else {
+            return;
+        };
+        let server = RedisServer::start(&binary, &[]);
+        let patience = Duration::from_millis(1500);
+        let config = Config::redis(&server.url).redis_timeout(patience);
+        let events = Arc::new(EventHub::new(64));
+        let target = match &config.location {
+            crate::config::Location::Redis(t) => t.clone(),
+            crate::config::Location::Directory(_) => unreachable!(),
+        };
+        let (engine, _) =
+            RedisEngine::open(&target, &config, events, Arc::new(Poison::default())).unwrap();
+        let engine = Arc::new(engine);
+        // Two actors in different buckets whose turns share a stripe.
+        let a = "a0".to_owned();
+        let b = (1..)
+            .map(|i| format!("b{i}"))
+            .find(|b| {
+                engine.turns.stripe(b) == engine.turns.stripe(&a)
+                    && engine.keys.bucket(b) != engine.keys.bucket(&a)
+            })
+            .unwrap();
+        // An entry this node has not heard, before a's next one: with its
+        // reader stopped, a's events wait their whole patience.
+        engine.reader.lock().unwrap().take().map(|mut r| r.stop());
+        let bucket = engine.keys.bucket(&a);
+        let mut raw = server.connection();
+        let _: String = redis::cmd("XADD")
+            .arg(engine.keys.stream(bucket))
+            .arg("*")
+            .arg("n")
+            .arg(1)
+            .arg("p")
+            .arg("0-0")
+            .arg("o")
+            .arg("elsewhere")
+            .arg("e")
+            .arg("{}")
+            .query(&mut raw)
+            .unwrap();
+        let (done, finished) = mpsc::channel();
+        let slow = {
+            let (engine, done) = (engine.clone(), done.clone());
+            std::thread::spawn(move || {
+                let t = engine.submit(insert("a0")).unwrap();
+                engine.wait(t).unwrap();
+                done.send("a").unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let t = engine.submit(insert(&b)).unwrap();
+        engine.wait(t).unwrap();
+        done.send("b").unwrap();
+        slow.join().unwrap();
+        let order: Vec<&str> = finished.try_iter().collect();
+        assert_eq!(order, ["b", "a"], "b waited for a's turn");
     }
 }

@@ -135,7 +135,10 @@ fn record_write<'c>(view: &TreesView<'_>, change: &'c Change) -> Result<Option<R
         Change::Delete {
             actor_id, digest, ..
         } => (actor_id, digest, None),
-        Change::DropExpiry { .. } => return Ok(None),
+        Change::DropExpiry { .. }
+        | Change::PutIntent { .. }
+        | Change::DropIntent { .. }
+        | Change::Arrival { .. } => return Ok(None),
     };
     let key = layout::record_key(actor_id, digest);
     let was = match (change, view.as_read(&key)) {
@@ -166,7 +169,12 @@ pub(crate) fn ordered(trees: &Trees, view: &TreesView<'_>, changes: &[Change]) -
     let entries: Vec<_> = changes.iter().map(entries).collect();
     let records = changes
         .iter()
-        .filter(|c| !matches!(c, Change::DropExpiry { .. }))
+        .filter(|c| {
+            matches!(
+                c,
+                Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. }
+            )
+        })
         .count();
     let mut steps = Steps {
         left: entries.iter().flat_map(|(f, u)| [f, u]).flatten().count() + records,
@@ -328,5 +336,28 @@ fn entries(change: &Change) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
                 &layout::record_key(actor_id, digest),
             )),
         ),
+        // Refused before any write (`one_shard`).
+        Change::PutIntent { .. } | Change::DropIntent { .. } | Change::Arrival { .. } => {
+            (None, None)
+        }
     }
+}
+
+/// Refuses a plan that changes intents: the sled engine has one shard, and
+/// the session logic moves sessions between shards only on engines with
+/// more than one.
+pub(crate) fn one_shard(changes: &[Change]) -> Result<()> {
+    let intents = changes.iter().any(|c| {
+        matches!(
+            c,
+            Change::PutIntent { .. } | Change::DropIntent { .. } | Change::Arrival { .. }
+        )
+    });
+    if intents {
+        return Err(Error::Storage(StorageError::new(
+            "committing a change",
+            "the sled engine has one shard and stores no intents (a bug in sessiondb)",
+        )));
+    }
+    Ok(())
 }

@@ -177,6 +177,7 @@ impl SledEngine {
                 return Err(writer_failed());
             }
         };
+        commit::one_shard(&plan.changes)?;
         let committed = if plan.changes.is_empty() {
             Commit::Done
         } else if commit::needs_transaction(&plan.changes) {

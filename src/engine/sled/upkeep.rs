@@ -132,6 +132,7 @@ pub(super) fn still_needed(trees: &Trees, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
                 at,
                 actor_id,
                 digest,
+                ..
             } => {
                 let key = layout::record_key(actor_id, digest);
                 decoded(trees, &key)?.is_some_and(|r| r.filed_at == *at)
@@ -143,6 +144,7 @@ pub(super) fn still_needed(trees: &Trees, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
             Fix::Drop {
                 index: Index::Expiries,
                 id,
+                ..
             } => {
                 trees.expiries.contains_key(id).map_err(fail())?
                     && match layout::parse_expiry_key(id) {
@@ -180,6 +182,7 @@ pub(super) fn repair(trees: &Trees, fixes: &[Fix]) -> Result<()> {
                 at,
                 actor_id,
                 digest,
+                ..
             } => trees.file(&layout::expiry_key(
                 *at,
                 &layout::record_key(actor_id, digest),
@@ -187,6 +190,7 @@ pub(super) fn repair(trees: &Trees, fixes: &[Fix]) -> Result<()> {
             Fix::Drop {
                 index: Index::Expiries,
                 id,
+                ..
             } => trees.unfile(id)?,
             Fix::AddActor { .. }
             | Fix::Drop {

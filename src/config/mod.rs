@@ -1,5 +1,10 @@
 //! Store configuration: a plain value with documented defaults, checked when
-//! the store opens.
+//! the store opens; Redis URLs in `redis_url`.
+
+mod redis_url;
+
+pub(crate) use self::redis_url::connection_info;
+pub use self::redis_url::{redact_url, url_passwords};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,8 +69,51 @@ pub fn parse_time_code(code: &str) -> Result<Duration> {
 pub(crate) enum Location {
     /// The embedded sled engine in this directory.
     Directory(PathBuf),
-    /// The shared Redis / Valkey engine at this URL.
-    Redis(String),
+    /// The shared Redis / Valkey engine on these servers.
+    Redis(RedisTarget),
+}
+
+/// Which Redis / Valkey servers hold a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RedisTarget {
+    /// One server (or a managed endpoint that fails over behind one name).
+    Server(String),
+    /// A Redis Cluster, found through any of these seed URLs.
+    Cluster(Vec<String>),
+    /// The primary that the sentinels at these URLs know as `master`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+impl RedisTarget {
+    /// The URLs it names, for messages (redacted) and for checks.
+    pub fn urls(&self) -> &[String] {
+        match self {
+            RedisTarget::Server(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls,
+            RedisTarget::Sentinel { sentinels, .. } => sentinels,
+        }
+    }
+
+    /// What it is, without passwords: `redis://h:6379`, `the Redis Cluster
+    /// at redis://a, redis://b`, `the primary "m" of the sentinels at ...`.
+    pub fn describe(&self) -> String {
+        let urls = self
+            .urls()
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            RedisTarget::Server(_) => urls,
+            RedisTarget::Cluster(_) => format!("the Redis Cluster at {urls}"),
+            RedisTarget::Sentinel { master, .. } => {
+                format!("the primary {master:?} of the sentinels at {urls}")
+            }
+        }
+    }
 }
 
 /// The Redis engine's settings (see the `redis_*` setters).
@@ -135,7 +183,58 @@ impl Config {
     /// assert!(config.path().is_none());
     /// ```
     pub fn redis(url: impl Into<String>) -> Self {
-        Config::at(Location::Redis(url.into()))
+        Config::at(Location::Redis(RedisTarget::Server(url.into())))
+    }
+
+    /// A configuration for a store shared through a Redis Cluster (or
+    /// Valkey Cluster), found through any of `seed_urls` (`redis://` or
+    /// `rediss://`, each with the user and password the nodes take; one is
+    /// enough, more help while a node is down). The store's keys are spread
+    /// over the cluster's primaries in buckets (256 unless
+    /// [`Config::redis_buckets`] says otherwise), and each operation runs on
+    /// the primary of one bucket. Every other setting at its default.
+    ///
+    /// ```
+    /// let config = sessiondb::Config::redis_cluster([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    /// ]);
+    /// assert_eq!(config.redis_urls().len(), 2);
+    /// assert!(config.redis_url().is_none());
+    /// ```
+    pub fn redis_cluster<I>(seed_urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let urls = seed_urls.into_iter().map(Into::into).collect();
+        Config::at(Location::Redis(RedisTarget::Cluster(urls)))
+    }
+
+    /// A configuration for a store on the primary that Redis Sentinel
+    /// manages as `master_name`, asked of any of `sentinel_urls`
+    /// (`redis://host:26379`, with the user and password of the sentinels).
+    /// The primary is reached with the user, password, database index and
+    /// TLS of the sentinel URL that named it. When the primary fails over,
+    /// the store asks the sentinels again and goes on with the new one.
+    /// Every other setting at its default.
+    ///
+    /// ```
+    /// let config = sessiondb::Config::redis_sentinel(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"],
+    ///     "sessions",
+    /// );
+    /// assert_eq!(config.redis_urls().len(), 2);
+    /// ```
+    pub fn redis_sentinel<I>(sentinel_urls: I, master_name: impl Into<String>) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Config::at(Location::Redis(RedisTarget::Sentinel {
+            sentinels: sentinel_urls.into_iter().map(Into::into).collect(),
+            master: master_name.into(),
+        }))
     }
 
     fn at(location: Location) -> Self {
@@ -177,20 +276,29 @@ impl Config {
         }
     }
 
-    /// The Redis / Valkey URL, for the shared engine.
+    /// The Redis / Valkey URL of a store on one server ([`Config::redis`]).
     pub fn redis_url(&self) -> Option<&str> {
         match &self.location {
-            Location::Redis(url) => Some(url),
-            Location::Directory(_) => None,
+            Location::Redis(RedisTarget::Server(url)) => Some(url),
+            _ => None,
         }
     }
 
-    /// Where the store is, for messages: the directory, or the Redis URL
-    /// without its password.
+    /// Every Redis URL the configuration names: the one server's, the
+    /// cluster's seeds, or the sentinels'; empty for a directory.
+    pub fn redis_urls(&self) -> &[String] {
+        match &self.location {
+            Location::Redis(target) => target.urls(),
+            Location::Directory(_) => &[],
+        }
+    }
+
+    /// Where the store is, for messages: the directory, or the Redis
+    /// servers without their passwords.
     pub(crate) fn describe(&self) -> String {
         match &self.location {
             Location::Directory(path) => path.display().to_string(),
-            Location::Redis(url) => crate::engine::redis::redacted(url),
+            Location::Redis(target) => target.describe(),
         }
     }
 
@@ -212,7 +320,8 @@ impl Config {
 
     /// Redis engine: how many buckets (hash tags) the keys are spread over.
     /// Used when the store is created, and recorded in its meta; a later
-    /// open with another explicit value is refused. Default 16; 1..=16384.
+    /// open with another explicit value is refused. Default 16 on one
+    /// server or behind Sentinel, 256 on a cluster; 1..=16384.
     pub fn redis_buckets(mut self, buckets: u32) -> Self {
         self.redis.buckets = Some(buckets);
         self
@@ -475,6 +584,24 @@ impl Config {
                 "redis_prefix",
                 format!("{prefix:?} must be 1..=64 bytes without braces or spaces"),
             ));
+        }
+        if let Location::Redis(target) = &self.location {
+            let setting = match target {
+                RedisTarget::Server(_) => "redis_url",
+                RedisTarget::Cluster(_) => "redis_cluster",
+                RedisTarget::Sentinel { .. } => "redis_sentinel",
+            };
+            if target.urls().is_empty() {
+                return Err(bad(setting, "no URL given".into()));
+            }
+            if let RedisTarget::Sentinel { master, .. } = target {
+                if master.trim().is_empty() {
+                    return Err(bad(
+                        "redis_sentinel_master",
+                        "the name of the primary the sentinels manage is empty".into(),
+                    ));
+                }
+            }
         }
         if let Some(b) = self.redis.buckets {
             if b == 0 || b > 16_384 {

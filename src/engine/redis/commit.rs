@@ -1,0 +1,489 @@
+//! Committing a plan: the plan as a program of the commit script
+//! (`commit.lua`), run on the primary of the plan's one bucket, and made
+//! durable on the connection that ran it.
+//!
+//! `WAITAOF` and `WAIT` cover only the writes of the connection they run
+//! on, so the durability wait is pipelined after the script on the same
+//! connection (one round trip for both).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{Connection, Value};
+
+use super::conn::{Nodes, Pool};
+use super::events::{self, Appended};
+use super::keys::{digest_hex, expiry_member, Keys};
+use crate::engine::{Change, Commit, Plan, Precondition};
+use crate::error::{Error, Result, StorageError};
+use crate::intent::ARRIVAL_KEPT_MS;
+use crate::key::{random_bytes, Digest};
+
+/// How long a committed plan's marker is kept for idempotent retries.
+const MARKER_TTL_MS: u64 = 60_000;
+
+/// How a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// The server's own fsync policy (`Durability::Periodic`).
+    Server,
+    /// `WAITAOF 1 r` after each commit: fsynced on the primary, and on `r`
+    /// replicas (one where the primary has replicas in sync).
+    WaitAof,
+    /// The servers run `appendfsync always`, so a reply means fsynced on the
+    /// primary; `WAIT 1` after each commit where it has replicas in sync.
+    AlwaysFsync,
+}
+
+/// What a committed plan left: its outcome and where its events went.
+pub(crate) struct Committed {
+    pub outcome: Commit,
+    pub appended: Vec<Appended>,
+}
+
+/// Runs plans as script calls.
+pub(crate) struct Committer {
+    script: redis::Script,
+    pub sync: Sync,
+    retention: u64,
+    /// Tags this node's events in the streams.
+    origin: String,
+    timeout: Duration,
+}
+
+impl Committer {
+    pub fn new(sync: Sync, retention: u64, origin: String, timeout: Duration) -> Self {
+        Committer {
+            script: redis::Script::new(include_str!("commit.lua")),
+            sync,
+            retention,
+            origin,
+            timeout,
+        }
+    }
+
+    /// Commits `plan` as one script call on its bucket's primary, with its
+    /// durability wait. A call whose answer was lost (a dropped connection,
+    /// a failover) is sent again with the same marker, so it applies at
+    /// most once; a durability wait that times out is an error saying the
+    /// change may have committed.
+    pub fn commit(&self, nodes: &Nodes, keys: &Keys, plan: &Plan) -> Result<Committed> {
+        if plan.changes.is_empty() && plan.events.is_empty() && plan.preconditions.is_empty() {
+            return Ok(Committed {
+                outcome: Commit::Done,
+                appended: Vec::new(),
+            });
+        }
+        let program = Program::build(keys, plan, &self.origin, self.retention)?;
+        let slot = keys.slot(program.bucket);
+        let (reply, durable) = nodes.run(slot, "committing a change", |pool, con| {
+            self.call(pool, con, &program)
+        })?;
+        durable?;
+        let outcome = match reply.first().map(String::as_str) {
+            Some("conflict") => Commit::Conflict,
+            Some("ok" | "done") => Commit::Done,
+            _ => {
+                return Err(Error::Storage(StorageError::new(
+                    "committing a change",
+                    format!("unexpected reply from the commit script: {reply:?}"),
+                )))
+            }
+        };
+        let appended = if reply.first().map(String::as_str) == Some("ok") {
+            reply[1..]
+                .chunks(4)
+                .filter_map(|group| Appended::parse(keys, group))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Committed { outcome, appended })
+    }
+
+    /// The script call and its durability wait, pipelined on `con`; the
+    /// script's reply, and whether the wait confirmed it.
+    fn call(
+        &self,
+        pool: &Pool,
+        con: &mut Connection,
+        program: &Program,
+    ) -> redis::RedisResult<(Vec<String>, Result<()>)> {
+        let wait = self.wait_command(pool, con)?;
+        let mut sent = self.pipeline(program, true, wait.as_ref()).query(con);
+        if matches!(&sent, Err(e) if e.code() == Some("NOSCRIPT")) {
+            // The server lost its script cache (a restart, a failover, a
+            // SCRIPT FLUSH): send the script itself, which caches it again.
+            sent = self.pipeline(program, false, wait.as_ref()).query(con);
+        }
+        let replies: Vec<Value> = sent?;
+        let mut replies = replies.into_iter();
+        let reply: Vec<String> = match replies.next() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => Vec::new(),
+        };
+        let durable = match (&wait, replies.next()) {
+            (None, _) => Ok(()),
+            (Some(w), Some(answer)) => w.confirmed(answer, self.timeout),
+            (Some(_), None) => Err(unconfirmed("the server sent no answer to the wait")),
+        };
+        Ok((reply, durable))
+    }
+
+    fn pipeline(&self, program: &Program, cached: bool, wait: Option<&Wait>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        let call = if cached {
+            pipe.cmd("EVALSHA").arg(self.script.get_hash())
+        } else {
+            pipe.cmd("EVAL").arg(include_str!("commit.lua"))
+        };
+        call.arg(program.keys.len()).arg(&program.keys);
+        for a in &program.args {
+            call.arg(a.as_slice());
+        }
+        if let Some(wait) = wait {
+            pipe.add_command(wait.command(self.timeout));
+        }
+        pipe
+    }
+
+    /// The durability wait a commit on `pool`'s server needs, if any.
+    fn wait_command(&self, pool: &Pool, con: &mut Connection) -> redis::RedisResult<Option<Wait>> {
+        Ok(match self.sync {
+            Sync::Server => None,
+            Sync::WaitAof => Some(Wait::Aof {
+                replicas: pool.replicas(con)?.min(1),
+            }),
+            Sync::AlwaysFsync => match pool.replicas(con)?.min(1) {
+                0 => None,
+                replicas => Some(Wait::Replicas { replicas }),
+            },
+        })
+    }
+
+    /// Makes every change committed on `pool`'s server before now durable
+    /// as a commit would be: one write of this connection's own (the
+    /// bucket's probe key) and the wait after it, which covers everything
+    /// before it in the server's log.
+    pub fn flush_on(
+        &self,
+        pool: &Pool,
+        con: &mut Connection,
+        probe: &str,
+    ) -> redis::RedisResult<Result<()>> {
+        let wait = self.wait_command(pool, con)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(probe)
+            .arg(&self.origin)
+            .arg("PX")
+            .arg(10_000)
+            .ignore();
+        let Some(wait) = wait else {
+            pipe.query::<()>(con)?;
+            return Ok(Ok(()));
+        };
+        pipe.add_command(wait.command(self.timeout));
+        let answer: Vec<Value> = pipe.query(con)?;
+        Ok(match answer.into_iter().next() {
+            Some(a) => wait.confirmed(a, self.timeout),
+            None => Err(unconfirmed("the server sent no answer to the wait")),
+        })
+    }
+}
+
+/// A durability wait after a write.
+enum Wait {
+    /// `WAITAOF 1 replicas`.
+    Aof { replicas: u32 },
+    /// `WAIT replicas` (the primary fsyncs every write itself).
+    Replicas { replicas: u32 },
+}
+
+impl Wait {
+    /// The command, with a timeout inside the connection's read timeout.
+    fn command(&self, timeout: Duration) -> redis::Cmd {
+        let ms = u64::try_from(timeout.as_millis() * 3 / 4)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        match self {
+            Wait::Aof { replicas } => {
+                let mut c = redis::cmd("WAITAOF");
+                c.arg(1).arg(*replicas).arg(ms);
+                c
+            }
+            Wait::Replicas { replicas } => {
+                let mut c = redis::cmd("WAIT");
+                c.arg(*replicas).arg(ms);
+                c
+            }
+        }
+    }
+
+    fn confirmed(&self, answer: Value, timeout: Duration) -> Result<()> {
+        let ok = match self {
+            Wait::Aof { replicas } => redis::from_redis_value::<(u32, u32)>(answer)
+                .is_ok_and(|(local, acked)| local >= 1 && acked >= *replicas),
+            Wait::Replicas { replicas } => {
+                redis::from_redis_value::<u32>(answer).is_ok_and(|acked| acked >= *replicas)
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            let what = match self {
+                Wait::Aof { replicas: 0 } => "fsynced by the server",
+                Wait::Aof { .. } => "fsynced by the server and received by a replica",
+                Wait::Replicas { .. } => "received by a replica",
+            };
+            Err(unconfirmed(&format!(
+                "it was not {what} within {timeout:?}"
+            )))
+        }
+    }
+}
+
+/// A change whose durability was not confirmed: it may have committed.
+fn unconfirmed(why: &str) -> Error {
+    Error::Unavailable {
+        source: StorageError::new(
+            "making a change durable",
+            format!(
+                "the change may have committed, but {why}; it is not known to survive a \
+                 failover or a crash of the server"
+            ),
+        ),
+    }
+}
+
+/// The script's keys (each once) and arguments for one plan, and the one
+/// bucket every key is in.
+#[derive(Default)]
+pub(crate) struct Program {
+    pub bucket: u32,
+    keys: Vec<String>,
+    index: HashMap<String, usize>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Program {
+    /// The program for `plan`. A plan must stay in one bucket (every key in
+    /// one hash slot); the session logic cuts its batches so.
+    pub fn build(k: &Keys, plan: &Plan, origin: &str, retention: u64) -> Result<Program> {
+        let mut p = Program {
+            bucket: plan_bucket(k, plan)?,
+            ..Program::default()
+        };
+        let id = random_bytes::<12>()?;
+        let marker = p.key(k.done(p.bucket, &crate::key::hex(&id)));
+        p.args = vec![
+            marker.to_string().into_bytes(),
+            MARKER_TTL_MS.to_string().into_bytes(),
+            retention.to_string().into_bytes(),
+            origin.as_bytes().to_vec(),
+        ];
+        for c in &plan.preconditions {
+            p.precondition(k, c);
+        }
+        for c in &plan.changes {
+            p.change(k, c);
+        }
+        for event in &plan.events {
+            if let Some((actor, json)) = events::encode(event) {
+                let b = k.bucket(actor);
+                let (x, q) = (p.key(k.stream(b)), p.key(k.sequence(b)));
+                p.op("E", &[&x.to_string(), &q.to_string(), &k.channel(b)]);
+                p.args.push(json.into_bytes());
+            }
+        }
+        Ok(p)
+    }
+
+    fn precondition(&mut self, k: &Keys, c: &Precondition) {
+        match c {
+            Precondition::Record {
+                actor_id,
+                digest,
+                revision,
+            } => {
+                let s = self.key(k.session(actor_id, digest));
+                let revision = revision.map(|r| r.to_string()).unwrap_or_default();
+                self.op("R", &[&s.to_string(), &revision]);
+            }
+            Precondition::Actor { actor_id, sessions } => {
+                let a = self.key(k.actor(actor_id));
+                self.op("A", &[&a.to_string(), &sessions.len().to_string()]);
+                for d in sessions {
+                    self.args.push(digest_hex(d).into_bytes());
+                }
+            }
+            Precondition::Arrival {
+                actor_id,
+                id,
+                present,
+            } => {
+                let a = self.key(k.arrival(k.bucket(actor_id), id));
+                let present = if *present { "1" } else { "0" };
+                self.op("T", &[&a.to_string(), present]);
+            }
+        }
+    }
+
+    fn change(&mut self, k: &Keys, c: &Change) {
+        match c {
+            Change::Insert {
+                digest,
+                actor_id,
+                filed_at,
+                revision,
+                record,
+            } => {
+                let (s, e, a, n) = self.session_keys(k, actor_id, digest);
+                self.op(
+                    "I",
+                    &[
+                        &s.to_string(),
+                        &e.to_string(),
+                        &a.to_string(),
+                        &n.to_string(),
+                        &expiry_member(digest, actor_id),
+                        &digest_hex(digest),
+                        &filed_at.to_string(),
+                        &revision.to_string(),
+                    ],
+                );
+                self.args.push(record.clone());
+            }
+            Change::Update {
+                digest,
+                actor_id,
+                filed_at,
+                revision,
+                record,
+                ..
+            } => {
+                let (s, e) = (
+                    self.key(k.session(actor_id, digest)),
+                    self.key(k.expiries(k.bucket(actor_id))),
+                );
+                self.op(
+                    "U",
+                    &[
+                        &s.to_string(),
+                        &e.to_string(),
+                        &expiry_member(digest, actor_id),
+                        &filed_at.to_string(),
+                        &revision.to_string(),
+                    ],
+                );
+                self.args.push(record.clone());
+            }
+            Change::Delete {
+                digest, actor_id, ..
+            } => {
+                let (s, e, a, n) = self.session_keys(k, actor_id, digest);
+                self.op(
+                    "D",
+                    &[
+                        &s.to_string(),
+                        &e.to_string(),
+                        &a.to_string(),
+                        &n.to_string(),
+                        &expiry_member(digest, actor_id),
+                        &digest_hex(digest),
+                    ],
+                );
+            }
+            Change::DropExpiry {
+                digest, actor_id, ..
+            } => {
+                let e = self.key(k.expiries(k.bucket(actor_id)));
+                self.op("X", &[&e.to_string(), &expiry_member(digest, actor_id)]);
+            }
+            Change::PutIntent {
+                actor_id,
+                id,
+                value,
+            } => {
+                let i = self.key(k.intents(k.bucket(actor_id)));
+                self.op("P", &[&i.to_string(), id]);
+                self.args.push(value.clone());
+            }
+            Change::DropIntent { actor_id, id } => {
+                let i = self.key(k.intents(k.bucket(actor_id)));
+                self.op("Q", &[&i.to_string(), id]);
+            }
+            Change::Arrival { actor_id, id } => {
+                let a = self.key(k.arrival(k.bucket(actor_id), id));
+                self.op("V", &[&a.to_string(), &ARRIVAL_KEPT_MS.to_string()]);
+            }
+        }
+    }
+
+    /// The 1-based index of `key` in KEYS.
+    fn key(&mut self, key: String) -> usize {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        self.keys.push(key.clone());
+        let i = self.keys.len();
+        self.index.insert(key, i);
+        i
+    }
+
+    /// The indexes of a session's record, its bucket's expiry index, its
+    /// actor's set and its bucket's count.
+    fn session_keys(
+        &mut self,
+        k: &Keys,
+        actor_id: &str,
+        digest: &Digest,
+    ) -> (usize, usize, usize, usize) {
+        let b = k.bucket(actor_id);
+        (
+            self.key(k.session(actor_id, digest)),
+            self.key(k.expiries(b)),
+            self.key(k.actor(actor_id)),
+            self.key(k.count(b)),
+        )
+    }
+
+    fn op(&mut self, code: &str, operands: &[&str]) {
+        self.args.push(code.as_bytes().to_vec());
+        self.args
+            .extend(operands.iter().map(|o| o.as_bytes().to_vec()));
+    }
+}
+
+/// The one bucket of every actor `plan` names (bucket 0 for a plan that
+/// names none).
+fn plan_bucket(k: &Keys, plan: &Plan) -> Result<u32> {
+    let actors = plan
+        .preconditions
+        .iter()
+        .map(Precondition::actor_id)
+        .chain(plan.changes.iter().map(Change::actor_id))
+        .chain(
+            plan.events
+                .iter()
+                .filter_map(|e| events::encode(e).map(|(a, _)| a)),
+        );
+    let mut bucket = None;
+    for actor in actors {
+        let b = k.bucket(actor);
+        match bucket {
+            None => bucket = Some(b),
+            Some(first) if first == b => {}
+            Some(first) => {
+                return Err(Error::Storage(StorageError::new(
+                    "committing a change",
+                    format!(
+                        "the plan spans buckets {first} and {b}: a change must stay within one \
+                         bucket (a bug in sessiondb)"
+                    ),
+                )))
+            }
+        }
+    }
+    Ok(bucket.unwrap_or(0))
+}

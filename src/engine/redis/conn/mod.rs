@@ -1,0 +1,669 @@
+//! Connections to the Redis / Valkey servers.
+//!
+//! Per server, a small pool of synchronous connections with timeouts
+//! ([`Pool`]); a connection that failed is dropped and the next call
+//! connects again. [`Nodes`] knows which primary serves which hash slot:
+//! the one server, the primary a Sentinel names (`sentinel`), or a
+//! cluster's slot owners (`cluster`). A call runs on the primary of its
+//! bucket's slot and is retried there, until `Config::redis_timeout` from
+//! its start, while the servers fail over; each retry first learns the
+//! topology again. [`failed`] is the one place that decides what counts as
+//! "the server is down".
+
+mod cluster;
+mod sentinel;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, ConnectionAddr, ConnectionInfo, RedisError};
+
+use crate::config::{connection_info, RedisSettings, RedisTarget};
+use crate::error::{Error, Result, StorageError};
+
+/// How many idle connections a pool keeps.
+const IDLE: usize = 64;
+/// The first pause before a call is retried; it doubles up to
+/// [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// The topology is asked again at most this often.
+const REFRESH_EVERY: Duration = Duration::from_millis(50);
+
+/// What a failed call tells the caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    /// The server is unreachable, too slow, or cannot take writes now (a
+    /// replica, a failover or a load under way): learn the topology again
+    /// and retry until the deadline, then `Error::Unavailable`.
+    Down,
+    /// The slot moved to the node at this address for good (`MOVED`).
+    Moved(String),
+    /// The slot is moving; this one command goes to the node at this
+    /// address, after `ASKING`.
+    Ask(String),
+    /// Credentials refused: `Error::InvalidConfig`.
+    Refused,
+    /// Anything else: a storage failure.
+    Failed,
+}
+
+/// Sorts a client error.
+pub(crate) fn trouble(e: &RedisError) -> Trouble {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        return Trouble::Refused;
+    }
+    match (e.code(), e.redirect_node()) {
+        (Some("MOVED"), Some((addr, _))) => return Trouble::Moved(addr.to_owned()),
+        (Some("ASK"), Some((addr, _))) => return Trouble::Ask(addr.to_owned()),
+        _ => {}
+    }
+    // A server that cannot take writes now: a primary demoted to replica
+    // in a failover (READONLY), one still loading its data (LOADING), a
+    // replica cut off from its primary (MASTERDOWN), a cluster without a
+    // quorum or a slot's owner (CLUSTERDOWN), or keys caught mid-migration
+    // (TRYAGAIN).
+    let not_now = matches!(
+        e.code(),
+        Some("READONLY" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN")
+    );
+    let down = not_now
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error();
+    if down {
+        Trouble::Down
+    } else {
+        Trouble::Failed
+    }
+}
+
+/// Maps a client error: refused credentials are `InvalidConfig`; a server
+/// that is down or cannot take writes now is `Unavailable`; anything else a
+/// storage failure.
+pub(crate) fn failed(context: &'static str) -> impl Fn(RedisError) -> Error {
+    move |e| match trouble(&e) {
+        Trouble::Refused => Error::InvalidConfig {
+            setting: "redis_url",
+            problem: format!(
+                "the server refused the URL's user name or password ({context}: {e}); check them"
+            ),
+        },
+        Trouble::Down | Trouble::Moved(_) | Trouble::Ask(_) => Error::Unavailable {
+            source: StorageError::new(context, e),
+        },
+        Trouble::Failed => Error::Storage(StorageError::new(context, e)),
+    }
+}
+
+/// A pool of connections to one server.
+pub(crate) struct Pool {
+    client: Client,
+    /// `host:port` (or the socket's path), as the cluster names it.
+    addr: String,
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    /// How many replicas the server had in sync, and when that was asked.
+    replicas: Mutex<Option<(u32, Instant)>>,
+}
+
+/// How long a server's replica count is trusted before it is asked again.
+const REPLICAS_FOR: Duration = Duration::from_secs(5);
+
+impl Pool {
+    fn new(client: Client, timeout: Duration) -> Self {
+        let addr = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                format!("{host}:{port}")
+            }
+            ConnectionAddr::Unix(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        };
+        Pool {
+            client,
+            addr,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+            replicas: Mutex::new(None),
+        }
+    }
+
+    /// How many replicas the server has in sync (`INFO replication`, asked
+    /// on `con` at most every [`REPLICAS_FOR`]).
+    pub fn replicas(&self, con: &mut Connection) -> redis::RedisResult<u32> {
+        let mut known = self
+            .replicas
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((n, at)) = *known {
+            if at.elapsed() < REPLICAS_FOR {
+                return Ok(n);
+            }
+        }
+        let info: String = redis::cmd("INFO").arg("replication").query(con)?;
+        let n = replicas_online(&info);
+        *known = Some((n, Instant::now()));
+        Ok(n)
+    }
+
+    /// Forgets the replica count: a failover changes it.
+    pub fn forget_replicas(&self) {
+        *self
+            .replicas
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A new connection for a subscription, speaking RESP3: its messages
+    /// are push values, which redis-rs hands back as they come even after a
+    /// read timed out (a timed-out read of a RESP2 reply makes it drop the
+    /// next reply, taking it for the late answer).
+    pub fn subscriber(&self, read_timeout: Duration) -> Result<Connection> {
+        let info = self.client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let connected = Client::open(info.set_redis_settings(settings))
+            .and_then(|c| c.get_connection_with_timeout(self.timeout))
+            .and_then(|con| {
+                con.set_read_timeout(Some(read_timeout))?;
+                con.set_write_timeout(Some(self.timeout))?;
+                Ok(con)
+            });
+        connected.map_err(failed("subscribing to the server"))
+    }
+
+    /// A new connection with this pool's timeouts.
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        let con = self.client.get_connection_with_timeout(self.timeout)?;
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(con)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on a pooled connection. The connection goes back to the
+    /// pool unless the call failed for want of the server (or was sent to
+    /// the wrong one), so the next call connects afresh.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let pooled = self.idle().pop();
+        let mut con = match pooled {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        let out = f(&mut con);
+        let keep = match &out {
+            Ok(_) => true,
+            Err(e) => trouble(e) == Trouble::Failed,
+        };
+        if keep {
+            let mut idle = self.idle();
+            if idle.len() < IDLE {
+                idle.push(con);
+            }
+        }
+        out
+    }
+}
+
+/// The replicas an `INFO replication` reply lists as online.
+fn replicas_online(info: &str) -> u32 {
+    let online = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    u32::try_from(online).unwrap_or(u32::MAX)
+}
+
+/// Makes clients for the servers a topology names, with the credentials,
+/// database and TLS settings of the URL that led to them.
+#[derive(Clone)]
+struct Dialer {
+    info: ConnectionInfo,
+    root_cert: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl Dialer {
+    fn new(url: &str, setting: &'static str, settings: &RedisSettings) -> Result<Dialer> {
+        let info = connection_info(url, setting)?;
+        let root_cert = match &settings.tls_ca {
+            None => None,
+            Some(pem) => Some(std::fs::read(pem).map_err(|source| Error::Io {
+                action: "reading the Redis CA certificate",
+                path: pem.clone(),
+                source,
+            })?),
+        };
+        Ok(Dialer {
+            info,
+            root_cert,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// A pool for the server this dialer's URL names.
+    fn pool(&self) -> Result<Arc<Pool>> {
+        self.pool_for(self.info.clone())
+    }
+
+    /// A pool for `host:port`, reached as this dialer's URL says.
+    fn pool_at(&self, host: &str, port: u16) -> Result<Arc<Pool>> {
+        let addr = match self.info.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        self.pool_for(self.info.clone().set_addr(addr))
+    }
+
+    fn pool_for(&self, info: ConnectionInfo) -> Result<Arc<Pool>> {
+        let fail = |e| Error::InvalidConfig {
+            setting: "redis_url",
+            problem: format!("cannot make a client for the server: {e}"),
+        };
+        let client = match &self.root_cert {
+            None => Client::open(info).map_err(fail)?,
+            Some(root_cert) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert.clone()),
+                },
+            )
+            .map_err(fail)?,
+        };
+        Ok(Arc::new(Pool::new(client, self.timeout)))
+    }
+}
+
+/// A primary and the slots it serves (every slot, off a cluster).
+#[derive(Clone)]
+pub(crate) struct Primary {
+    pub pool: Arc<Pool>,
+    /// Inclusive slot ranges.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl Primary {
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+}
+
+enum Topology {
+    Server(Arc<Pool>),
+    Sentinel(sentinel::Sentinel),
+    Cluster(cluster::Cluster),
+}
+
+/// The servers of a store and the way to each bucket's primary.
+pub(crate) struct Nodes {
+    topology: Topology,
+    timeout: Duration,
+    /// When the topology was last asked.
+    asked: Mutex<Option<Instant>>,
+    /// Bumped whenever a refresh finds another primary for some slot.
+    generation: AtomicU64,
+}
+
+impl Nodes {
+    /// Connects to `target` and learns which primaries serve which slots.
+    pub fn open(target: &RedisTarget, settings: &RedisSettings) -> Result<Nodes> {
+        let topology = match target {
+            RedisTarget::Server(url) => {
+                Topology::Server(Dialer::new(url, "redis_url", settings)?.pool()?)
+            }
+            RedisTarget::Cluster(seeds) => {
+                let dialers = seeds
+                    .iter()
+                    .map(|url| Dialer::new(url, "redis_cluster", settings))
+                    .collect::<Result<Vec<_>>>()?;
+                Topology::Cluster(cluster::Cluster::discover(dialers)?)
+            }
+            RedisTarget::Sentinel { sentinels, master } => {
+                let dialers = sentinels
+                    .iter()
+                    .map(|url| Dialer::new(url, "redis_sentinel", settings))
+                    .collect::<Result<Vec<_>>>()?;
+                Topology::Sentinel(sentinel::Sentinel::discover(dialers, master.clone())?)
+            }
+        };
+        Ok(Nodes {
+            topology,
+            timeout: settings.timeout,
+            asked: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
+    /// How many times the topology has changed since open.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every primary, with the slots it serves.
+    pub fn primaries(&self) -> Vec<Primary> {
+        match &self.topology {
+            Topology::Server(pool) => vec![Primary {
+                pool: pool.clone(),
+                slots: vec![(0, crate::engine::redis::keys::SLOTS - 1)],
+            }],
+            Topology::Sentinel(s) => vec![Primary {
+                pool: s.primary(),
+                slots: vec![(0, crate::engine::redis::keys::SLOTS - 1)],
+            }],
+            Topology::Cluster(c) => c.primaries(),
+        }
+    }
+
+    /// The primary serving `slot`.
+    pub fn primary_for(&self, slot: u16) -> Result<Arc<Pool>> {
+        match &self.topology {
+            Topology::Server(pool) => Ok(pool.clone()),
+            Topology::Sentinel(s) => Ok(s.primary()),
+            Topology::Cluster(c) => c.primary_for(slot).ok_or_else(|| Error::Unavailable {
+                source: StorageError::new(
+                    "routing a command",
+                    format!("no primary of the cluster serves slot {slot}"),
+                ),
+            }),
+        }
+    }
+
+    /// Learns the topology again (at most every [`REFRESH_EVERY`], and one
+    /// caller at a time): after a call met a server that is down, read-only
+    /// or not the slot's owner. Returns whether a primary changed.
+    pub fn refresh(&self) -> bool {
+        {
+            let mut asked = self
+                .asked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if asked.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return false;
+            }
+            *asked = Some(Instant::now());
+        }
+        let changed = match &self.topology {
+            Topology::Server(_) => false,
+            Topology::Sentinel(s) => s.refresh(),
+            Topology::Cluster(c) => c.refresh(),
+        };
+        if changed {
+            for p in self.primaries() {
+                p.pool.forget_replicas();
+            }
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
+    }
+
+    /// Runs `f` on a connection to the primary serving `slot`, retrying
+    /// while the call meets a server that is down or read-only, or was sent
+    /// to the wrong node, until `Config::redis_timeout` from now. Every `f`
+    /// given here must be safe to run twice: a read, a write that sets what
+    /// it sets, or a script call carrying its done marker.
+    pub fn run<T>(
+        &self,
+        slot: u16,
+        context: &'static str,
+        mut f: impl FnMut(&Pool, &mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = FIRST_PAUSE;
+        let mut ask: Option<Arc<Pool>> = None;
+        loop {
+            let outcome = match ask.take() {
+                Some(pool) => pool.with(|con| {
+                    redis::cmd("ASKING").query::<()>(con)?;
+                    f(&pool, con)
+                }),
+                None => match self.primary_for(slot) {
+                    Ok(pool) => pool.with(|con| f(&pool, con)),
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => {
+                        self.refresh();
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(MAX_PAUSE);
+                        continue;
+                    }
+                },
+            };
+            let e = match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let late = Instant::now() >= deadline;
+            match trouble(&e) {
+                Trouble::Moved(_) if !late => {
+                    self.refresh_now();
+                }
+                Trouble::Ask(addr) if !late => ask = self.pool_at(&addr),
+                Trouble::Down if !late => {
+                    self.refresh();
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                _ => return Err(failed(context)(e)),
+            }
+        }
+    }
+
+    /// Runs `per` commands for each of `buckets` (each given with its slot),
+    /// pipelined: one round trip per primary, retried as [`Nodes::run`]
+    /// retries. Returns each bucket's replies, in the order asked.
+    pub fn across(
+        &self,
+        buckets: &[(u32, u16)],
+        per: usize,
+        context: &'static str,
+        add: impl Fn(&mut redis::Pipeline, u32),
+    ) -> Result<Vec<(u32, Vec<redis::Value>)>> {
+        let mut out: Vec<Option<Vec<redis::Value>>> = vec![None; buckets.len()];
+        let mut left: Vec<usize> = (0..buckets.len()).collect();
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = FIRST_PAUSE;
+        while !left.is_empty() {
+            // Group what is left by the primary that serves it now.
+            let primaries = self.primaries();
+            let mut groups: Vec<(Arc<Pool>, Vec<usize>)> = Vec::new();
+            let mut unserved = Vec::new();
+            for &i in &left {
+                match primaries.iter().find(|p| p.serves(buckets[i].1)) {
+                    Some(p) => match groups
+                        .iter_mut()
+                        .find(|(pool, _)| Arc::ptr_eq(pool, &p.pool))
+                    {
+                        Some((_, g)) => g.push(i),
+                        None => groups.push((p.pool.clone(), vec![i])),
+                    },
+                    None => unserved.push(i),
+                }
+            }
+            let mut failure = None;
+            left = unserved;
+            for (pool, group) in groups {
+                let sent = pool.with(|con| {
+                    let mut pipe = redis::pipe();
+                    for &i in &group {
+                        add(&mut pipe, buckets[i].0);
+                    }
+                    pipe.query::<Vec<redis::Value>>(con)
+                });
+                match sent {
+                    Ok(values) if values.len() == group.len() * per => {
+                        let mut values = values.into_iter();
+                        for &i in &group {
+                            out[i] = Some(values.by_ref().take(per).collect());
+                        }
+                    }
+                    Ok(values) => {
+                        return Err(Error::Storage(StorageError::new(
+                            context,
+                            format!("{} replies to {} commands", values.len(), group.len() * per),
+                        )))
+                    }
+                    Err(e) => {
+                        left.extend(group);
+                        failure = Some(e);
+                    }
+                }
+            }
+            if left.is_empty() {
+                break;
+            }
+            let retry = failure
+                .as_ref()
+                .is_none_or(|e| trouble(e) != Trouble::Failed);
+            if !retry || Instant::now() >= deadline {
+                return Err(match failure {
+                    Some(e) => failed(context)(e),
+                    None => Error::Unavailable {
+                        source: StorageError::new(context, "no primary serves some buckets"),
+                    },
+                });
+            }
+            self.refresh_now();
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+        Ok(buckets
+            .iter()
+            .zip(out)
+            .map(|((b, _), v)| (*b, v.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Learns the topology again now, whenever it was last asked: a `MOVED`
+    /// reply proves it stale.
+    fn refresh_now(&self) {
+        *self
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.refresh();
+    }
+
+    /// The pool of a cluster node named by a redirection.
+    fn pool_at(&self, addr: &str) -> Option<Arc<Pool>> {
+        match &self.topology {
+            Topology::Cluster(c) => c.pool_named(addr),
+            _ => None,
+        }
+    }
+}
+
+/// A pool for each address, kept while the topology names it.
+#[derive(Default)]
+struct Pools(RwLock<Vec<Arc<Pool>>>);
+
+impl Pools {
+    /// The pool for `host:port`, made with `dialer` the first time.
+    fn get(&self, dialer: &Dialer, host: &str, port: u16) -> Result<Arc<Pool>> {
+        let addr = format!("{host}:{port}");
+        if let Some(p) = self.find(&addr) {
+            return Ok(p);
+        }
+        let pool = dialer.pool_at(host, port)?;
+        let mut pools = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = pools.iter().find(|p| p.addr() == addr) {
+            return Ok(p.clone());
+        }
+        pools.push(pool.clone());
+        Ok(pool)
+    }
+
+    fn find(&self, addr: &str) -> Option<Arc<Pool>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|p| p.addr() == addr)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::ErrorKind;
+
+    fn server_error(code: &str, detail: &str) -> RedisError {
+        // What redis-rs makes of a server's error reply.
+        let reply = format!("-{code} {detail}\r\n");
+        let value = redis::parse_redis_value(reply.as_bytes()).expect("an error reply");
+        match value.extract_error() {
+            Err(e) => e,
+            Ok(v) => panic!("{code} parsed as {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_that_cannot_take_writes_now_is_down() {
+        for code in [
+            "READONLY",
+            "LOADING",
+            "MASTERDOWN",
+            "CLUSTERDOWN",
+            "TRYAGAIN",
+        ] {
+            let e = server_error(code, "not now");
+            assert_eq!(trouble(&e), Trouble::Down, "{code}");
+            assert!(
+                matches!(failed("writing")(e), Error::Unavailable { .. }),
+                "{code}"
+            );
+        }
+        let e = server_error("MOVED", "3999 127.0.0.1:6381");
+        assert_eq!(trouble(&e), Trouble::Moved("127.0.0.1:6381".into()));
+        let e = server_error("ASK", "3999 127.0.0.1:6381");
+        assert_eq!(trouble(&e), Trouble::Ask("127.0.0.1:6381".into()));
+        let e = server_error("WRONGPASS", "invalid username-password pair");
+        assert!(matches!(failed("x")(e), Error::InvalidConfig { .. }));
+        let e = server_error("ERR", "wrong number of arguments");
+        assert!(matches!(failed("x")(e), Error::Storage(_)));
+        let e = RedisError::from((ErrorKind::Io, "connection reset"));
+        assert_eq!(trouble(&e), Trouble::Down);
+    }
+
+    #[test]
+    fn only_replicas_in_sync_count() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+                    slave0:ip=127.0.0.1,port=7004,state=online,offset=10,lag=0\r\n\
+                    slave1:ip=127.0.0.1,port=7005,state=wait_bgsave,offset=0,lag=0\r\n";
+        assert_eq!(replicas_online(info), 1);
+        assert_eq!(replicas_online("role:master\r\nconnected_slaves:0\r\n"), 0);
+    }
+}

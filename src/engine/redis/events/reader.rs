@@ -1,0 +1,496 @@
+//! The event reader: a supervisor thread (`sessiondb-events`) and, per
+//! primary, a subscriber thread (`sessiondb-events-sub`) holding one
+//! connection subscribed to the shard channels of the buckets that primary
+//! serves.
+//!
+//! A subscriber publishes what it hears through [`Progress::offer`]; after
+//! subscribing, and whenever a message does not follow the last entry
+//! heard, it reads the bucket's stream from there (`catch_up`). It stops
+//! when its connection fails, when its server drops the subscription (the
+//! slots moved: a cluster failover) or when the topology changed; the
+//! supervisor then learns the topology again and starts subscribers for the
+//! primaries it finds. The supervisor also asks for the topology every
+//! second, so a Sentinel failover (which tells subscribers nothing) is
+//! followed too.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use redis::{Connection, Value};
+
+use super::{format_id, Entry, EntryId, Mark, Offered, Progress};
+use crate::engine::redis::conn::{Nodes, Pool, Primary};
+use crate::engine::redis::keys::Keys;
+use crate::error::{Error, Result};
+use crate::events::EventHub;
+use crate::worker::{self, Poison};
+
+/// How long a subscriber's read waits when nothing is pending.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it waits while an own event is left to its writer.
+const PENDING_WAIT: Duration = Duration::from_millis(1);
+/// How often a quiet subscription is pinged, and the topology asked.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Most entries one stream read returns.
+const READ_COUNT: usize = 512;
+
+/// What the reader needs of the engine.
+#[derive(Clone)]
+struct Shared {
+    nodes: Arc<Nodes>,
+    keys: Keys,
+    events: Arc<EventHub>,
+    progress: Arc<Progress>,
+    poison: Arc<Poison>,
+}
+
+pub(crate) struct Reader {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Starts following every bucket from its stream's current end. This
+    /// node's own events are left to their writers for up to the
+    /// progress's patience.
+    pub fn start(
+        nodes: Arc<Nodes>,
+        keys: Keys,
+        events: Arc<EventHub>,
+        progress: Arc<Progress>,
+        poison: Arc<Poison>,
+    ) -> Result<Reader> {
+        for (bucket, mark) in current_ends(&nodes, &keys)? {
+            progress.start(bucket, mark);
+        }
+        let shared = Shared {
+            nodes,
+            keys,
+            events,
+            progress,
+            poison: poison.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let handle = worker::spawn("events", poison, move || supervise(&shared, &stopping))
+            .map_err(|source| Error::WorkerStart {
+                worker: "events",
+                source,
+            })?;
+        Ok(Reader {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the reader and waits for it; false if it had panicked.
+    pub fn stop(&mut self) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().is_none_or(|h| h.join().is_ok())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Each bucket's last stream entry and sequence number.
+fn current_ends(nodes: &Nodes, keys: &Keys) -> Result<Vec<(u32, Mark)>> {
+    let buckets: Vec<(u32, u16)> = (0..keys.buckets()).map(|b| (b, keys.slot(b))).collect();
+    let replies = nodes.across(&buckets, 2, "reading the event streams' ends", |pipe, b| {
+        pipe.cmd("XREVRANGE")
+            .arg(keys.stream(b))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("GET")
+            .arg(keys.sequence(b));
+    })?;
+    let mut out = Vec::with_capacity(replies.len());
+    for (bucket, pair) in replies {
+        let mut pair = pair.into_iter();
+        let last = pair.next().map(entries).unwrap_or_default();
+        let counter: Option<u64> = pair.next().and_then(|v| redis::from_redis_value(v).ok());
+        let mark = match last.first() {
+            Some(e) => Mark {
+                id: e.id,
+                sequence: e.sequence,
+            },
+            None => Mark {
+                id: (0, 0),
+                sequence: counter.unwrap_or(0),
+            },
+        };
+        out.push((bucket, mark));
+    }
+    Ok(out)
+}
+
+/// The entries of an `XRANGE` / `XREVRANGE` reply.
+fn entries(reply: Value) -> Vec<Entry> {
+    let Ok(range) = redis::from_redis_value::<redis::streams::StreamRangeReply>(reply) else {
+        return Vec::new();
+    };
+    range
+        .ids
+        .iter()
+        .filter_map(|e| {
+            let entry = Entry::from_stream(&e.id, |f| e.get::<String>(f));
+            if entry.is_none() {
+                log::error!("stream entry {} is malformed; skipped", e.id);
+            }
+            entry
+        })
+        .collect()
+}
+
+/// Why a subscriber stopped.
+enum Exit {
+    Stopped,
+    /// Its server dropped the subscription, or the topology changed.
+    Moved,
+    Failed(String),
+}
+
+/// Starts a subscriber per primary, and starts them again whenever one
+/// stops or the topology changes, until told to stop.
+fn supervise(shared: &Shared, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let generation = shared.nodes.generation();
+        let quit = Arc::new(AtomicBool::new(false));
+        let (exits, exited) = crossbeam_channel::unbounded();
+        let mut children = Vec::new();
+        for primary in shared.nodes.primaries() {
+            let buckets: Vec<u32> = (0..shared.keys.buckets())
+                .filter(|&b| primary.serves(shared.keys.slot(b)))
+                .collect();
+            if buckets.is_empty() {
+                continue;
+            }
+            let (shared, quit, exits) = (shared.clone(), quit.clone(), exits.clone());
+            let poison = shared.poison.clone();
+            let spawned = worker::spawn("events-sub", poison, move || {
+                let exit = Subscriber::new(shared, primary, buckets, generation).run(&quit);
+                let _ = exits.send(exit);
+            });
+            match spawned {
+                Ok(h) => children.push(h),
+                Err(e) => log::error!("cannot start an event subscriber: {e}"),
+            }
+        }
+        let mut last_refresh = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match exited.recv_timeout(Duration::from_millis(100)) {
+                Ok(Exit::Stopped) | Err(RecvTimeoutError::Disconnected) => {}
+                Ok(Exit::Moved) => break,
+                Ok(Exit::Failed(why)) => {
+                    log::warn!("event subscriber stopped: {why}");
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last_refresh.elapsed() >= HEARTBEAT {
+                last_refresh = Instant::now();
+                shared.nodes.refresh();
+            }
+            if shared.nodes.generation() != generation {
+                break;
+            }
+        }
+        quit.store(true, Ordering::SeqCst);
+        for h in children {
+            let _ = h.join();
+        }
+        if !stop.load(Ordering::SeqCst) {
+            shared.nodes.refresh();
+            // A server that just went away is not asked again at once.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One primary's subscription.
+struct Subscriber {
+    shared: Shared,
+    primary: Primary,
+    buckets: Vec<u32>,
+    /// The topology generation it was started for.
+    generation: u64,
+    /// Channel name → bucket.
+    channels: HashMap<String, u32>,
+    /// Messages heard but not yet published, per bucket, in order.
+    pending: HashMap<u32, VecDeque<Entry>>,
+    /// When each own entry was first met.
+    own_seen: HashMap<EntryId, Instant>,
+}
+
+impl Subscriber {
+    fn new(shared: Shared, primary: Primary, buckets: Vec<u32>, generation: u64) -> Self {
+        let channels = buckets
+            .iter()
+            .map(|&b| (shared.keys.channel(b), b))
+            .collect();
+        Subscriber {
+            shared,
+            primary,
+            buckets,
+            generation,
+            channels,
+            pending: HashMap::new(),
+            own_seen: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, quit: &AtomicBool) -> Exit {
+        let pool: Arc<Pool> = self.primary.pool.clone();
+        let con = match pool.subscriber(IDLE_WAIT) {
+            Ok(con) => con,
+            Err(e) => return Exit::Failed(format!("{}: {e}", pool.addr())),
+        };
+        match self.follow(con, quit) {
+            Ok(exit) => exit,
+            Err(e) => Exit::Failed(format!("{}: {e}", pool.addr())),
+        }
+    }
+
+    fn follow(&mut self, mut con: Connection, quit: &AtomicBool) -> redis::RedisResult<Exit> {
+        let mut waiting = self.buckets.len();
+        for &b in &self.buckets {
+            let cmd = redis::cmd("SSUBSCRIBE")
+                .arg(self.shared.keys.channel(b))
+                .get_packed_command();
+            con.send_packed_command(&cmd)?;
+        }
+        // The confirmations, then whatever was published meanwhile.
+        while waiting > 0 {
+            if quit.load(Ordering::SeqCst) {
+                return Ok(Exit::Stopped);
+            }
+            match recv(&mut con) {
+                Ok(Some(v)) => match self.heard(v) {
+                    Heard::Subscribed => waiting -= 1,
+                    Heard::Dropped => return Ok(Exit::Moved),
+                    Heard::Message | Heard::Other => {}
+                },
+                Ok(None) => {}
+                Err(e) if e.code() == Some("MOVED") => return Ok(Exit::Moved),
+                Err(e) => return Err(e),
+            }
+        }
+        for b in self.buckets.clone() {
+            if !self.catch_up(b, None) {
+                return Ok(Exit::Moved);
+            }
+        }
+        let mut pinged = Instant::now();
+        let mut wait = IDLE_WAIT;
+        loop {
+            if quit.load(Ordering::SeqCst) {
+                return Ok(Exit::Stopped);
+            }
+            if self.shared.nodes.generation() != self.generation {
+                return Ok(Exit::Moved);
+            }
+            if !self.publish_pending() {
+                return Ok(Exit::Moved);
+            }
+            let want = if self.pending.values().any(|q| !q.is_empty()) {
+                PENDING_WAIT
+            } else {
+                IDLE_WAIT
+            };
+            if want != wait {
+                con.set_read_timeout(Some(want))?;
+                wait = want;
+            }
+            let heard = recv(&mut con)?.map(|v| self.heard(v));
+            if heard == Some(Heard::Dropped) {
+                return Ok(Exit::Moved);
+            }
+            if heard.is_none() && pinged.elapsed() >= HEARTBEAT {
+                // A dead server is found within a heartbeat; a live one
+                // answers with a pong among the messages.
+                pinged = Instant::now();
+                con.send_packed_command(&redis::cmd("PING").get_packed_command())?;
+            }
+        }
+    }
+
+    /// Sorts one value read from the subscription.
+    fn heard(&mut self, value: Value) -> Heard {
+        let (kind, channel, payload) = match value {
+            Value::Push { kind, data } => {
+                let mut data = data.into_iter();
+                (kind.to_string(), data.next(), data.next())
+            }
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                let kind = match items.next() {
+                    Some(Value::BulkString(k)) => String::from_utf8_lossy(&k).into_owned(),
+                    Some(Value::SimpleString(k)) => k,
+                    _ => return Heard::Other,
+                };
+                (kind, items.next(), items.next())
+            }
+            _ => return Heard::Other,
+        };
+        let channel = match channel {
+            Some(Value::BulkString(c)) => String::from_utf8_lossy(&c).into_owned(),
+            _ => String::new(),
+        };
+        match kind.to_ascii_lowercase().as_str() {
+            "ssubscribe" => Heard::Subscribed,
+            "sunsubscribe" => Heard::Dropped,
+            "smessage" => {
+                let Some(&bucket) = self.channels.get(&channel) else {
+                    return Heard::Other;
+                };
+                let entry = match payload {
+                    Some(Value::BulkString(bytes)) => Entry::from_message(&bytes),
+                    _ => None,
+                };
+                match entry {
+                    Some(entry) => self.pending.entry(bucket).or_default().push_back(entry),
+                    None => log::error!("a malformed event message on {channel}; ignored"),
+                }
+                Heard::Message
+            }
+            _ => Heard::Other,
+        }
+    }
+
+    /// Publishes what is pending, bucket by bucket, as far as order allows.
+    /// False when a stream could not be read (the node's slots moved).
+    fn publish_pending(&mut self) -> bool {
+        let buckets: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(&b, _)| b)
+            .collect();
+        for b in buckets {
+            while let Some(entry) = self.pending.get(&b).and_then(|q| q.front().cloned()) {
+                match self.offer(b, &entry) {
+                    Offered::Published | Offered::Heard => {
+                        self.pop(b);
+                    }
+                    Offered::Own => break,
+                    Offered::Gap => {
+                        if !self.catch_up(b, Some(&entry)) {
+                            return false;
+                        }
+                        // Published now, or skipped to.
+                        if self.offer(b, &entry) == Offered::Own {
+                            break;
+                        }
+                        self.pop(b);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn pop(&mut self, bucket: u32) {
+        if let Some(e) = self.pending.get_mut(&bucket).and_then(VecDeque::pop_front) {
+            self.own_seen.remove(&e.id);
+        }
+    }
+
+    fn offer(&mut self, bucket: u32, entry: &Entry) -> Offered {
+        let own = entry.origin == self.shared.progress.origin();
+        let since = own.then(|| *self.own_seen.entry(entry.id).or_insert_with(Instant::now));
+        let offered = self
+            .shared
+            .progress
+            .offer(&self.shared.events, bucket, entry, since);
+        if offered != Offered::Own {
+            self.own_seen.remove(&entry.id);
+        }
+        offered
+    }
+
+    /// Publishes what `bucket`'s stream holds after the last entry heard,
+    /// reporting what it no longer holds as lagged; then `trigger` (the
+    /// message that did not follow), if the stream could not explain it.
+    /// False when the stream could not be read.
+    fn catch_up(&mut self, bucket: u32, trigger: Option<&Entry>) -> bool {
+        let (nodes, keys) = (self.shared.nodes.clone(), self.shared.keys.clone());
+        let stream = keys.stream(bucket);
+        loop {
+            let from = self.shared.progress.published(bucket).id;
+            let read = nodes.run(keys.slot(bucket), "reading events", |_, con| {
+                redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(format!("({}", format_id(from)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .query::<Value>(con)
+            });
+            let batch = match read {
+                Ok(v) => entries(v),
+                Err(e) => {
+                    log::warn!("cannot read the events of bucket {bucket}: {e}");
+                    return false;
+                }
+            };
+            let full = batch.len() == READ_COUNT;
+            for entry in &batch {
+                match self.offer(bucket, entry) {
+                    Offered::Published | Offered::Heard => {}
+                    // Its writer publishes it; read on once it has.
+                    Offered::Own => return true,
+                    Offered::Gap => {
+                        self.shared
+                            .progress
+                            .skip_to(&self.shared.events, bucket, entry)
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if let Some(entry) = trigger {
+            // The whole stream was read and did not lead to it: a history
+            // that diverged in a failover (or an entry trimmed at once).
+            let at = self.shared.progress.published(bucket);
+            if entry.id > at.id || entry.sequence > at.sequence {
+                self.shared
+                    .progress
+                    .skip_to(&self.shared.events, bucket, entry);
+            }
+        }
+        true
+    }
+}
+
+/// What a value read from a subscription was.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    Subscribed,
+    /// The server dropped a subscription: its slots moved.
+    Dropped,
+    Message,
+    Other,
+}
+
+/// One value from the subscription, or `None` when the read timed out.
+fn recv(con: &mut Connection) -> redis::RedisResult<Option<Value>> {
+    match con.recv_response() {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_timeout() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
