@@ -386,9 +386,6 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     /// has been planned and its plan's events published through the store's
     /// [`EventHub`], in commit order.
     fn wait(&self, ticket: Ticket) -> Result<Commit>;
-    /// A hint that these due sessions are about to be reaped; an engine may
-    /// read them ahead. The default does nothing.
-    fn prefetch(&self, _due: &[Due]) {}
     /// Makes every committed change durable.
     fn flush(&self) -> Result<()>;
     /// Checks that the engine can serve: one round trip to its server,
