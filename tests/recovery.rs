@@ -587,9 +587,10 @@ fn the_format_3_fixture_store_opens_and_decodes() {
     assert_format_3_trees(dir.path(), 1);
 }
 
-/// A crash part-way through the move of format 1's actor index (from
-/// format 1 to 2, before format 3) leaves some actors moved and some not;
-/// the next open finishes the move.
+/// A store left part-way through the move of format 1's actor index to
+/// format 2's lists (by a build of format 2 that crashed there) holds some
+/// actor entries of each shape; the move to format 3, which rebuilds
+/// nothing from the actor index, opens it with all its sessions.
 #[test]
 fn a_format_1_store_whose_migration_was_cut_short_finishes_it() {
     let (dir, keys) = copy_fixture(FIXTURE);
