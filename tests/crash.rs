@@ -26,7 +26,7 @@
 //! own): there the killed process is a game-server node, and since the
 //! server outlives it, every acknowledged operation must be present.
 //!
-//! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 50);
+//! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
 
 #[path = "common/redis.rs"]
@@ -649,7 +649,7 @@ fn main() {
     let kills: usize = std::env::var("SESSIONDB_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(150);
     let seed: u64 = std::env::var("SESSIONDB_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
