@@ -37,12 +37,13 @@ pub struct Stats {
     pub events_missed: u64,
     /// Sessions deleted by the reaper since open.
     pub reaped: u64,
-    /// Transactions committed since open.
+    /// Changes committed since open that wrote something (on sled, each
+    /// writing call is one; on Redis, one script each).
     pub commits: u64,
-    /// Operations committed since open; `committed_ops / commits` is the
-    /// batching factor.
+    /// Operations committed since open, those that wrote nothing included.
     pub committed_ops: u64,
-    /// fsyncs made by immediate durability since open.
+    /// fsyncs made by immediate durability since open;
+    /// `committed_ops / syncs` is how many operations share one.
     pub syncs: u64,
     /// Resolves that did not write because the expiry moved less than the
     /// touch interval.
