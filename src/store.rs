@@ -272,7 +272,7 @@ impl SessionStore {
             });
         }
         let now = shared.now();
-        let secret = key::new_secret(shared.key_length)?;
+        let (secret, id) = key::new_secret_and_public_id(shared.key_length)?;
         let deadline = shared.rules.deadline_for(now);
         let expires_at = shared.rules.expiry_at(now, deadline);
         let record = Record {
@@ -281,7 +281,7 @@ impl SessionStore {
             filed_at: expires_at,
             app_version: shared.app_version.clone(),
             revision: 1,
-            id: key::new_public_id()?,
+            id,
             language: language.to_owned(),
             created_at: now,
             deadline,

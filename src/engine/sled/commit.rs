@@ -141,16 +141,15 @@ fn record_write<'c>(view: &TreesView<'_>, change: &'c Change) -> Result<Option<R
         | Change::Arrival { .. } => return Ok(None),
     };
     let key = layout::record_key(actor_id, digest);
-    let was = match (change, view.as_read(&key)) {
-        (Change::Insert { .. }, _) => None,
-        (_, Some(was @ Some(_))) => was,
+    let was = match change {
+        Change::Insert { .. } => None,
         // Planning rewrites or deletes only what it read.
-        _ => {
-            return Err(Error::Storage(StorageError::new(
+        _ => Some(view.as_read(&key).flatten().ok_or_else(|| {
+            Error::Storage(StorageError::new(
                 "committing a change",
                 "a change names a record its plan did not read (a bug)",
-            )))
-        }
+            ))
+        })?),
     };
     Ok(Some(RecordWrite { key, was, new }))
 }
