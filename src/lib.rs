@@ -93,3 +93,17 @@ pub const DEFAULT_LANGUAGE: &str = "en";
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust blocks of the guides under `docs/`, compiled and run as
+/// doctests like the README's.
+#[cfg(doctest)]
+pub mod guide_doctests {
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
+    #[doc = include_str!("../docs/events.md")]
+    pub struct Events;
+    #[doc = include_str!("../docs/errors.md")]
+    pub struct Errors;
+    #[doc = include_str!("../docs/redis.md")]
+    pub struct Redis;
+}

@@ -23,8 +23,11 @@
 //!   the oldest lost one is reported (the loss window).
 //!
 //! The same runs on the Redis engine (mode `redis`, a server of the test's
-//! own): there the killed process is a game-server node, and since the
-//! server outlives it, every acknowledged operation must be present.
+//! own, and mode `cluster`, a Redis Cluster of three primaries and three
+//! replicas): there the killed process is a game-server node, and since the
+//! servers outlive it, every acknowledged operation must be present (a
+//! reassign across buckets that a kill cut short is finished by the next
+//! store to open).
 //!
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
@@ -75,13 +78,13 @@ fn durability(name: &str) -> Durability {
     }
 }
 
-/// The store's configuration: `place` is a directory, or a Redis URL in
-/// mode `redis`.
+/// The store's configuration: `place` is a directory, a Redis URL in mode
+/// `redis`, or the cluster's seed URLs, comma-separated, in mode `cluster`.
 fn place_config(place: &str, mode: &str) -> Config {
-    if mode == "redis" {
-        Config::redis(place)
-    } else {
-        Config::new(place)
+    match mode {
+        "redis" => Config::redis(place),
+        "cluster" => Config::redis_cluster(place.split(',')),
+        _ => Config::new(place),
     }
 }
 
@@ -320,6 +323,12 @@ struct RunLog {
     killed: Instant,
 }
 
+/// Whether the mode runs the sled engine, whose writes are ordered steps
+/// (on Redis each change is one script).
+fn on_sled(mode: &str) -> bool {
+    matches!(mode, "immediate" | "periodic")
+}
+
 /// When the parent kills a child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kill {
@@ -341,7 +350,7 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
     let kill = match rng.below(4) {
         0 => Kill::Early,
         1 => Kill::Opened,
-        2 if mode != "redis" => {
+        2 if on_sled(mode) => {
             let kinds = ["filed", "stored", "deleted", "unfiled"];
             Kill::BetweenSteps(kinds[rng.below(4) as usize], 1 + rng.below(20))
         }
@@ -669,9 +678,14 @@ fn main() {
     if let Some(server) = &redis {
         places.push(("redis", server.url.clone()));
     }
+    let cluster = redis_server::find("redis-server", "crash_under_sigkill (mode cluster)")
+        .map(|binary| redis_server::RedisCluster::start(&binary));
+    if let Some(cluster) = &cluster {
+        places.push(("cluster", cluster.seeds.join(",")));
+    }
     for (mode, place) in &places {
         match crash_mode(mode, place, kills, seed) {
-            Ok(t) if *mode != "redis" && t.kills_between_steps.is_empty() => {
+            Ok(t) if on_sled(mode) && t.kills_between_steps.is_empty() => {
                 println!(
                     "{mode}: FAILED: no kill landed between the steps of a write (seed {seed})"
                 );

@@ -957,3 +957,60 @@ fn a_password_and_a_database_index_in_the_url_are_used() {
         assert!(!format!("{e} {e:?}").contains("wrong-pass"), "{e:?}");
     }
 }
+
+/// A failover can lose the last entries of a bucket's stream that a node
+/// had already heard (its replica had not received them); the new
+/// primary's next entry then names a predecessor the nodes never heard.
+/// Each node reports what it heard that the store lost as `Lagged`, then
+/// hears the new history: never a silent gap, never an event twice.
+#[test]
+fn entries_a_failover_lost_are_reported_as_lagged() {
+    let Some(server) = server("entries_a_failover_lost", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let config = config(&server, &clock).redis_buckets(1);
+    let a = SessionStore::open(config.clone()).unwrap();
+    let b = SessionStore::open(config).unwrap();
+    let heard = b.subscribe();
+    for i in 0..5 {
+        a.register(&format!("p{i}"), "en", Data::new()).unwrap();
+    }
+    hear(&heard, |h| h.len() == 5);
+    // The failover, as the nodes see it: the new primary's stream ends two
+    // entries earlier, and its counter with it.
+    let mut raw = server.connection();
+    let (stream, counter) = (
+        only_key(&mut raw, "sessiondb{*}:x"),
+        only_key(&mut raw, "sessiondb{*}:xn"),
+    );
+    let lost: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut raw)
+        .unwrap();
+    for entry in &lost.ids {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(&stream)
+            .arg(&entry.id)
+            .query(&mut raw)
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg(&counter)
+        .arg(3)
+        .query(&mut raw)
+        .unwrap();
+    let next = a.register("p5", "en", Data::new()).unwrap();
+    let events = hear(&heard, |h| {
+        h.iter()
+            .any(|e| matches!(e, Event::Set { id, .. } if id == next.id()))
+    });
+    assert_eq!(events[0], Event::Lagged { missed: 2 }, "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    // Nothing more: the lost entries are not heard again.
+    assert!(heard.recv_timeout(Duration::from_millis(300)).is_err());
+}

@@ -27,6 +27,7 @@ const FILES = {
   '/': [path.join(here, 'public/index.html'), 'text/html; charset=utf-8'],
   '/app.js': [path.join(here, 'public/app.js'), 'text/javascript; charset=utf-8'],
   '/client/index.js': [path.join(root, 'clients/js/src/index.js'), 'text/javascript; charset=utf-8'],
+  '/client/internal.js': [path.join(root, 'clients/js/src/internal.js'), 'text/javascript; charset=utf-8'],
 };
 
 /** A player name the demo accepts as an actor id. */

@@ -494,3 +494,179 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+// --------------------------------------------------------------- sentinel --
+
+/// A primary, its replica and three sentinels on loopback TCP ports, the
+/// primary named `sessions`; sentinels fail over after one second down.
+pub struct RedisSentinel {
+    binary: PathBuf,
+    dir: TempDir,
+    /// The data servers: the first starts as the primary.
+    pub servers: Vec<u16>,
+    pub sentinels: Vec<u16>,
+    children: std::sync::Mutex<HashMap<u16, Child>>,
+    /// The sentinels' URLs.
+    pub urls: Vec<String>,
+}
+
+use std::collections::HashMap;
+
+pub const SENTINEL_MASTER: &str = "sessions";
+
+impl RedisSentinel {
+    pub fn start(binary: &Path) -> RedisSentinel {
+        let ports = free_ports(5);
+        let set = RedisSentinel {
+            binary: binary.to_path_buf(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            servers: ports[..2].to_vec(),
+            sentinels: ports[2..].to_vec(),
+            children: std::sync::Mutex::new(HashMap::new()),
+            urls: ports[2..]
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        };
+        let (primary, replica) = (set.servers[0], set.servers[1]);
+        set.launch_server(primary, None);
+        set.launch_server(replica, Some(primary));
+        for &p in &set.sentinels {
+            let dir = set.dir.path().join(p.to_string());
+            std::fs::create_dir_all(&dir).expect("sentinel dir");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {p}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir.display()
+                ),
+            )
+            .expect("sentinel.conf");
+            let cmd = vec![
+                set.binary.display().to_string(),
+                conf.display().to_string(),
+                "--sentinel".into(),
+            ];
+            set.watch(p, &cmd, &dir);
+        }
+        set.wait_replicated(Duration::from_secs(30));
+        set
+    }
+
+    fn watch(&self, port: u16, cmd: &[String], dir: &Path) {
+        let child = watched(cmd, &dir.join("server.log"));
+        self.children.lock().unwrap().insert(port, child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ping(port).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{port} did not start; its log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn launch_server(&self, port: u16, replica_of: Option<u16>) {
+        let dir = self.dir.path().join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("server dir");
+        let mut cmd: Vec<String> = [
+            self.binary.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            "''".into(),
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ]
+        .into();
+        if let Some(primary) = replica_of {
+            cmd.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
+        }
+        self.watch(port, &cmd, &dir);
+    }
+
+    /// The data server the sentinels name as the primary now.
+    pub fn primary(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|&s| {
+            let mut con = connect(s)?;
+            let (_, port): (String, u16) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(SENTINEL_MASTER)
+                .query(&mut con)
+                .ok()?;
+            Some(port)
+        })
+    }
+
+    /// Kills the data server at `port` with SIGKILL.
+    pub fn kill(&self, port: u16) {
+        if let Some(child) = self.children.lock().unwrap().remove(&port) {
+            kill_watched(child);
+        }
+    }
+
+    /// Waits until the primary has a replica in sync.
+    fn wait_replicated(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let synced = self.primary().and_then(connect).is_some_and(|mut con| {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query::<String>(&mut con)
+                    .is_ok_and(|i| i.contains("state=online"))
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let children: Vec<Child> = self
+            .children
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in children {
+            kill_watched(c);
+        }
+    }
+}
+
+fn connect(port: u16) -> Option<redis::Connection> {
+    let con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+        .ok()?;
+    con.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    Some(con)
+}
+
+fn ping(port: u16) -> Option<()> {
+    let mut con = connect(port)?;
+    redis::cmd("PING").query::<String>(&mut con).ok().map(drop)
+}

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { SessionClient, SessionError, createClient } from '../src/index.js';
 import { MemoryStorage, Recorder, until, viaCallback } from './support/recorder.js';
-import { startServer } from './support/sessiondb.js';
+import { TEST_TIMEOUT, startServer } from './support/sessiondb.js';
 
 const FAST = { initialDelay: 50, maxDelay: 500 };
 
@@ -22,7 +22,7 @@ async function rejectsWith(promise, reason) {
   });
 }
 
-describe('MAGE calls', () => {
+describe('MAGE calls', { timeout: TEST_TIMEOUT }, () => {
   let server;
   const clients = [];
   const client = (options = {}) => {
@@ -221,7 +221,7 @@ describe('MAGE calls', () => {
   });
 });
 
-describe('MAGE reasons that need another server', () => {
+describe('MAGE reasons that need another server', { timeout: TEST_TIMEOUT }, () => {
   it('an expired key is refused with expired', async () => {
     const server = await startServer({ args: ['--ttl', '1s', '--no-reaper'] });
     try {
@@ -254,7 +254,7 @@ describe('MAGE reasons that need another server', () => {
   });
 });
 
-describe('bad input', () => {
+describe('bad input', { timeout: TEST_TIMEOUT }, () => {
   it('the constructor refuses bad options with a TypeError', () => {
     assert.throws(() => new SessionClient(), /baseUrl is required/);
     assert.throws(() => new SessionClient(null), TypeError);

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { SessionClient } from '../src/index.js';
 import { MemoryStorage, Recorder } from './support/recorder.js';
-import { redisMissing, startRedis, startServer, tool } from './support/sessiondb.js';
+import { TEST_TIMEOUT, redisMissing, startServer, startServerOnRedis, tool } from './support/sessiondb.js';
 
 const FAST = { initialDelay: 50, maxDelay: 400 };
 
@@ -22,7 +22,7 @@ async function following(server, key, options = {}) {
 }
 
 function eventsSuite(name, start, skip = false) {
-  describe(name, { skip }, () => {
+  describe(name, { skip, timeout: TEST_TIMEOUT }, () => {
     let server;
     const clients = [];
     const follow = async (key, options) => {
@@ -107,22 +107,12 @@ eventsSuite('session events (embedded store)', () => startServer());
 
 eventsSuite(
   'session events (Redis engine)',
-  async () => {
-    const redis = await startRedis();
-    const server = await startServer({ redisUrl: redis.url });
-    return {
-      ...server,
-      async stop() {
-        await server.stop();
-        await redis.stop();
-      },
-    };
-  },
+  () => startServerOnRedis(),
   // Locally without redis-server: skipped, saying so; CI=true fails instead.
   redisMissing() && 'redis-server is not installed (apt-get install redis-server)',
 );
 
-describe('the session expires', () => {
+describe('the session expires', { timeout: TEST_TIMEOUT }, () => {
   it('the reaper\'s expiry reaches the client as expired', async () => {
     const server = await startServer({ args: ['--ttl', '1s'] });
     try {
@@ -136,7 +126,7 @@ describe('the session expires', () => {
   });
 });
 
-describe('reconnection', () => {
+describe('reconnection', { timeout: TEST_TIMEOUT }, () => {
   it('after a crash and a restart on the same port the client follows again and still hears its end', async () => {
     const first = await startServer({ args: ['--durability', 'immediate'] });
     const s = await first.admin.register('p-reconnect');

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 
 import { KEY_REASONS, SseParser, UNSET_REASONS, backoffDelay } from '../src/index.js';
 
-describe('SseParser', () => {
+describe('SseParser', { timeout: 10_000 }, () => {
   it('reads events split anywhere, with any line ending, skipping comments', () => {
     const text =
       ': keep-alive\n\nevent: session.set\ndata: {"id":"A"}\n\n' +
@@ -36,7 +36,7 @@ describe('SseParser', () => {
   });
 });
 
-describe('backoffDelay', () => {
+describe('backoffDelay', { timeout: 10_000 }, () => {
   it('doubles from the initial delay up to the cap, cut by at most the jitter', () => {
     const options = { initialDelay: 100, maxDelay: 1000, factor: 2, jitter: 0.5 };
     const top = [0, 1, 2, 3, 4, 5, 50, 5000].map((n) => backoffDelay(n, options, () => 0));
@@ -53,7 +53,7 @@ describe('backoffDelay', () => {
   });
 });
 
-it('exports MAGE\'s reason strings', () => {
+it('exports MAGE\'s reason strings', { timeout: 10_000 }, () => {
   assert.deepEqual([...UNSET_REASONS], ['expired', 'loggedOut', 'replaced', 'reassigned']);
   assert.deepEqual([...KEY_REASONS], ['invalidSessionKey', 'noSession', 'keyMismatch', 'badVersion', 'expired']);
 });

@@ -14,6 +14,7 @@ use crate::measure::{closed_loop, Row, Timing};
 use crate::plan::Plan;
 use crate::shape::{self, Key};
 use crate::systems::redis::{self as redis_sys, Redis, RedisServer};
+use crate::systems::redis_cluster::RedisCluster;
 use crate::systems::sessiondb::{self as sdb, Sessiondb};
 use crate::systems::sled_naive::{RawGet, SledNaive};
 use crate::systems::sqlite::{Sqlite, Synchronous};
@@ -121,17 +122,19 @@ enum Spec {
     SledNaive,
     Redis,
     SessiondbRedis,
+    SessiondbRedisCluster,
     SqliteNormal,
     SqliteFull,
 }
 
 impl Spec {
-    const ALL: [Spec; 7] = [
+    const ALL: [Spec; 8] = [
         Spec::Sessiondb,
         Spec::SessiondbImmediate,
         Spec::SledNaive,
         Spec::Redis,
         Spec::SessiondbRedis,
+        Spec::SessiondbRedisCluster,
         Spec::SqliteNormal,
         Spec::SqliteFull,
     ];
@@ -143,6 +146,7 @@ impl Spec {
             Spec::SledNaive => "sled_naive",
             Spec::Redis => "redis",
             Spec::SessiondbRedis => "sessiondb_redis",
+            Spec::SessiondbRedisCluster => "sessiondb_redis_cluster",
             Spec::SqliteNormal => "sqlite_normal",
             Spec::SqliteFull => "sqlite_full",
         }
@@ -157,6 +161,7 @@ impl Spec {
                 | Spec::SledNaive
                 | Spec::Redis
                 | Spec::SessiondbRedis
+                | Spec::SessiondbRedisCluster
                 | Spec::SqliteNormal
         )
     }
@@ -178,7 +183,7 @@ impl Spec {
 
     fn preload_threads(self) -> usize {
         match self {
-            Spec::Sessiondb | Spec::SessiondbRedis => 8,
+            Spec::Sessiondb | Spec::SessiondbRedis | Spec::SessiondbRedisCluster => 8,
             Spec::SessiondbImmediate => 64,
             _ => 2,
         }
@@ -416,6 +421,17 @@ fn one_system(ctx: &mut Ctx, spec: Spec, clock: &BenchClock) -> Result<()> {
             run_workloads(ctx, spec, &system, Some(&system.store), &keys)?;
             system.close()?;
         }
+        Spec::SessiondbRedisCluster => {
+            // Three primaries with a replica each, without persistence (as
+            // the `redis` row's server).
+            let cluster = RedisCluster::start(&dir)?;
+            let config = sdb::redis_cluster_config(cluster.seeds(), clock);
+            let system = Sessiondb::open(spec.name(), config)?;
+            let keys = system.preload(n, spec.preload_threads(), "p", true)?;
+            resolve_hot(ctx, &system, Some(&system.store), &keys)?;
+            run_workloads(ctx, spec, &system, Some(&system.store), &keys)?;
+            system.close()?;
+        }
         Spec::SqliteNormal | Spec::SqliteFull => {
             let sync = if spec == Spec::SqliteNormal {
                 Synchronous::Normal
@@ -460,7 +476,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         if !spec.has_work(&ctx.plan) || !ctx.plan.has(spec.name()) {
             continue;
         }
-        if matches!(spec, Spec::Redis | Spec::SessiondbRedis) && !ctx.redis {
+        if matches!(
+            spec,
+            Spec::Redis | Spec::SessiondbRedis | Spec::SessiondbRedisCluster
+        ) && !ctx.redis
+        {
             skipped_rows(
                 ctx,
                 spec,

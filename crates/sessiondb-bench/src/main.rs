@@ -8,6 +8,7 @@ mod chart;
 mod churn;
 mod clock;
 mod compare;
+mod follow;
 mod measure;
 mod plan;
 mod report;
@@ -211,6 +212,7 @@ fn compare(
     compare::run(&mut ctx)?;
     bulk::run(&mut ctx)?;
     churn::run(&mut ctx)?;
+    follow::run(&mut ctx)?;
 
     let table = report::table(&ctx.rows);
     let targets = report::targets_text(&report::targets(&ctx));

@@ -18,6 +18,7 @@ pub const WORKLOADS: &[&str] = &[
     "disk_bytes",
     "disk_churn",
     "peak_rss",
+    "follow_cpu",
 ];
 
 /// The systems, in the order the table shows them.
@@ -31,6 +32,7 @@ pub const SYSTEMS: &[&str] = &[
     "redis",
     "redis_aof_always",
     "sessiondb_redis",
+    "sessiondb_redis_cluster",
     "sqlite_normal",
     "sqlite_full",
 ];

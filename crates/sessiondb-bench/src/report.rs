@@ -283,6 +283,16 @@ pub fn targets(ctx: &Ctx) -> Vec<Target> {
         measured: rate.map(|r| format!("{} sessions/s", num(r))),
         met: rate.map(|r| r >= 100_000.0),
     });
+    // Following the events: the server's CPU per register with 8 nodes
+    // following, against 1 (rows count registers per server CPU second).
+    let follow =
+        |n| find(rows, "follow_cpu", "sessiondb_redis", Some(n)).and_then(|r| r.ops_per_sec);
+    let cost = follow(1).zip(follow(8)).map(|(one, eight)| one / eight);
+    out.push(Target {
+        what: "redis-server CPU per register with 8 nodes following <= 1.2x with 1".into(),
+        measured: cost.map(|c| format!("{}x", num(c))),
+        met: cost.map(|c| c <= 1.2),
+    });
     let mut at_most = |what: String, r: Option<f64>, want: f64| {
         out.push(Target {
             what,

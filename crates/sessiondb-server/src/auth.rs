@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Who may use the admin routes and read `/metrics`: the admin token
 /// policy described at the top of this module.
@@ -78,7 +78,7 @@ impl AdminPolicy {
             } else {
                 Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     "no admin token is configured, so admin routes answer loopback clients only",
                 ))
             };
@@ -86,13 +86,13 @@ impl AdminPolicy {
         match credentials {
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "admin route: send `Authorization: Bearer <admin token>`",
             )),
             Some(given) if self.token_matches(given) => Ok(()),
             Some(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "the admin token is wrong",
             )),
         }
@@ -165,7 +165,10 @@ mod tests {
             .admin("::ffff:127.0.0.1".parse().unwrap(), None)
             .is_ok());
         let e = policy.admin(REMOTE, Some("anything")).unwrap_err();
-        assert_eq!((e.status, e.error), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(
+            (e.status, e.error),
+            (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+        );
         assert!(policy.metrics(REMOTE, None).is_err());
         assert!(policy.metrics(LOOPBACK, None).is_ok());
     }
@@ -176,10 +179,13 @@ mod tests {
         let e = policy.admin(LOOPBACK, None).unwrap_err();
         assert_eq!(
             (e.status, e.error),
-            (StatusCode::UNAUTHORIZED, "unauthorized")
+            (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
         );
         let e = policy.admin(REMOTE, Some("s3cret-tokeN")).unwrap_err();
-        assert_eq!((e.status, e.error), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(
+            (e.status, e.error),
+            (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+        );
         assert!(policy.admin(REMOTE, Some("s3cret")).is_err());
         assert!(policy.admin(REMOTE, Some("s3cret-token")).is_ok());
         assert!(policy.metrics(REMOTE, Some("s3cret-token")).is_ok());

@@ -28,6 +28,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Made once at start: boxing the serve flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve the HTTP API v1 until SIGINT or SIGTERM.
     ///
@@ -82,8 +84,9 @@ pub struct ServeArgs {
     /// (`data_dir`, `redis_url`, `redis_cluster`, `redis_sentinel`,
     /// `redis_sentinel_master`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
-    /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list). Flags
-    /// and environment variables override it.
+    /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list,
+    /// `header_timeout`, `max_connections`). Flags and environment
+    /// variables override it.
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -149,6 +152,19 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+
+    /// How long a connection may take to send a request's head (then its
+    /// body), as a time code, counted from when the server is ready for
+    /// one: slow clients and idle keep-alive connections are closed after
+    /// it; event streams in progress are not [default: 10s]
+    #[arg(long, env = "SESSIONDB_HEADER_TIMEOUT", value_name = "TIME")]
+    pub header_timeout: Option<String>,
+
+    /// Most connections open at once, event streams included; more are
+    /// answered 503 tooManyConnections and closed. Keep it below the
+    /// open-file limit (`ulimit -n`) [default: 10000]
+    #[arg(long, env = "SESSIONDB_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 
     /// Do not run the background reaper: expired sessions are refused on
     /// read (`expired`) but neither deleted nor announced. For tests and

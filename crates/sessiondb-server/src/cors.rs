@@ -17,7 +17,7 @@
 //!   keeps a web page from driving a loopback server's token-less admin
 //!   routes. A reverse proxy that serves them to a page must drop those
 //!   headers.
-//! - `/healthz` and unknown routes are left alone.
+//! - `/healthz`, `/v1/openapi.json` and unknown routes are left alone.
 
 use std::fmt;
 
@@ -26,7 +26,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The methods the session routes use, allowed in preflights.
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE";
@@ -207,6 +207,9 @@ enum Class {
 fn classify(path: &str) -> Class {
     if path.starts_with("/v1/session/") {
         Class::Session
+    } else if path == "/v1/openapi.json" {
+        // A public document: API browsers may fetch it from any page.
+        Class::Other
     } else if path.starts_with("/v1/") || path == "/metrics" {
         Class::Admin
     } else {
@@ -239,7 +242,7 @@ pub async fn layer(State(policy): State<CorsPolicy>, request: Request, next: Nex
             if from_a_page(headers) {
                 ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "crossOrigin",
+                    ErrorCode::CrossOrigin,
                     "admin routes do not answer web pages (requests with an Origin header); \
                      call them from the game server",
                 )
@@ -259,7 +262,7 @@ pub async fn layer(State(policy): State<CorsPolicy>, request: Request, next: Nex
                     None => {
                         let mut refused = ApiError::new(
                             StatusCode::FORBIDDEN,
-                            "originNotAllowed",
+                            ErrorCode::OriginNotAllowed,
                             "this origin may not call the session routes; the server allows \
                              the origins given with --cors-origin",
                         )
@@ -379,5 +382,7 @@ mod tests {
         assert_eq!(classify("/v1/actors/p1/expire"), Class::Admin);
         assert_eq!(classify("/metrics"), Class::Admin);
         assert_eq!(classify("/healthz"), Class::Other);
+        assert_eq!(classify("/v1/openapi.json"), Class::Other);
+        assert_eq!(classify("/v1/sessions/resolve"), Class::Admin);
     }
 }

@@ -1,7 +1,7 @@
 //! The API's error shape: `{"error": "<reason>", "message": "<human text>"}`
-//! with a fitting status. Session-key rejections use MAGE's reason strings
-//! (`invalidSessionKey`, `noSession`, `keyMismatch`, `badVersion`,
-//! `expired`); the server's own reasons are listed in the README.
+//! with a fitting status. `error` is one of [`ErrorCode`]: session-key
+//! rejections use MAGE's reason strings (`invalidSessionKey`, `noSession`,
+//! `keyMismatch`, `badVersion`, `expired`), the rest are the server's own.
 //!
 //! Also [`AnyResult`], what the commands return when they fail before or
 //! outside a request.
@@ -10,15 +10,90 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sessiondb::Error;
+use utoipa::ToSchema;
 
 /// Any error, with its source chain.
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What went wrong, as the `error` field of an error answer says it: a
+/// closed set, so that clients can match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    /// The session key is missing or is not `actorId:secret` (MAGE).
+    InvalidSessionKey,
+    /// The actor has no session (MAGE).
+    NoSession,
+    /// The actor has a session, but not this one (MAGE).
+    KeyMismatch,
+    /// The session was made by another `major.minor` of the game (MAGE).
+    BadVersion,
+    /// The session has expired and is not reaped yet.
+    Expired,
+    /// An admin route without `Authorization: Bearer <admin token>`.
+    Unauthorized,
+    /// A wrong admin token, or no token configured and a remote client.
+    Forbidden,
+    /// An admin route or `/metrics` called from a web page.
+    CrossOrigin,
+    /// A CORS preflight from an origin not given with `--cors-origin`.
+    OriginNotAllowed,
+    /// The body is not JSON, or is empty where JSON is needed.
+    MalformedJson,
+    /// JSON of the wrong shape, or a bad path parameter.
+    BadRequest,
+    /// An actor id the store refuses (empty, too long, control characters).
+    InvalidActorId,
+    /// A language the store refuses.
+    InvalidLanguage,
+    /// A data name the store refuses.
+    InvalidDataName,
+    /// An unset reason the store refuses.
+    InvalidReason,
+    /// The session has no data value of that name.
+    NoData,
+    /// No such route.
+    NotFound,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// The request body is over the server's limit.
+    PayloadTooLarge,
+    /// The request body did not arrive within the header timeout.
+    RequestTimeout,
+    /// The session's data would exceed the store's limit.
+    DataTooLarge,
+    /// The store cannot be reached, or is shutting down; retry.
+    Unavailable,
+    /// Other writers kept changing the same sessions; retry.
+    Contention,
+    /// The admin event streams are all in use.
+    TooManyStreams,
+    /// The server is at its connection limit (`--max-connections`).
+    TooManyConnections,
+    /// A stored record does not decode.
+    Corrupt,
+    /// A storage failure or a bug in sessiondb.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code a rejected session key gets: MAGE's reason.
+    pub fn of_reason(reason: sessiondb::Reason) -> ErrorCode {
+        match reason {
+            sessiondb::Reason::NoSession => ErrorCode::NoSession,
+            sessiondb::Reason::KeyMismatch => ErrorCode::KeyMismatch,
+            sessiondb::Reason::BadVersion => ErrorCode::BadVersion,
+            sessiondb::Reason::Expired => ErrorCode::Expired,
+            _ => ErrorCode::InvalidSessionKey,
+        }
+    }
+}
 
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub error: &'static str,
+    pub error: ErrorCode,
     pub message: String,
     /// The storage engine's server was unreachable or too slow
     /// ([`Error::Unavailable`]); the response then carries
@@ -34,14 +109,17 @@ pub struct EngineUnavailable;
 /// What a client is told to wait before retrying a `503 unavailable`.
 const RETRY_AFTER_SECONDS: &str = "1";
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    message: &'a str,
+/// Every error answer: what went wrong, for programs, and a message for
+/// people.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// What happened and what to do, in English.
+    pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, error: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             error,
@@ -55,28 +133,36 @@ impl ApiError {
     pub fn engine_unavailable(message: impl Into<String>) -> Self {
         ApiError {
             engine_down: true,
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            )
         }
     }
 
     pub fn not_found() -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "notFound",
-            "no such route; see the HTTP API v1 in the README",
+            ErrorCode::NotFound,
+            "no such route; GET /v1/openapi.json lists every route of the HTTP API v1",
         )
     }
 
     pub fn method_not_allowed() -> Self {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "methodNotAllowed",
+            ErrorCode::MethodNotAllowed,
             "this route does not take that method",
         )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     /// A session key rejected for `reason` (401, MAGE's reason string).
@@ -95,7 +181,11 @@ impl ApiError {
             sessiondb::Reason::Expired => "the session has expired; register again",
             _ => "the session key was rejected",
         };
-        ApiError::new(StatusCode::UNAUTHORIZED, reason.as_str(), message)
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::of_reason(reason),
+            message,
+        )
     }
 }
 
@@ -105,19 +195,23 @@ impl From<Error> for ApiError {
         match &e {
             Error::Invalid(reason) => ApiError::invalid_key(*reason),
             // The HTTP code API v1 has always given this refusal.
-            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => bad("invalidActorId"),
-            Error::InvalidLanguage { .. } => bad("invalidLanguage"),
-            Error::InvalidDataName { .. } => bad("invalidDataName"),
-            Error::InvalidReason { .. } => bad("invalidReason"),
-            Error::Data { .. } => bad("malformedJson"),
-            Error::DataTooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "dataTooLarge", e.to_string())
+            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => {
+                bad(ErrorCode::InvalidActorId)
             }
+            Error::InvalidLanguage { .. } => bad(ErrorCode::InvalidLanguage),
+            Error::InvalidDataName { .. } => bad(ErrorCode::InvalidDataName),
+            Error::InvalidReason { .. } => bad(ErrorCode::InvalidReason),
+            Error::Data { .. } => bad(ErrorCode::MalformedJson),
+            Error::DataTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::DataTooLarge,
+                e.to_string(),
+            ),
             Error::Closed | Error::WorkerFailed { .. } => {
                 tracing::error!(error = %e, "the store is not accepting requests");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "the session store is shutting down or stopped; retry later",
                 )
             }
@@ -129,11 +223,19 @@ impl From<Error> for ApiError {
             }
             Error::Contention { .. } => {
                 tracing::warn!(error = %e, "a change did not settle");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "contention", e.to_string())
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Contention,
+                    e.to_string(),
+                )
             }
             Error::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt record");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Corrupt,
+                    e.to_string(),
+                )
             }
             _ => {
                 tracing::error!(error = %e, "store failure");
@@ -145,9 +247,9 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
+        let body = ErrorBody {
             error: self.error,
-            message: &self.message,
+            message: self.message,
         };
         let mut response = json_response(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED {

@@ -22,11 +22,13 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_util::Stream;
+use serde::Serialize;
 use serde_json::json;
 use sessiondb::{Event, SessionStore};
 use tokio::sync::{mpsc, watch};
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 
 /// Most event streams open at once; each holds a thread.
@@ -52,26 +54,88 @@ impl Streams {
     }
 }
 
+/// The data of a `session.set` event: a session was registered, restored
+/// or reassigned to this actor, or its expiry moved.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetEvent<'a> {
+    actor_id: &'a str,
+    /// Unix milliseconds.
+    expires_at: u64,
+    /// The public session id.
+    id: &'a str,
+    language: &'a str,
+}
+
+/// The data of a `session.unset` event: the session ended.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsetEvent<'a> {
+    actor_id: &'a str,
+    /// The public session id.
+    id: &'a str,
+    /// Why: `expired`, `loggedOut`, `replaced`, `reassigned`, or the
+    /// game's own (such as `banned`); on a session's own stream also a key
+    /// reason (`noSession`, ...) when the server found the session gone.
+    #[schema(example = "loggedOut")]
+    reason: &'a str,
+}
+
+/// The data of a `session.lagged` event: this stream missed events.
+#[derive(Serialize, ToSchema)]
+pub struct LaggedEvent {
+    /// How many.
+    missed: u64,
+}
+
+impl<'a> UnsetEvent<'a> {
+    pub fn new(actor_id: &'a str, id: &'a str, reason: &'a str) -> UnsetEvent<'a> {
+        UnsetEvent {
+            actor_id,
+            id,
+            reason,
+        }
+    }
+}
+
+/// An SSE event named `name` with `data` as its JSON data.
+pub fn sse(name: &str, data: &impl Serialize) -> SseEvent {
+    let event = SseEvent::default().event(name);
+    match serde_json::to_string(data) {
+        Ok(json) => event.data(json),
+        // Our own types always serialise; say so if one ever does not.
+        Err(e) => event.data(json!({ "error": e.to_string() }).to_string()),
+    }
+}
+
 /// The SSE form of a store event.
 pub fn to_sse(event: &Event) -> SseEvent {
-    let data = match event {
+    match event {
         Event::Set {
             id,
             actor_id,
             language,
             expires_at,
-        } => json!({"actorId": actor_id, "id": id, "language": language, "expiresAt": expires_at}),
+        } => sse(
+            event.name(),
+            &SetEvent {
+                actor_id,
+                id,
+                language,
+                expires_at: *expires_at,
+            },
+        ),
         Event::Unset {
             id,
             actor_id,
             reason,
-        } => json!({"actorId": actor_id, "id": id, "reason": reason.as_str()}),
-        Event::Lagged { missed } => json!({ "missed": missed }),
-        other => json!({ "unknown": format!("{other:?}") }),
-    };
-    SseEvent::default()
-        .event(event.name())
-        .data(data.to_string())
+        } => sse(
+            event.name(),
+            &UnsetEvent::new(actor_id, id, reason.as_str()),
+        ),
+        Event::Lagged { missed } => sse(event.name(), &LaggedEvent { missed: *missed }),
+        other => sse(event.name(), &json!({ "unknown": format!("{other:?}") })),
+    }
 }
 
 /// Opens a stream of the store's events for one client.
@@ -80,14 +144,13 @@ pub fn stream(
     streams: &Arc<Streams>,
     metrics: &Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if streams.lock().len() >= MAX_STREAMS {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "tooManyStreams",
+            ErrorCode::TooManyStreams,
             format!("at most {MAX_STREAMS} event streams may be open at once"),
-        )
-        .into_response();
+        ));
     }
     let id = streams.next_id.fetch_add(1, Ordering::Relaxed);
     let subscription = store.subscribe();
@@ -119,11 +182,13 @@ pub fn stream(
         .spawn(forward)
     {
         streams.lock().remove(&id);
-        return ApiError::internal(format!("could not start an event stream: {e}")).into_response();
+        return Err(ApiError::internal(format!(
+            "could not start an event stream: {e}"
+        )));
     }
-    Sse::new(events(rx, shutdown))
+    Ok(Sse::new(events(rx, shutdown))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 fn events(

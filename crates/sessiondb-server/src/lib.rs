@@ -3,9 +3,11 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls
 //! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
-//! environment and config file, `server` runs the HTTP service (`api` its
-//! routes, `auth` who may call them, `cors` which web pages may, `events`
-//! the admins' event stream, `session_events` each session's own,
+//! environment and config file, `server` runs the HTTP service
+//! (`connections` accepts and bounds its connections, `api` its
+//! routes, `extract` what they take from a request, `blocking` how they
+//! call the store, `auth` who may call them, `cors` which web pages may,
+//! `events` the admins' event stream, `session_events` each session's own,
 //! `metrics` the Prometheus figures, `state` what the handlers share,
 //! `error` the error shape), `tools` holds the offline commands and `clock`
 //! the time they share. All session logic lives in the `sessiondb` library.
@@ -46,11 +48,14 @@
 
 mod api;
 mod auth;
+mod blocking;
 mod cli;
 mod clock;
+mod connections;
 mod cors;
 mod error;
 mod events;
+mod extract;
 mod location;
 mod metrics;
 mod server;

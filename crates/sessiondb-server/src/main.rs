@@ -28,7 +28,7 @@ const MALLOC_ARENAS: libc::c_int = 2;
 /// spread over every request thread's arena: at 1,000,000 sessions loaded
 /// by 8 threads the peak RSS was 270 MiB with the default and 200 MiB with
 /// 2 arenas, at the same throughput (`sessiondb-bench compare --only
-/// peak_rss`, README "Performance").
+/// peak_rss`, docs/performance.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn cap_malloc_arenas() {

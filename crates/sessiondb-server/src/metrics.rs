@@ -65,6 +65,10 @@ pub struct Metrics {
     engine_ping: Histogram,
     engine_up: Gauge,
     engine_unavailable: Counter,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Counter,
+    accept_failures: Counter,
     /// Serialises scrapes, which turn store totals into counter increments.
     scrape: Mutex<()>,
 }
@@ -87,6 +91,10 @@ impl Metrics {
             engine_ping: latency_histogram(),
             engine_up: Gauge::default(),
             engine_unavailable: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Counter::default(),
+            accept_failures: Counter::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -159,7 +167,49 @@ impl Metrics {
              not be reached or did not answer in time (503 unavailable)",
             m.engine_unavailable.clone(),
         );
+        registry.register(
+            "connections",
+            "Open HTTP connections (event streams included)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 tooManyConnections and closed: the server was at \
+             --max-connections",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed because a request's head did not arrive within --header-timeout \
+             (slow clients, and idle keep-alive connections)",
+            m.connections_timed_out.clone(),
+        );
+        registry.register(
+            "accept_failures",
+            "Connections the server could not accept (such as at the open-file limit)",
+            m.accept_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Open HTTP connections.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    /// A connection was refused at the connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// A connection was closed for not sending a request in time.
+    pub fn connection_timed_out(&self) {
+        self.connections_timed_out.inc();
+    }
+
+    /// Accepting a connection failed.
+    pub fn accept_failed(&self) {
+        self.accept_failures.inc();
     }
 
     pub fn registered(&self) {

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +23,9 @@ use tracing_subscriber::EnvFilter;
 use crate::api::router;
 use crate::auth::{is_loopback, AdminPolicy};
 use crate::cli::ServeArgs;
+use crate::connections::{self, Limits};
 use crate::cors::CorsPolicy;
-use crate::error::{AnyResult, ApiError};
+use crate::error::{AnyResult, ApiError, ErrorCode};
 use crate::events::Streams;
 use crate::location::{open_store, Redactor};
 use crate::metrics::{spawn_event_counter, Metrics};
@@ -38,25 +38,47 @@ use crate::state::AppState;
 const GRACE: Duration = Duration::from_secs(30);
 
 /// How [`run_with`] serves: who may use the admin routes, which browser
-/// origins may call the session routes, and how many events a
-/// `/v1/session/events` stream queues.
+/// origins may call the session routes, how many events a
+/// `/v1/session/events` stream queues, and what a connection may hold.
 #[derive(Clone)]
 pub struct Options {
     admin: AdminPolicy,
     cors: CorsPolicy,
     session_stream_capacity: usize,
+    limits: Limits,
 }
 
 impl Options {
     /// `admin` decides who may use the admin routes and `/metrics`; no
-    /// browser origin is allowed (no CORS headers), and each per-session
-    /// stream queues 64 events.
+    /// browser origin is allowed (no CORS headers), each per-session
+    /// stream queues 64 events, a request's head must arrive within 10 s
+    /// and at most 10,000 connections are open at once.
     pub fn new(admin: AdminPolicy) -> Options {
         Options {
             admin,
             cors: CorsPolicy::default(),
             session_stream_capacity: STREAM_CAPACITY,
+            limits: Limits::default(),
         }
+    }
+
+    /// How long a connection may take to send a request's head, counted
+    /// from when the server is ready for it (so it also closes idle
+    /// keep-alive connections), and then its body; at least 1 ms
+    /// [default: 10 s]. Event streams in progress are not affected.
+    #[must_use]
+    pub fn header_timeout(mut self, timeout: Duration) -> Options {
+        self.limits.header_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many connections may be open at once (event streams included);
+    /// beyond that new ones are answered `503 tooManyConnections` and
+    /// closed; at least 1 [default: 10,000].
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Options {
+        self.limits.max_connections = connections.max(1);
+        self
     }
 
     /// The browser origins allowed to call the session routes (CORS).
@@ -116,6 +138,7 @@ pub async fn run_with(
         admin,
         cors,
         session_stream_capacity,
+        limits,
     } = options;
     let address = listener.local_addr()?;
     if !admin.has_token() && !is_loopback(address.ip()) {
@@ -141,7 +164,7 @@ pub async fn run_with(
     let state = AppState {
         store: store.clone(),
         admin,
-        metrics,
+        metrics: metrics.clone(),
         streams: Arc::new(Streams::default()),
         session_streams,
         cors,
@@ -150,34 +173,29 @@ pub async fn run_with(
     let app = router(state).layer(CatchPanicLayer::custom(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the request failed inside the server (a bug in sessiondb); it has been logged",
         )
         .into_response()
     }));
 
-    let stopping = async move {
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = shutdown_tx.send(true);
-    };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping);
+    });
+    let server = connections::serve(listener, app, limits, metrics, shutdown_rx.clone());
     let mut started = shutdown_rx;
     let deadline = async move {
         let _ = started.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(GRACE).await;
     };
-    let served = tokio::select! {
-        served = server => served,
+    tokio::select! {
+        () = server => {}
         () = deadline => {
             tracing::warn!("requests still in flight after {GRACE:?}; closing the store anyway");
-            Ok(())
         }
-    };
+    }
 
     // The store is closed whatever happened above: a failed listener must
     // not leave it to be recovered at the next open.
@@ -188,7 +206,6 @@ pub async fn run_with(
         store.close()
     })
     .await?;
-    served?;
     closed?;
     tracing::info!("store closed cleanly");
     Ok(())
@@ -312,8 +329,10 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     }
     tracing::info!(%address, durability = ?settings.durability, ttl = settings.ttl, "listening");
 
-    let options =
-        Options::new(AdminPolicy::new(settings.admin_token.as_deref())).cors(settings.cors.clone());
+    let options = Options::new(AdminPolicy::new(settings.admin_token.as_deref()))
+        .cors(settings.cors.clone())
+        .header_timeout(settings.header_timeout)
+        .max_connections(settings.max_connections);
     run_with(listener, store, options, async move {
         let signal = signalled.await;
         tracing::info!(signal, "signal received");

@@ -49,12 +49,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_util::Stream;
-use serde_json::json;
 use sessiondb::{Event, Reason, SessionStore};
 use tokio::sync::{watch, Notify};
 
 use crate::error::ApiError;
-use crate::events::to_sse;
+use crate::events::{sse, to_sse, UnsetEvent};
 use crate::metrics::Metrics;
 
 /// Events a stream's queue holds before it counts misses instead.
@@ -316,29 +315,20 @@ pub async fn open(
     metrics: &Metrics,
     shutdown: watch::Receiver<bool>,
     key: String,
-) -> Response {
+) -> Result<Response, ApiError> {
     // MAGE's keys are `actorId:secret`, split at the last `:`; the store
     // checks the rest.
     let Some((actor_id, _)) = key.rsplit_once(':') else {
         metrics.resolved("events", Reason::InvalidSessionKey.as_str());
-        return ApiError::invalid_key(Reason::InvalidSessionKey).into_response();
+        return Err(ApiError::invalid_key(Reason::InvalidSessionKey));
     };
     let registration = streams.register(actor_id);
     let checked = {
         let (store, key) = (store.clone(), key.clone());
-        crate::api::blocking(move || store.resolve(&key)).await
+        crate::blocking::blocking(move || store.resolve(&key)).await?
     };
-    let session = match checked {
-        Ok(Ok(session)) => {
-            metrics.resolved("events", "ok");
-            session
-        }
-        Ok(Err(e)) => {
-            metrics.resolved("events", e.reason().map_or("error", Reason::as_str));
-            return ApiError::from(e).into_response();
-        }
-        Err(e) => return e.into_response(),
-    };
+    metrics.resolved("events", crate::blocking::outcome(&checked));
+    let session = checked?;
     let first = Event::Set {
         id: session.id().to_owned(),
         actor_id: session.actor_id().to_owned(),
@@ -357,9 +347,9 @@ pub async fn open(
         check: false,
         done: false,
     };
-    Sse::new(follow.into_stream())
+    Ok(Sse::new(follow.into_stream())
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 /// The state of one open stream.
@@ -418,12 +408,10 @@ impl Follow {
                         continue;
                     }
                     self.done = true;
-                    let data = json!({"actorId": self.actor_id, "id": self.id, "reason": reason});
-                    return Some(
-                        SseEvent::default()
-                            .event("session.unset")
-                            .data(data.to_string()),
-                    );
+                    return Some(sse(
+                        "session.unset",
+                        &UnsetEvent::new(&self.actor_id, &self.id, reason),
+                    ));
                 }
                 continue;
             }
@@ -443,7 +431,7 @@ impl Follow {
     /// as "still there"; the client hears the truth from its next request.
     async fn gone(&self) -> Option<&'static str> {
         let (store, key) = (self.store.clone(), self.key.clone());
-        match crate::api::blocking(move || store.is_valid(&key)).await {
+        match crate::blocking::blocking(move || store.is_valid(&key)).await {
             Ok(Err(sessiondb::Error::Invalid(reason))) => Some(reason.as_str()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "checking a session after its stream lagged failed");

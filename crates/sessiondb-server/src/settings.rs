@@ -3,11 +3,13 @@
 //! defaults, in that order. Where the store is: `location`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sessiondb::{Config, Durability};
 
 use crate::cli::{DurabilityArg, ServeArgs};
+use crate::connections::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use crate::cors::CorsPolicy;
 use crate::location::{
     from_environment, from_flags, locate, Location, Named, RedisOptions, Source,
@@ -38,6 +40,8 @@ struct FileSettings {
     max_sessions_per_actor: Option<usize>,
     reaper: Option<bool>,
     cors_origin: Option<Vec<String>>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 // ----- the serve settings -----
@@ -57,6 +61,9 @@ pub struct Settings {
     pub reaper: bool,
     /// The browser origins allowed to call the session routes.
     pub cors: CorsPolicy,
+    /// What a connection may hold.
+    pub header_timeout: Duration,
+    pub max_connections: usize,
     /// Settings given but not used, to be logged as warnings.
     pub notes: Vec<String>,
 }
@@ -75,6 +82,8 @@ impl std::fmt::Debug for Settings {
             .field("max_sessions_per_actor", &self.max_sessions_per_actor)
             .field("reaper", &self.reaper)
             .field("cors_origins", &self.cors.origins())
+            .field("header_timeout", &self.header_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -159,10 +168,33 @@ impl Settings {
             setting: "cors-origin",
             problem: e.to_string(),
         })?;
+        let header_timeout = args.header_timeout.or(file.header_timeout);
+        let header_timeout = match header_timeout {
+            None => HEADER_TIMEOUT,
+            Some(code) => sessiondb::parse_time_code(&code)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| SettingsError::Invalid {
+                    setting: "header-timeout",
+                    problem: format!("{code:?} is not a time code above 0, such as \"10s\""),
+                })?,
+        };
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(SettingsError::Invalid {
+                setting: "max-connections",
+                problem: "must be at least 1".into(),
+            });
+        }
         let settings = Settings {
             store,
             notes,
             cors,
+            header_timeout,
+            max_connections,
             listen: args
                 .listen
                 .or(file.listen)

@@ -332,6 +332,21 @@ fn admin_routes_need_the_configured_token() {
             Some(r#"{"to":"p2"}"#),
         ),
         ("GET", server.url("/v1/events"), None),
+        (
+            "POST",
+            server.url("/v1/sessions/resolve"),
+            Some(r#"{"sessionKey":"p1:abc"}"#),
+        ),
+        (
+            "POST",
+            server.url("/v1/sessions/extend"),
+            Some(r#"{"sessionKey":"p1:abc"}"#),
+        ),
+        (
+            "POST",
+            server.url("/v1/sessions/expire"),
+            Some(r#"{"sessionKey":"p1:abc"}"#),
+        ),
     ];
     for (method, url, body) in &admin_calls {
         let r = call(method, url, None, *body);
@@ -712,5 +727,77 @@ fn help_and_version_cover_every_command_and_flag() {
                 "{command} --help lacks {flag}:\n{help}"
             );
         }
+    }
+}
+
+#[test]
+fn game_servers_resolve_extend_and_expire_one_session_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-sessions-per-actor", "2"]);
+    let (status, rx) = events(&server, None);
+    assert_eq!(status, 200);
+    let phone = register(&server, "p1");
+    let desktop = register(&server, "p1");
+    let (kp, kd) = (key_of(&phone), key_of(&desktop));
+    assert_eq!(next(&rx).data["id"], phone["id"]);
+    assert_eq!(next(&rx).data["id"], desktop["id"]);
+    let body = |key: &str| json!({ "sessionKey": key }).to_string();
+
+    // resolve: the session with its key, announcing nothing.
+    let r = post(&server.url("/v1/sessions/resolve"), None, &body(&kp));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let resolved = r.json();
+    assert_eq!(resolved["key"], kp.as_str());
+    assert_eq!(resolved["id"], phone["id"]);
+    assert_eq!(resolved["actorId"], "p1");
+
+    // extend: a new expiry, written.
+    let r = post(&server.url("/v1/sessions/extend"), None, &body(&kp));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let extended = r.json();
+    assert!(extended["expiresAt"].as_u64() >= phone["expiresAt"].as_u64());
+    assert!(extended["revision"].as_u64() > phone["revision"].as_u64());
+
+    // expire one session with the game's reason: the other one stays.
+    let r = post(
+        &server.url("/v1/sessions/expire"),
+        None,
+        &json!({ "sessionKey": kp, "reason": "banned" }).to_string(),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let ended = next(&rx);
+    assert_eq!(ended.event, "session.unset");
+    assert_eq!(ended.data["id"], phone["id"]);
+    assert_eq!(ended.data["reason"], "banned");
+    // The actor still has the other session: this key no longer matches.
+    assert_rejected(&server, &kp, "keyMismatch");
+    let r = post(&server.url("/v1/sessions/resolve"), None, &body(&kd));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The default reason is `expired`.
+    let r = post(&server.url("/v1/sessions/expire"), None, &body(&kd));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(next(&rx).data["reason"], "expired");
+
+    // Refused keys get MAGE's reasons; bad bodies the JSON error shape.
+    for route in ["resolve", "extend", "expire"] {
+        let url = server.url(&format!("/v1/sessions/{route}"));
+        post(&url, None, &body(&kp)).assert_error(401, "noSession");
+        post(&url, None, &body("no-colon")).assert_error(401, "invalidSessionKey");
+        post(&url, None, "{}").assert_error(400, "badRequest");
+        post(&url, None, "{").assert_error(400, "malformedJson");
+    }
+    post(
+        &server.url("/v1/sessions/expire"),
+        None,
+        &json!({ "sessionKey": kd, "reason": "not a reason!" }).to_string(),
+    )
+    .assert_error(400, "invalidReason");
+    let metrics = get(&server.url("/metrics"), None).body;
+    for line in [
+        r#"sessiondb_resolves_total{op="resolve",outcome="ok"} 2"#,
+        r#"sessiondb_resolves_total{op="extend",outcome="ok"} 1"#,
+        r#"sessiondb_resolves_total{op="expire",outcome="ok"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
 }

@@ -102,6 +102,78 @@ fn health_and_writes_are_unavailable_while_the_server_is_a_replica() {
     register(&server, "p3");
 }
 
+/// On a Redis Cluster: serve takes its seeds from flags, and every tool
+/// from its flags or the environment (comma-separated); the tools scan
+/// every primary; a store moves from the cluster to a data directory.
+#[test]
+fn serve_and_the_tools_work_on_a_cluster() {
+    let Some(cluster) = redis_server::RedisCluster::shared("serve_and_the_tools_work_on_a_cluster")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("tools{}", std::process::id());
+    let server = Server::start_cluster(dir.path(), &cluster.seeds, &["--redis-prefix", &prefix]);
+    let sessions: Vec<Value> = (0..30)
+        .map(|i| register(&server, &format!("p{i}")))
+        .collect();
+    let r = post(
+        &server.url("/v1/actors/addresses"),
+        None,
+        &json!({"actorIds": ["p0", "p29", "nobody", "p7"]}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    let actors: Vec<&str> = answer["addresses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["actorId"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(actors, ["p0", "p29", "p7"], "{}", r.body);
+    let r = post(
+        &server.url("/v1/actors/p3/reassign"),
+        None,
+        &json!({"to": "p30"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(server);
+
+    let flags: Vec<&str> = cluster
+        .seeds
+        .iter()
+        .flat_map(|s| ["--redis-cluster", s.as_str()])
+        .chain(["--redis-prefix", prefix.as_str()])
+        .collect();
+    let out = tool(&[&["stats", "--json"][..], &flags].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stats: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(stats["sessions"], sessions.len(), "{stats}");
+    // The seeds from the environment, comma-separated.
+    let out = command()
+        .args(["check", "--redis-prefix", &prefix])
+        .env("SESSIONDB_REDIS_CLUSTER", cluster.seeds.join(","))
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    assert!(report.contains("healthy"), "{report}");
+    // From the cluster to a data directory.
+    let file = dir.path().join("sessions.jsonl");
+    let out = tool(&[&["export", "-o", file.to_str().unwrap()][..], &flags].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let data = dir.path().join("data");
+    let out = tool(&[
+        "import",
+        "--data-dir",
+        data.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let store = SessionStore::open(Config::new(&data).reaper_thread(false)).unwrap();
+    assert_eq!(store.stats().unwrap().sessions, sessions.len() as u64);
+    assert!(store.actor_session("p30").unwrap().is_some());
+    assert!(store.actor_session("p3").unwrap().is_none());
+}
+
 #[test]
 fn two_nodes_on_one_redis_share_sessions_and_hear_each_others_events() {
     let Some(redis) = redis("two_nodes_on_one_redis_share_sessions") else {

@@ -526,6 +526,40 @@ mod tests {
         store.close().unwrap();
     }
 
+    /// A server's error inside a pipeline (the script's reply, or its
+    /// durability wait's) is sorted by its code like any other, whether
+    /// redis-rs has a name for it or not.
+    #[test]
+    fn errors_inside_a_pipeline_are_sorted_by_their_code() {
+        let Some(binary) = find("redis-server", "errors_inside_a_pipeline") else {
+            return;
+        };
+        let server = RedisServer::start(&binary, &[]);
+        let mut con = server.connection();
+        for (reply, want) in [
+            ("UNBLOCKED force unblock", conn::Trouble::Down),
+            (
+                "READONLY You cannot write against a read only replica.",
+                conn::Trouble::Down,
+            ),
+            (
+                "MOVED 3999 127.0.0.1:6381",
+                conn::Trouble::Moved("127.0.0.1:6381".into()),
+            ),
+            ("ERR something else", conn::Trouble::Failed),
+        ] {
+            let script = format!("return redis.error_reply('{reply}')");
+            let e = redis::pipe()
+                .cmd("PING")
+                .cmd("EVAL")
+                .arg(&script)
+                .arg(0)
+                .query::<Vec<redis::Value>>(&mut con)
+                .unwrap_err();
+            assert_eq!(conn::trouble(&e), want, "{reply}");
+        }
+    }
+
     /// A plan inserting one session of `actor` with its `session.set`.
     struct Insert {
         actor: String,

@@ -1,6 +1,11 @@
 // Test harness: runs the real `sessiondb` binary on a free loopback port
-// with a temporary data directory (or a redis-server on a unix socket),
-// and kills every process it started when the tests end.
+// with a temporary data directory (or a redis-server on a unix socket).
+//
+// Every process it starts dies with the test process, however that ends:
+// on a normal exit the harness kills them, and a watchdog (a small shell
+// loop per process) kills them when the test process is gone, after a
+// SIGKILL too. A missing binary fails each test that needs it at once,
+// with the message saying how to build it.
 //
 // The binary: $SESSIONDB_BIN, else the repository's target/debug/sessiondb
 // (`cargo build -p sessiondb-server`).
@@ -9,6 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -17,16 +23,48 @@ export const BIN = process.env.SESSIONDB_BIN
   : path.resolve(here, '../../../../target/debug/sessiondb');
 export const ADMIN_TOKEN = 'js-client-tests-admin-token';
 
+/** Every test's time limit (each `describe` passes it to its tests). */
+export const TEST_TIMEOUT = 60_000;
+
 const running = new Set();
 const scratch = new Set();
-process.on('exit', () => {
+function killAll() {
   for (const child of running) {
     child.kill('SIGKILL');
   }
+}
+process.on('exit', () => {
+  killAll();
   for (const dir of scratch) {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+// When a test file's tests are done, whatever they left running goes, so
+// that a failed test cannot keep the file's process (and the run) alive.
+if (process.env.NODE_TEST_CONTEXT) {
+  after(killAll);
+}
+
+/**
+ * Starts a watchdog that kills `child` (SIGKILL) once this process is
+ * gone; it ends by itself when `child` does.
+ */
+function watch(child) {
+  const script =
+    'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.2; done; kill -9 "$2" 2>/dev/null';
+  const dog = spawn('sh', ['-c', script, 'watchdog', String(process.pid), String(child.pid)], {
+    stdio: 'ignore',
+    detached: true,
+  });
+  dog.unref();
+}
+
+/** Throws, saying how to build it, when the sessiondb binary is missing. */
+export function requireBinary() {
+  if (!existsSync(BIN)) {
+    throw new Error(`no sessiondb binary at ${BIN}: run \`cargo build -p sessiondb-server\` or set SESSIONDB_BIN`);
+  }
+}
 
 export function tempDir(prefix = 'sessiondb-js-') {
   const dir = mkdtempSync(path.join(tmpdir(), prefix));
@@ -62,9 +100,7 @@ function exited(child) {
  * `listening on`.
  */
 export async function startServer({ port = 0, dataDir, redisUrl, args = [] } = {}) {
-  if (!existsSync(BIN)) {
-    throw new Error(`no sessiondb binary at ${BIN}: run \`cargo build -p sessiondb-server\` or set SESSIONDB_BIN`);
-  }
+  requireBinary();
   const store = redisUrl ? ['--redis-url', redisUrl] : ['--data-dir', dataDir ?? path.join(tempDir(), 'data')];
   const child = spawn(
     BIN,
@@ -72,6 +108,7 @@ export async function startServer({ port = 0, dataDir, redisUrl, args = [] } = {
     { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   running.add(child);
+  watch(child);
   child.once('exit', () => running.delete(child));
   let log = '';
   child.stderr.setEncoding('utf8');
@@ -101,6 +138,7 @@ export async function startServer({ port = 0, dataDir, redisUrl, args = [] } = {
   const url = `http://${address}`;
   return {
     url,
+    pid: child.pid,
     port: Number(address.split(':').pop()),
     dataDir: dir,
     log: () => log,
@@ -184,9 +222,10 @@ export async function startRedis() {
   const dir = tempDir('sessiondb-js-redis-');
   const socket = path.join(dir, 'redis.sock');
   const child = spawn(binary, ['--port', '0', '--unixsocket', socket, '--dir', dir, '--save', ''], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: 'ignore',
   });
   running.add(child);
+  watch(child);
   child.once('exit', () => running.delete(child));
   const deadline = Date.now() + 20_000;
   while (!existsSync(socket)) {
@@ -198,9 +237,34 @@ export async function startRedis() {
   }
   return {
     url: `redis+unix://${socket}`,
+    pid: child.pid,
     async stop() {
       child.kill('SIGTERM');
       await exited(child);
+    },
+  };
+}
+
+/**
+ * A sessiondb on a redis-server of its own; `stop` stops both. The binary
+ * is checked first, so that a missing one starts no redis-server.
+ */
+export async function startServerOnRedis(options = {}) {
+  requireBinary();
+  const redis = await startRedis();
+  let server;
+  try {
+    server = await startServer({ ...options, redisUrl: redis.url });
+  } catch (error) {
+    await redis.stop();
+    throw error;
+  }
+  return {
+    ...server,
+    redis,
+    async stop() {
+      await server.stop();
+      await redis.stop();
     },
   };
 }

@@ -3,6 +3,7 @@
 //! a store handle, a sled tree set, an SQLite connection, a Redis connection).
 
 pub mod redis;
+pub mod redis_cluster;
 pub mod sessiondb;
 pub mod sled_naive;
 pub mod sqlite;

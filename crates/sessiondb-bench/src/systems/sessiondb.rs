@@ -36,7 +36,16 @@ pub fn config(dir: &Path, clock: &BenchClock, durability: Durability) -> Config 
 
 /// The same on the Redis engine, on the server at `url`.
 pub fn redis_config(url: &str, clock: &BenchClock) -> Config {
-    Config::redis(url)
+    shared_config(Config::redis(url), clock)
+}
+
+/// The same settings on a Redis Cluster.
+pub fn redis_cluster_config(seeds: Vec<String>, clock: &BenchClock) -> Config {
+    shared_config(Config::redis_cluster(seeds), clock)
+}
+
+fn shared_config(config: Config, clock: &BenchClock) -> Config {
+    config
         .ttl(shape::TTL)
         .clock(Arc::new(clock.clone()))
         .durability(PERIODIC)

@@ -15,7 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 15] = [
+pub const ENV_NAMES: [&str; 17] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
     "SESSIONDB_REDIS_URL",
@@ -31,6 +31,8 @@ pub const ENV_NAMES: [&str; 15] = [
     "SESSIONDB_MAX_SESSIONS_PER_ACTOR",
     "SESSIONDB_NO_REAPER",
     "SESSIONDB_CORS_ORIGIN",
+    "SESSIONDB_HEADER_TIMEOUT",
+    "SESSIONDB_MAX_CONNECTIONS",
 ];
 
 /// A `sessiondb` command with a clean environment.
@@ -93,6 +95,18 @@ impl Server {
     ) -> Server {
         let args = [&["--redis-url", url][..], extra].concat();
         Server::serve(dir, &args, adjust, dir.join("unused-data-dir"))
+    }
+
+    /// Starts `sessiondb serve --listen 127.0.0.1:0` on the Redis Cluster
+    /// at `seeds` (`--redis-cluster`, one per seed) with `extra` arguments;
+    /// its log goes to `dir`.
+    pub fn start_cluster(dir: &Path, seeds: &[String], extra: &[&str]) -> Server {
+        let mut args: Vec<&str> = seeds
+            .iter()
+            .flat_map(|s| ["--redis-cluster", s.as_str()])
+            .collect();
+        args.extend_from_slice(extra);
+        Server::serve(dir, &args, |_| {}, dir.join("unused-data-dir"))
     }
 
     /// `sessiondb serve --listen 127.0.0.1:0` with `args`, its log appended

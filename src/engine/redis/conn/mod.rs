@@ -51,24 +51,41 @@ pub(crate) enum Trouble {
 
 /// Sorts a client error.
 pub(crate) fn trouble(e: &RedisError) -> Trouble {
+    // A server's reply, or the first failed reply of a pipeline (redis-rs
+    // gives no code for a pipeline's error it has no name for, such as
+    // UNBLOCKED).
+    let (code, detail) = match e.clone().into_server_errors() {
+        Some(errors) => match errors.first() {
+            Some((_, s)) => (Some(s.code().to_owned()), s.details().map(str::to_owned)),
+            None => (None, None),
+        },
+        None => (e.code().map(str::to_owned), e.detail().map(str::to_owned)),
+    };
+    let code = code.as_deref();
     if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || matches!(code, Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
     {
         return Trouble::Refused;
     }
-    match (e.code(), e.redirect_node()) {
-        (Some("MOVED"), Some((addr, _))) => return Trouble::Moved(addr.to_owned()),
-        (Some("ASK"), Some((addr, _))) => return Trouble::Ask(addr.to_owned()),
-        _ => {}
+    // A redirection: `MOVED <slot> <addr>` or `ASK <slot> <addr>`.
+    if let Some(code @ ("MOVED" | "ASK")) = code {
+        let addr = detail
+            .and_then(|d| d.split_ascii_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        return match code {
+            "MOVED" => Trouble::Moved(addr),
+            _ if addr.is_empty() => Trouble::Down,
+            _ => Trouble::Ask(addr),
+        };
     }
     // A server that cannot take writes now: a primary demoted to replica
-    // in a failover (READONLY), one still loading its data (LOADING), a
-    // replica cut off from its primary (MASTERDOWN), a cluster without a
-    // quorum or a slot's owner (CLUSTERDOWN), or keys caught mid-migration
-    // (TRYAGAIN).
+    // in a failover (READONLY, and UNBLOCKED for a WAIT it was blocked in),
+    // one still loading its data (LOADING), a replica cut off from its
+    // primary (MASTERDOWN), a cluster without a quorum or a slot's owner
+    // (CLUSTERDOWN), or keys caught mid-migration (TRYAGAIN).
     let not_now = matches!(
-        e.code(),
-        Some("READONLY" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN")
+        code,
+        Some("READONLY" | "UNBLOCKED" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN")
     );
     let down = not_now
         || e.is_io_error()
@@ -634,6 +651,7 @@ mod tests {
     fn a_server_that_cannot_take_writes_now_is_down() {
         for code in [
             "READONLY",
+            "UNBLOCKED",
             "LOADING",
             "MASTERDOWN",
             "CLUSTERDOWN",

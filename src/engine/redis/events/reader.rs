@@ -13,7 +13,7 @@
 //! second, so a Sentinel failover (which tells subscribers nothing) is
 //! followed too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -230,6 +230,9 @@ struct Subscriber {
     channels: HashMap<String, u32>,
     /// Messages heard but not yet published, per bucket, in order.
     pending: HashMap<u32, VecDeque<Entry>>,
+    /// Buckets whose stream reading stopped at an own entry left to its
+    /// writer: read on once it is published (or the writer's patience ends).
+    behind: HashSet<u32>,
     /// When each own entry was first met.
     own_seen: HashMap<EntryId, Instant>,
 }
@@ -247,6 +250,7 @@ impl Subscriber {
             generation,
             channels,
             pending: HashMap::new(),
+            behind: HashSet::new(),
             own_seen: HashMap::new(),
         }
     }
@@ -288,7 +292,7 @@ impl Subscriber {
             }
         }
         for b in self.buckets.clone() {
-            if !self.catch_up(b, None) {
+            if self.catch_up(b, None) == CatchUp::Failed {
                 return Ok(Exit::Moved);
             }
         }
@@ -304,7 +308,7 @@ impl Subscriber {
             if !self.publish_pending() {
                 return Ok(Exit::Moved);
             }
-            let want = if self.pending.values().any(|q| !q.is_empty()) {
+            let want = if !self.behind.is_empty() || self.pending.values().any(|q| !q.is_empty()) {
                 PENDING_WAIT
             } else {
                 IDLE_WAIT
@@ -372,6 +376,15 @@ impl Subscriber {
     /// Publishes what is pending, bucket by bucket, as far as order allows.
     /// False when a stream could not be read (the node's slots moved).
     fn publish_pending(&mut self) -> bool {
+        for b in self.behind.clone() {
+            match self.catch_up(b, None) {
+                CatchUp::Failed => return false,
+                CatchUp::Done => {
+                    self.behind.remove(&b);
+                }
+                CatchUp::Waiting => {}
+            }
+        }
         let buckets: Vec<u32> = self
             .pending
             .iter()
@@ -386,8 +399,10 @@ impl Subscriber {
                     }
                     Offered::Own => break,
                     Offered::Gap => {
-                        if !self.catch_up(b, Some(&entry)) {
-                            return false;
+                        match self.catch_up(b, Some(&entry)) {
+                            CatchUp::Failed => return false,
+                            CatchUp::Waiting => break,
+                            CatchUp::Done => {}
                         }
                         // Published now, or skipped to.
                         if self.offer(b, &entry) == Offered::Own {
@@ -423,8 +438,9 @@ impl Subscriber {
     /// Publishes what `bucket`'s stream holds after the last entry heard,
     /// reporting what it no longer holds as lagged; then `trigger` (the
     /// message that did not follow), if the stream could not explain it.
-    /// False when the stream could not be read.
-    fn catch_up(&mut self, bucket: u32, trigger: Option<&Entry>) -> bool {
+    /// Stops at an own entry left to its writer (the bucket is then behind,
+    /// and read on from the loop).
+    fn catch_up(&mut self, bucket: u32, trigger: Option<&Entry>) -> CatchUp {
         let (nodes, keys) = (self.shared.nodes.clone(), self.shared.keys.clone());
         let stream = keys.stream(bucket);
         loop {
@@ -442,7 +458,7 @@ impl Subscriber {
                 Ok(v) => entries(v),
                 Err(e) => {
                     log::warn!("cannot read the events of bucket {bucket}: {e}");
-                    return false;
+                    return CatchUp::Failed;
                 }
             };
             let full = batch.len() == READ_COUNT;
@@ -450,7 +466,10 @@ impl Subscriber {
                 match self.offer(bucket, entry) {
                     Offered::Published | Offered::Heard => {}
                     // Its writer publishes it; read on once it has.
-                    Offered::Own => return true,
+                    Offered::Own => {
+                        self.behind.insert(bucket);
+                        return CatchUp::Waiting;
+                    }
                     Offered::Gap => {
                         self.shared
                             .progress
@@ -472,8 +491,19 @@ impl Subscriber {
                     .skip_to(&self.shared.events, bucket, entry);
             }
         }
-        true
+        CatchUp::Done
     }
+}
+
+/// How reading a bucket's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CatchUp {
+    /// Everything it held is published.
+    Done,
+    /// It stopped at an own entry left to its writer.
+    Waiting,
+    /// It could not be read.
+    Failed,
 }
 
 /// What a value read from a subscription was.

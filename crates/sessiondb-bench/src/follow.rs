@@ -1,0 +1,141 @@
+//! What following the events costs the Redis server: its CPU per register
+//! while 1, 2, 4 and 8 nodes follow the store (each a `SessionStore` on one
+//! redis-server, as game-server nodes are, each with a subscriber), 2,000
+//! registers made through the first, one at a time. Measured from the
+//! server's `INFO cpu` and `INFO commandstats` before and after, once every
+//! node has heard every register. A row's ops/s is registers per second of
+//! server CPU.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use sessiondb::{Data, Event, SessionStore};
+
+use crate::clock::{unix_ms, BenchClock};
+use crate::compare::{remove_dir, Ctx};
+use crate::measure::Row;
+use crate::systems::redis::RedisServer;
+use crate::systems::sessiondb as sdb;
+
+/// Registers per measurement.
+const REGISTERS: usize = 2_000;
+/// The numbers of following nodes.
+pub const NODES: [usize; 4] = [1, 2, 4, 8];
+
+/// The server's CPU seconds (user + system) and calls per command.
+fn server_use(server: &RedisServer) -> Result<(f64, HashMap<String, u64>)> {
+    let mut c = server.connection()?;
+    let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut c)?;
+    let field = |name: &str| -> f64 {
+        cpu.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let seconds = field("used_cpu_user") + field("used_cpu_sys");
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut c)?;
+    let calls = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), n))
+        })
+        .collect();
+    Ok((seconds, calls))
+}
+
+/// One measurement: `nodes` stores follow, one registers.
+fn measure(ctx: &Ctx, nodes: usize) -> Result<Row> {
+    let dir = ctx.work.join(format!("follow-{nodes}"));
+    let server = RedisServer::start(&dir, false)?;
+    let clock = BenchClock::starting_at(unix_ms());
+    let config = || {
+        sdb::redis_config(&server.url(), &clock)
+            .reaper_thread(false)
+            .event_capacity(2 * REGISTERS)
+    };
+    let stores: Vec<SessionStore> = (0..nodes)
+        .map(|_| SessionStore::open(config()))
+        .collect::<std::result::Result<_, _>>()?;
+    let heard: Vec<_> = stores.iter().map(SessionStore::subscribe).collect();
+    // Let every node's subscriptions settle.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu_before, calls_before) = server_use(&server)?;
+    for i in 0..REGISTERS {
+        stores[0].register(&format!("f{i}"), "en", Data::new())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for rx in &heard {
+        let mut sets = 0;
+        while sets < REGISTERS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Event::Set { .. }) => sets += 1,
+                Ok(_) => {}
+                Err(_) => bail!("a node heard {sets} of {REGISTERS} registers within 60 s"),
+            }
+        }
+    }
+    let (cpu_after, calls_after) = server_use(&server)?;
+    for s in stores {
+        s.close()?;
+    }
+    drop(server);
+    remove_dir(&dir);
+    let cpu = cpu_after - cpu_before;
+    let per = |name: &str| {
+        let n = calls_after.get(name).copied().unwrap_or(0)
+            - calls_before.get(name).copied().unwrap_or(0);
+        n as f64 / REGISTERS as f64
+    };
+    let mut busiest: Vec<(String, f64)> = calls_after
+        .keys()
+        .map(|name| (name.clone(), per(name)))
+        .filter(|(_, n)| *n >= 0.01)
+        .collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let calls = busiest
+        .iter()
+        .take(6)
+        .map(|(name, n)| format!("{name} {n:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut row = Row::new("follow_cpu", "sessiondb_redis", Some(nodes)).note(format!(
+        "server CPU per register {:.1} µs; calls per register: {calls}",
+        cpu / REGISTERS as f64 * 1e6
+    ));
+    row.ops_per_sec = Some(REGISTERS as f64 / cpu.max(1e-9));
+    row.seconds = Some(cpu);
+    Ok(row)
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<()> {
+    if !ctx.plan.runs("follow_cpu") || !ctx.plan.has("sessiondb_redis") {
+        return Ok(());
+    }
+    for nodes in NODES {
+        let row = if ctx.redis {
+            measure(ctx, nodes)
+        } else {
+            Ok(Row::new("follow_cpu", "sessiondb_redis", Some(nodes))
+                .skipped("redis-server not on PATH"))
+        };
+        match row {
+            Ok(row) => ctx.push(row),
+            Err(e) => ctx.failed(
+                "follow_cpu",
+                "sessiondb_redis",
+                &[("follow_cpu", Some(nodes))],
+                &e,
+            ),
+        }
+    }
+    Ok(())
+}
