@@ -339,7 +339,7 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
             "open_clean",
             "sled_raw",
             raw,
-            "sled open of the same directory + its 5 trees, best of 2",
+            "sled open of the same directory + its 4 trees, best of 2",
         ));
     }
 
@@ -398,7 +398,7 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
             "open_unclean",
             "sled_raw",
             raw,
-            "sled open of a copy of the same killed directory + 5 trees",
+            "sled open of a copy of the same killed directory + 4 trees",
         ));
     }
 

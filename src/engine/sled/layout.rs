@@ -17,7 +17,7 @@
 //! expiry entries as `filed_at ++ digest` and an `actors` index; `legacy`
 //! reads them for the move to format 3 (`migrate`).
 
-use crate::key::{Digest, DIGEST_LEN};
+use crate::key::{Digest, DIGEST_LEN, MAX_ACTOR_ID_LEN};
 
 /// The on-disk layout version of the whole store (trees and keys), kept in
 /// the `meta` tree under [`META_FORMAT`]. Format 3: records keyed by actor
@@ -62,6 +62,32 @@ pub(crate) fn record_key(actor_id: &str, digest: &Digest) -> Vec<u8> {
     let mut k = actor_prefix(actor_id);
     k.extend_from_slice(&digest.0);
     k
+}
+
+/// A `records` key built on the stack, for the read path (no allocation).
+pub(crate) struct RecordKey {
+    buf: [u8; 1 + MAX_ACTOR_ID_LEN + DIGEST_LEN],
+    len: usize,
+}
+
+impl RecordKey {
+    pub fn new(actor_id: &str, digest: &Digest) -> Self {
+        let mut buf = [0u8; 1 + MAX_ACTOR_ID_LEN + DIGEST_LEN];
+        let actor = &actor_id.as_bytes()[..actor_id.len().min(MAX_ACTOR_ID_LEN)];
+        buf[0] = actor.len() as u8;
+        buf[1..=actor.len()].copy_from_slice(actor);
+        buf[1 + actor.len()..1 + actor.len() + DIGEST_LEN].copy_from_slice(&digest.0);
+        RecordKey {
+            buf,
+            len: 1 + actor.len() + DIGEST_LEN,
+        }
+    }
+}
+
+impl AsRef<[u8]> for RecordKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// The actor and digest a `records` key names; `None` for a damaged key.
@@ -132,6 +158,12 @@ mod tests {
         assert!(!record_key("abc", &d).starts_with(&actor_prefix("ab")));
         assert!(!key.starts_with(&actor_prefix("abc")));
         assert_eq!(parse_record_key(&key), Some(("ab", d)));
+        assert_eq!(RecordKey::new("ab", &d).as_ref(), key.as_slice());
+        let long = "x".repeat(MAX_ACTOR_ID_LEN);
+        assert_eq!(
+            RecordKey::new(&long, &d).as_ref(),
+            record_key(&long, &d).as_slice()
+        );
         assert_eq!(parse_record_key(&key[..key.len() - 1]), None);
         assert_eq!(parse_record_key(&actor_prefix("ab")), None);
         assert_eq!(parse_record_key(&[0; 33]), None);

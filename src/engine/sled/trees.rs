@@ -137,7 +137,7 @@ impl Trees {
     ) -> Result<bool> {
         match self
             .records
-            .get(layout::record_key(actor_id, digest))
+            .get(layout::RecordKey::new(actor_id, digest))
             .map_err(sled_err("reading a session"))?
         {
             Some(bytes) => {
