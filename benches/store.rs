@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench store` (all), or e.g. `cargo bench --bench store -- resolve`.
 //! The write benches run with one caller and with 8 concurrent callers; the
-//! `batching` group compares `max_batch(1)` (one transaction per operation)
-//! with the default grouping, which is the committer's whole point.
+//! `durable_register` group registers with immediate durability from 64
+//! callers, whose writes share flushes + fsyncs (the write group).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -114,24 +114,6 @@ fn writes(c: &mut Criterion) {
     g.finish();
 }
 
-fn batching(c: &mut Criterion) {
-    let mut g = c.benchmark_group("batching");
-    g.throughput(Throughput::Elements(1));
-    for max_batch in [1, 512] {
-        let (_d, _c, store) = open(|c| c.max_batch(max_batch));
-        let next = AtomicU64::new(0);
-        g.bench_function(format!("register_8_callers_max_batch_{max_batch}"), |b| {
-            b.iter_custom(|iters| register_from(&store, &next, 8, iters))
-        });
-        let s = store.stats().expect("stats");
-        eprintln!(
-            "max_batch {max_batch}: {:.1} operations per transaction",
-            s.committed_ops as f64 / s.commits.max(1) as f64
-        );
-    }
-    g.finish();
-}
-
 fn reads(c: &mut Criterion) {
     let (_d, clock, store) = open(|c| c);
     let key = store
@@ -214,5 +196,5 @@ fn durable(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, writes, batching, reads, reap, durable);
+criterion_group!(benches, writes, reads, reap, durable);
 criterion_main!(benches);

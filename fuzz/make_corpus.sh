@@ -27,10 +27,13 @@ hex "$d/record-deadline-node" \
     01 06 6e 6f 64 65 2d 31 00
 # A record of an unknown (newer) format.
 hex "$d/record-format-2" 02 02 70 31
-# An expiries key: 8-byte big-endian time, 32-byte digest.
+# A store format 2 expiries key: 8-byte big-endian time, 32-byte digest.
 hex "$d/expiry-key" 00 00 01 8b cf ee 8f c0 $(printf '07 %.0s' $(seq 32))
-# An actors key: length, actor id "p1", 32-byte digest.
+# A store format 3 records key (format 2's actor entry name had the same
+# shape): length, actor id "p1", 32-byte digest.
 hex "$d/actor-key" 02 70 31 $(printf 'ab %.0s' $(seq 32))
+# A store format 3 expiries key: 8-byte big-endian time, then a records key.
+hex "$d/expiry-key-format-3" 00 00 01 8b cf ee 8f c0 02 70 31 $(printf '07 %.0s' $(seq 32))
 
 p=corpus/parse_inputs
 mkdir -p "$p"

@@ -299,19 +299,24 @@ impl SessionStore {
 
     /// Reads sessions written by [`SessionStore::export`] and stores them
     /// exactly as they were (digest, id, expiry, revision and data), with
-    /// all their index entries, in atomic batches of up to 256 sessions (cut
-    /// per bucket on Redis). A
-    /// stored session with the same digest is replaced. No events are sent,
+    /// all their index entries, in batches of up to 256 sessions (cut per
+    /// bucket on Redis, where each batch is atomic). A stored session of the
+    /// same actor with the same digest is replaced. No events are sent,
     /// since no client-visible change happened; sessions that are already
     /// past their expiry are reaped (with events) by the next reaper pass.
     /// Every line is checked as the store's own inputs are; the first bad
-    /// line stops the import, and the batches before it stay imported.
+    /// line stops the import, and the batches before it stay imported (on
+    /// sled, a crash may also stop a batch part-way; importing the same input
+    /// again gives the same store). An actor left with more sessions than
+    /// `Config::max_sessions_per_actor` keeps them until its next register;
+    /// `check` reports them (`CheckReport::over_cap`) and `repair` ends the
+    /// oldest.
     ///
     /// # Errors
     /// [`Error::Import`] naming the line for unreadable or invalid input (a
-    /// missing or newer header included), and when a
-    /// digest is already stored for another actor; [`Error::Closed`];
-    /// storage errors.
+    /// missing or newer header included), and, on the Redis engine, when a
+    /// digest is already stored for another actor of the same bucket;
+    /// [`Error::Closed`]; storage errors.
     pub fn import(&self, input: impl BufRead) -> Result<ImportSummary> {
         let shared = self.shared();
         let max_data_bytes = shared.rules.settings.max_data_bytes;

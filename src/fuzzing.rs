@@ -30,15 +30,16 @@ pub fn record_head_agrees(bytes: &[u8]) -> bool {
 
 /// Parses `bytes` as an `expiries` key and builds the key again.
 pub fn reencode_expiry_key(bytes: &[u8]) -> Option<Vec<u8>> {
-    let (at, digest) = index::parse_expiry_key(bytes)?;
-    Some(index::expiry_key(at, &digest).to_vec())
+    let (at, record) = index::parse_expiry_key(bytes)?;
+    let (actor, digest) = index::parse_record_key(record)?;
+    Some(index::expiry_key(at, &index::record_key(actor, &digest)))
 }
 
-/// Parses `bytes` as the name of an actor entry (`actor key ++ digest`)
-/// and builds the name again.
-pub fn reencode_actor_key(bytes: &[u8]) -> Option<Vec<u8>> {
-    let (actor, digest) = index::parse_actor_entry(bytes)?;
-    Some(index::actor_entry(&actor, &digest))
+/// Parses `bytes` as a `records` key (`actor prefix ++ digest`) and builds
+/// the key again.
+pub fn reencode_record_key(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (actor, digest) = index::parse_record_key(bytes)?;
+    Some(index::record_key(actor, &digest))
 }
 
 /// Splits a full key into actor id and secret, as every key-taking call does.

@@ -81,19 +81,32 @@ pub(crate) fn unit_random() -> f64 {
     })
 }
 
+/// Random bytes of a public session id: 16 URL-safe characters.
+const PUBLIC_ID_BYTES: usize = 12;
+
+/// `len` URL-safe characters from `bytes` (6 random bits each).
+fn url_safe(bytes: &[u8], len: usize) -> String {
+    let mut s = URL_SAFE_NO_PAD.encode(bytes);
+    s.truncate(len);
+    s
+}
+
 /// A fresh secret of `len` URL-safe characters, 6 random bits each.
 pub(crate) fn new_secret(len: usize) -> Result<String> {
     let mut bytes = vec![0u8; len.div_ceil(4) * 3];
     os_random(&mut bytes)?;
-    let mut s = URL_SAFE_NO_PAD.encode(&bytes);
-    s.truncate(len);
-    Ok(s)
+    Ok(url_safe(&bytes, len))
 }
 
-/// A fresh public session id: 16 URL-safe characters (96 random bits), safe
-/// to log and to show other players.
-pub(crate) fn new_public_id() -> Result<String> {
-    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<12>()?))
+/// A fresh secret of `len` characters, as `new_secret`, and a fresh public
+/// session id: 16 URL-safe characters (96 random bits), safe to log and to
+/// show other players. One call to the operating system for both.
+pub(crate) fn new_secret_and_public_id(len: usize) -> Result<(String, String)> {
+    let secret_bytes = len.div_ceil(4) * 3;
+    let mut bytes = vec![0u8; secret_bytes + PUBLIC_ID_BYTES];
+    os_random(&mut bytes)?;
+    let (secret, id) = bytes.split_at(secret_bytes);
+    Ok((url_safe(secret, len), url_safe(id, 16)))
 }
 
 /// A full key split into its parts.
@@ -202,6 +215,14 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         }
         assert_ne!(new_secret(32).unwrap(), new_secret(32).unwrap());
+        for len in [22, 23, 32, 128] {
+            let (s, id) = new_secret_and_public_id(len).unwrap();
+            assert_eq!((s.len(), id.len()), (len, 16));
+            assert!(format!("{s}{id}")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(!s.starts_with(&id) && !id.starts_with(&s[..16]));
+        }
     }
 
     #[test]

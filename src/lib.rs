@@ -67,6 +67,9 @@ mod rules;
 mod session;
 mod shared;
 mod store;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks;
 mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};

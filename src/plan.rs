@@ -276,6 +276,21 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// Ends the actor's sessions beyond its cap as a register makes room
+    /// (expired ones, then the oldest live ones); returns how many. The
+    /// check after an unclean shutdown calls it for an actor it found over
+    /// its cap: a register stopped after it stored its session.
+    pub fn keep_cap(&mut self, actor_id: &str, now: u64) -> Result<usize> {
+        let sessions = self.sessions_of(actor_id)?;
+        let cap = self.rules.settings.max_per_actor;
+        if sessions.len() <= cap {
+            return Ok(0);
+        }
+        let before = self.plan.changes.len();
+        self.make_room(sessions, cap, now);
+        Ok(self.plan.changes.len() - before)
+    }
+
     /// Ends every session of an actor; returns how many were live.
     pub fn expire_actor(
         &mut self,

@@ -20,9 +20,12 @@ const SCAN_BATCHES: usize = 16;
 /// foreground writes are committed between the batches. Returns how many
 /// were reaped.
 ///
-/// Batches are pipelined: while the engine commits one, this thread hands
-/// the next to `Engine::prefetch` (the sled engine reads its pages ahead,
-/// outside the lock a transaction holds).
+/// Batches are pipelined: a batch is queued before the previous one is
+/// waited for, so that, with immediate durability, one flush can cover both
+/// (the sled engine's write group). Between queueing a batch and waiting for
+/// it this thread does nothing long: the write group would not hold up
+/// other callers for it anyway (it wakes only callers already waiting to
+/// lead a flush).
 pub(crate) fn pass(shared: &Shared) -> Result<usize> {
     let now = shared.now();
     let scan = shared.reap_batch.saturating_mul(SCAN_BATCHES);
@@ -42,9 +45,7 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
         // A change commits within one shard: batches are cut per shard.
         let shards = shared.by_shard(due, |d| &d.actor_id);
         for batch in shards.iter().flat_map(|s| s.chunks(shared.reap_batch)) {
-            shared.engine.prefetch(batch);
-            // One batch queued at a time: an engine that groups commits
-            // would merge two into one longer transaction.
+            // One batch queued at a time.
             if let Some(previous) = queued.take() {
                 total += finish(previous)?;
             }

@@ -3,10 +3,17 @@
 //!
 //! Invariants (see `docs/format.md`): every decodable session has exactly
 //! one expiry entry, at the time its record says it is filed (`filed_at`,
-//! at or before its expiry), and one actor entry; no index
-//! entry points at a missing session or disagrees with it; the stored
-//! session count equals the number of sessions. An engine that finds its
-//! last run did not close cleanly has `open` run the full check with repair.
+//! at or before its expiry), and, where the engine keeps an actor index,
+//! one actor entry; no index entry points at a missing session or disagrees
+//! with it; no actor holds more sessions than its cap; the stored session
+//! count equals the number of sessions. An engine that finds its last run
+//! did not close cleanly has `open` run the full check with repair.
+//!
+//! Sessions over an actor's cap (a register stopped by a crash after it
+//! stored the new session and before it ended the old ones) are ended by
+//! the session logic itself, through the write path, as a register would
+//! end them: the oldest go, each announced (`replaced`, or `expired` for
+//! one already past its expiry).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,6 +22,7 @@ use crate::codec;
 use crate::engine::{Engine, Fix, Index, Opened};
 use crate::error::Result;
 use crate::key::{hex, Digest};
+use crate::shared::{About, Shared};
 
 /// What a consistency check found (and, when repairing, fixed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +41,11 @@ pub struct CheckReport {
     pub missing_actors: u64,
     /// Actor entries that pointed at nothing, at another actor, or were malformed.
     pub stale_actors: u64,
+    /// Sessions beyond their actor's cap (`Config::max_sessions_per_actor`).
+    /// A repair ends them as a register would: the actor's oldest, each
+    /// announced with `session.unset` (`replaced`, or `expired` for one past
+    /// its expiry); then this counts the sessions it ended.
+    pub over_cap: u64,
     /// The stored count, when it differed from `sessions`.
     pub count_was: Option<u64>,
     /// Whether the problems were repaired.
@@ -49,6 +62,7 @@ impl CheckReport {
             + self.stale_expiries
             + self.missing_actors
             + self.stale_actors
+            + self.over_cap
             + u64::from(self.count_was.is_some())
     }
 
@@ -80,30 +94,19 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
-/// Reports what `open` found; when the engine's last run did not close
-/// cleanly, runs the full check with repair, or, `in_background`, leaves it
-/// to `check_while_serving` and says so (`checking`).
-pub(crate) fn recover(
-    engine: &dyn Engine,
-    opened: Opened,
-    started: Instant,
-    in_background: bool,
-) -> Result<RecoveryReport> {
-    let unclean = !(opened.clean_shutdown || opened.created);
-    let check = if unclean && !in_background {
-        Some(logged(check(engine, true)?))
-    } else {
-        None
-    };
-    Ok(RecoveryReport {
+/// Reports what `open` found. When the engine's last run did not close
+/// cleanly, the report says a check is due (`checking`); the store runs it
+/// (`Recovering::check`), in the background or before `open` returns.
+pub(crate) fn recover(opened: Opened, started: Instant) -> RecoveryReport {
+    RecoveryReport {
         created: opened.created,
         clean_shutdown: opened.clean_shutdown,
         stale_snapshots_removed: opened.stale_files_removed,
-        check,
-        checking: unclean && in_background,
+        check: None,
+        checking: !(opened.clean_shutdown || opened.created),
         check_error: None,
         duration: started.elapsed(),
-    })
+    }
 }
 
 /// The recovery report of an open store, completed by the background check.
@@ -147,9 +150,14 @@ impl Recovering {
         report.clone()
     }
 
-    /// Runs the background check and records how it ended.
-    pub fn check(&self, engine: &dyn Engine) {
-        let outcome = check_while_serving(engine).map(logged);
+    /// Records how long `open` took when it ran the check itself.
+    pub fn opened_in(&self, duration: Duration) {
+        self.lock().duration = duration;
+    }
+
+    /// Runs the check after an unclean shutdown and records how it ended.
+    pub fn check(&self, shared: &Shared) {
+        let outcome = check_while_serving(shared).map(logged);
         let mut report = self.lock();
         match outcome {
             Ok(check) => report.check = Some(check),
@@ -169,6 +177,19 @@ pub(crate) fn logged(report: CheckReport) -> CheckReport {
         log::warn!("recovered from an unclean shutdown: {report:?}");
     }
     report
+}
+
+/// Ends the sessions beyond their cap of each of `actors`, as a register
+/// would (`Planner::keep_cap`), through the write path; returns how many
+/// ended.
+pub(crate) fn end_over_cap(shared: &Shared, actors: &[String]) -> Result<u64> {
+    let mut ended = 0;
+    for actor in actors {
+        let (actor, now) = (actor.clone(), shared.now());
+        let about = About::of(vec![actor.clone()]);
+        ended += shared.write(about, move |p| p.keep_cap(&actor, now))? as u64;
+    }
+    Ok(ended)
 }
 
 /// A decodable session, as its index entries must name it.
@@ -245,12 +266,23 @@ impl<'a> Found<'a> {
 }
 
 /// Walks the whole store and checks the invariants; with `repair`, fixes
-/// what it finds. Nothing may write to the store meanwhile.
-pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
+/// what it finds but the actors over their cap, which it returns for
+/// `end_over_cap` (it must run once writes go on again). Nothing may write
+/// to the store meanwhile.
+pub(crate) fn check(
+    engine: &dyn Engine,
+    repair: bool,
+    cap: usize,
+) -> Result<(CheckReport, Vec<String>)> {
     let started = Instant::now();
-    let (mut report, mut fixes) = survey(engine)?;
+    let Survey {
+        mut report,
+        mut fixes,
+        over_cap,
+    } = survey(engine, cap)?;
     let stored = engine.session_count()?;
-    if stored.sessions != report.sessions {
+    // The count counts every record, including ones that do not decode.
+    if stored.sessions != report.sessions + report.corrupt {
         // Not kept exactly through an unclean shutdown: counting is no repair.
         if stored.exact {
             report.count_was = Some(stored.sessions);
@@ -262,7 +294,7 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
     }
     report.repaired = repair;
     report.duration = started.elapsed();
-    Ok(report)
+    Ok((report, over_cap))
 }
 
 /// The check after an unclean shutdown, made while the store serves: the
@@ -270,24 +302,28 @@ pub(crate) fn check(engine: &dyn Engine, repair: bool) -> Result<CheckReport> {
 /// half-way (a session stored after the records were scanned, say). With
 /// writes held, the engine checks each finding again (`still_needed`), and
 /// repairs what is still broken. Writes wait only for that, not for the
-/// scans. The session count comes from the engine, which recounts during
-/// the record scan (sled) or never loses it (Redis).
-pub(crate) fn check_while_serving(engine: &dyn Engine) -> Result<CheckReport> {
+/// scans. Then the actors found over their cap are planned again, each
+/// with its turn held, and their excess sessions ended. The session count
+/// comes from the engine, which recounts during the record scan (sled) or
+/// never loses it (Redis).
+pub(crate) fn check_while_serving(shared: &Shared) -> Result<CheckReport> {
     let started = Instant::now();
-    let (surveyed, suspects) = survey(engine)?;
+    let engine = shared.engine.as_ref();
+    let surveyed = survey(engine, shared.rules.settings.max_per_actor)?;
     let mut report = CheckReport {
-        sessions: surveyed.sessions,
+        sessions: surveyed.report.sessions,
         repaired: true,
         ..CheckReport::default()
     };
-    if !suspects.is_empty() {
+    if !surveyed.fixes.is_empty() {
         let _held = engine.hold_writes()?;
-        let fixes = engine.still_needed(suspects)?;
+        let fixes = engine.still_needed(surveyed.fixes)?;
         if !fixes.is_empty() {
             engine.repair(&fixes)?;
         }
         tally(&mut report, &fixes);
     }
+    report.over_cap = end_over_cap(shared, &surveyed.over_cap)?;
     let count = engine.session_count()?;
     if count.exact {
         report.sessions = count.sessions;
@@ -317,16 +353,25 @@ fn tally(report: &mut CheckReport, fixes: &[Fix]) {
     }
 }
 
+/// What a survey found.
+struct Survey {
+    /// The problems, but the count.
+    report: CheckReport,
+    fixes: Vec<Fix>,
+    /// The actors with more sessions than their cap.
+    over_cap: Vec<String>,
+}
+
 /// Reads the whole store and finds what breaks the invariants between the
-/// records and the indexes (the count is the caller's); returns the report
-/// of the problems and the fixes.
+/// records and the indexes, and the actors over their cap (the count is the
+/// caller's).
 ///
 /// Each part of the store is read once, by a scan: the records give the
 /// index entries that must exist (sorted by digest), and each index entry
 /// met is looked up among them. No random reads, so a large store is
 /// checked at the speed of a scan (point reads missed the page cache and
 /// took a minute at 1,000,000 sessions). Memory: one entry per session.
-fn survey(engine: &dyn Engine) -> Result<(CheckReport, Vec<Fix>)> {
+fn survey(engine: &dyn Engine, cap: usize) -> Result<Survey> {
     let mut sessions = Vec::new();
     let mut fixes = Vec::new();
     engine.scan_records(&mut |stored| {
@@ -356,29 +401,45 @@ fn survey(engine: &dyn Engine) -> Result<(CheckReport, Vec<Fix>)> {
         expiries.entry(Index::Expiries, id, digest, |e| e.filed_at == at);
         Ok(true)
     })?;
-    let mut actors = Found::new(&sessions);
-    engine.scan_actors(&mut |id, entry| {
-        let (actor, digest) = entry.map_or((String::new(), None), |(a, d)| (a, Some(d)));
-        actors.entry(Index::Actors, id, digest, |e| e.actor_id == actor);
-        Ok(true)
-    })?;
     fixes.append(&mut expiries.stale);
-    fixes.append(&mut actors.stale);
     fixes.extend(expiries.missing().map(|e| Fix::AddExpiry {
         at: e.filed_at,
         actor_id: e.actor_id.clone(),
         digest: e.digest,
         revision: e.revision,
     }));
-    fixes.extend(actors.missing().map(|e| Fix::AddActor {
-        actor_id: e.actor_id.clone(),
-        digest: e.digest,
-        revision: e.revision,
-    }));
+    if engine.keeps_actor_index() {
+        let mut actors = Found::new(&sessions);
+        engine.scan_actors(&mut |id, entry| {
+            let (actor, digest) = entry.map_or((String::new(), None), |(a, d)| (a, Some(d)));
+            actors.entry(Index::Actors, id, digest, |e| e.actor_id == actor);
+            Ok(true)
+        })?;
+        fixes.append(&mut actors.stale);
+        fixes.extend(actors.missing().map(|e| Fix::AddActor {
+            actor_id: e.actor_id.clone(),
+            digest: e.digest,
+            revision: e.revision,
+        }));
+    }
     let mut report = CheckReport {
         sessions: sessions.len() as u64,
         ..CheckReport::default()
     };
     tally(&mut report, &fixes);
-    Ok((report, fixes))
+    // Actors over their cap: runs of one actor, by actor.
+    let mut actors: Vec<&str> = sessions.iter().map(|e| e.actor_id.as_str()).collect();
+    actors.sort_unstable();
+    let mut over_cap = Vec::new();
+    for run in actors.chunk_by(|a, b| a == b) {
+        if run.len() > cap {
+            report.over_cap += (run.len() - cap) as u64;
+            over_cap.push(run[0].to_owned());
+        }
+    }
+    Ok(Survey {
+        report,
+        fixes,
+        over_cap,
+    })
 }

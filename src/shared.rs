@@ -59,29 +59,15 @@ pub(crate) struct Shared {
 }
 
 /// The actors an operation may read or change the sessions of
-/// (`Task::subjects`), and whether it changes at most its own session's
-/// record in place (`Task::in_place`).
+/// (`Task::subjects`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct About {
     subjects: Vec<String>,
-    in_place: bool,
 }
 
 impl About {
     pub fn of(actors: Vec<String>) -> Self {
-        About {
-            subjects: actors,
-            in_place: false,
-        }
-    }
-
-    /// A use of one session or an edit of its data: usually a rewrite of
-    /// its record alone.
-    pub fn record_of(actor: String) -> Self {
-        About {
-            subjects: vec![actor],
-            in_place: true,
-        }
+        About { subjects: actors }
     }
 }
 
@@ -110,10 +96,6 @@ where
 {
     fn subjects(&self) -> &[String] {
         &self.about.subjects
-    }
-
-    fn in_place(&self) -> bool {
-        self.about.in_place
     }
 
     fn plan(&self, view: &dyn View) -> Result<Plan> {

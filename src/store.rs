@@ -37,12 +37,13 @@ pub struct Stats {
     pub events_missed: u64,
     /// Sessions deleted by the reaper since open.
     pub reaped: u64,
-    /// Transactions committed since open.
+    /// Changes committed since open that wrote something (on sled, each
+    /// writing call is one; on Redis, one script each).
     pub commits: u64,
-    /// Operations committed since open; `committed_ops / commits` is the
-    /// batching factor.
+    /// Operations committed since open, those that wrote nothing included.
     pub committed_ops: u64,
-    /// fsyncs made by immediate durability since open.
+    /// fsyncs made by immediate durability since open;
+    /// `committed_ops / syncs` is how many operations share one.
     pub syncs: u64,
     /// Resolves that did not write because the expiry moved less than the
     /// touch interval.
@@ -163,12 +164,7 @@ impl SessionStore {
         let events = Arc::new(EventHub::new(config.event_capacity));
         let poison = Arc::new(Poison::default());
         let (engine, opened) = engine::open(&config, events.clone(), poison.clone())?;
-        let recovery =
-            recovery::recover(engine.as_ref(), opened, started, config.check_in_background)?;
-        log::info!(
-            "opened session store at {}: {recovery:?}",
-            config.describe()
-        );
+        let recovery = recovery::recover(opened, started);
         let shared = Arc::new(Shared {
             engine,
             rules: Arc::new(Rules { settings }),
@@ -192,10 +188,10 @@ impl SessionStore {
             closing: AtomicBool::new(false),
             recovery: Arc::new(Recovering::new(recovery)),
         });
-        if checking {
-            let (recovery, engine) = (handle.recovery.clone(), shared.engine.clone());
+        if checking && config.check_in_background {
+            let (recovery, shared) = (handle.recovery.clone(), shared.clone());
             let checker = worker::spawn("checker", shared.poison.clone(), move || {
-                recovery.check(engine.as_ref());
+                recovery.check(&shared);
             })
             .map_err(|source| Error::WorkerStart {
                 worker: "checker",
@@ -205,7 +201,15 @@ impl SessionStore {
                 .checker
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(checker);
+        } else if checking {
+            handle.recovery.check(&shared);
+            handle.recovery.opened_in(started.elapsed());
         }
+        log::info!(
+            "opened session store at {}: {:?}",
+            config.describe(),
+            handle.recovery.report()
+        );
         let events = subscribe.then(|| shared.events.subscribe());
         // Reassigns across shards that a stopped node left half-way.
         match intent::finish_stuck(&shared, shared.now(), None) {
@@ -268,7 +272,7 @@ impl SessionStore {
             });
         }
         let now = shared.now();
-        let secret = key::new_secret(shared.key_length)?;
+        let (secret, id) = key::new_secret_and_public_id(shared.key_length)?;
         let deadline = shared.rules.deadline_for(now);
         let expires_at = shared.rules.expiry_at(now, deadline);
         let record = Record {
@@ -277,7 +281,7 @@ impl SessionStore {
             filed_at: expires_at,
             app_version: shared.app_version.clone(),
             revision: 1,
-            id: key::new_public_id()?,
+            id,
             language: language.to_owned(),
             created_at: now,
             deadline,
@@ -362,12 +366,7 @@ impl SessionStore {
 
     fn use_key(&self, key: FullKey<'_>, full_key: &str, now: u64, touch: Touch) -> Result<Session> {
         let (digest, actor_id) = (key.digest(), key.actor_id.to_owned());
-        // A restore announces the session again, so it is never a rewrite
-        // alone (those publish nothing).
-        let about = match touch {
-            Touch::Restore => About::of(vec![actor_id.clone()]),
-            Touch::Slide | Touch::Extend => About::record_of(actor_id.clone()),
-        };
+        let about = About::of(vec![actor_id.clone()]);
         let record = self.shared().write(about, move |p| {
             p.use_session(&digest, &actor_id, now, touch)
         })?;
@@ -512,7 +511,7 @@ impl SessionStore {
         let key = FullKey::parse(full_key)?;
         let shared = self.shared();
         let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
-        let about = About::record_of(actor_id.clone());
+        let about = About::of(vec![actor_id.clone()]);
         shared.write(about, move |p| {
             p.edit_data(&digest, &actor_id, now, expected_revision, kind, &edit)
         })
@@ -759,8 +758,16 @@ impl SessionStore {
     fn check_with(&self, repair: bool) -> Result<CheckReport> {
         let shared = self.shared();
         shared.ensure_open()?;
-        let _held = shared.engine.hold_writes()?;
-        recovery::check(shared.engine.as_ref(), repair)
+        let cap = shared.rules.settings.max_per_actor;
+        let (mut report, over_cap) = {
+            let _held = shared.engine.hold_writes()?;
+            recovery::check(shared.engine.as_ref(), repair, cap)?
+        };
+        // Planned and committed as writes, once writes go on again.
+        if repair && !over_cap.is_empty() {
+            report.over_cap = recovery::end_over_cap(shared, &over_cap)?;
+        }
+        Ok(report)
     }
 }
 

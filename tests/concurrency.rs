@@ -1,5 +1,6 @@
-//! Many threads on one store: read-modify-write without lost updates, and
-//! concurrent registers that the committer batches.
+//! Many threads on one store: read-modify-write without lost updates,
+//! concurrent registers, and, in immediate durability, callers that share
+//! fsyncs.
 
 #[macro_use]
 mod common;
@@ -53,7 +54,7 @@ on_every_engine! {
         assert_eq!(f.store.resolve(&key).unwrap().revision(), 1 + 2 * total);
     }
 
-    fn concurrent_registers_all_succeed_and_sled_batches_them() {
+    fn concurrent_registers_all_succeed() {
         const PER_THREAD: usize = 500;
         // Room for every event, so that the subscriber can check them all.
         let f = Fixture::with(|c| c.event_capacity(THREADS * PER_THREAD));
@@ -92,20 +93,8 @@ on_every_engine! {
 
         let stats = f.store.stats().unwrap();
         assert_eq!(stats.sessions, total as u64);
-        let ops = stats.committed_ops - before.committed_ops;
-        let commits = stats.commits - before.commits;
-        assert_eq!(ops, total as u64);
-        // Eight threads each waiting on sled's single committer keep its
-        // queue from running dry, so some transactions carry several
-        // registers. (With one writer at a time this would be 4000 commits
-        // for 4000 operations.) Verified stable over repeated runs on a
-        // loaded 2-core machine. Redis commits each plan as its own script.
-        if common::engine() == common::Engine::Sled {
-            assert!(
-                commits < ops,
-                "no batching: {commits} commits for {ops} operations"
-            );
-        }
+        assert_eq!(stats.committed_ops - before.committed_ops, total as u64);
+        assert_eq!(stats.commits - before.commits, total as u64);
         // Every register was told, once.
         let events = drain(&rx);
         assert_eq!(events.len(), total);
@@ -214,4 +203,76 @@ on_every_engine! {
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(events[1], unset_event(&s, UnsetReason::LoggedOut));
     }
+}
+
+/// Immediate durability: a call returns once its write is on disk, and
+/// callers whose writes are done share one flush + fsync (sled's write
+/// group), so eight threads need fewer fsyncs than writes. Every register
+/// is told once, in each actor's order.
+#[test]
+fn concurrent_durable_writes_share_fsyncs() {
+    const PER_THREAD: usize = 100;
+    let total = THREADS * PER_THREAD;
+    let f = Fixture::with(|c| {
+        c.durability(Durability::Immediate)
+            .event_capacity(4 * total)
+    });
+    let rx = f.store.subscribe();
+    let before = f.store.stats().unwrap();
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (store, start) = (f.store.clone(), &start);
+            scope.spawn(move || {
+                start.wait();
+                for i in 0..PER_THREAD {
+                    let s = store.register(&format!("t{t}"), "en", Data::new()).unwrap();
+                    if i % 2 == 1 {
+                        store.logout(&key_of(&s)).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let stats = f.store.stats().unwrap();
+    let writes = stats.committed_ops - before.committed_ops;
+    let syncs = stats.syncs - before.syncs;
+    assert_eq!(writes, (total + total / 2) as u64);
+    assert!(
+        syncs > 0 && syncs < writes,
+        "{syncs} fsyncs for {writes} writes"
+    );
+    // Per actor: set, then (every other time) unset of that same session, and
+    // a register replacing a live session first ends it.
+    let events = drain(&rx);
+    for t in 0..THREADS {
+        let actor = format!("t{t}");
+        let mine: Vec<&Event> = events
+            .iter()
+            .filter(|e| match e {
+                Event::Set { actor_id, .. } | Event::Unset { actor_id, .. } => *actor_id == actor,
+                _ => false,
+            })
+            .collect();
+        let sets = mine
+            .iter()
+            .filter(|e| matches!(e, Event::Set { .. }))
+            .count();
+        assert_eq!(sets, PER_THREAD);
+        let mut live: Option<&str> = None;
+        for e in mine {
+            match e {
+                Event::Set { id, .. } => {
+                    assert_eq!(live, None, "{actor}: a set before the last session ended");
+                    live = Some(id);
+                }
+                Event::Unset { id, .. } => {
+                    assert_eq!(live, Some(id.as_str()), "{actor}: an unset out of order");
+                    live = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(f.store.check().unwrap().is_healthy());
 }

@@ -4,11 +4,18 @@
 //! store and hammers it from several threads, printing a line before
 //! (`B`) and after (`A`) every operation. The parent kills the child with
 //! SIGKILL at a random moment (during open, during the background check
-//! after an unclean shutdown, during a reaper pass, during writes), twice
-//! per round, then reopens the store and checks:
-//! - the store opens, the recovery check after the crash (which runs in the
-//!   background while the child writes) found no broken invariant
-//!   (transactions are atomic across trees), and `check()` is healthy;
+//! after an unclean shutdown, during a reaper pass, during writes), or,
+//! on sled, between two steps of a write: the engine commits a change as
+//! ordered single-key writes, and the child (built with the crate's
+//! `test-hooks`) stops one of them after a chosen step and says so (`P`),
+//! which is when the parent kills it. Twice per round; then it reopens the
+//! store and checks:
+//! - the store opens, and the check after the crash (which runs in the
+//!   background while the child writes) found nothing but what a write
+//!   stopped between its steps leaves (an expiry entry whose record is
+//!   missing or filed elsewhere, an actor over its cap), repaired it, and
+//!   announced each session it ended over a cap (`replaced`); then
+//!   `check()` is healthy;
 //! - per child thread, the store holds exactly the effect of a prefix of
 //!   that thread's operations (plus sessions the reaper legitimately ended);
 //! - immediate durability: that prefix covers every acknowledged operation;
@@ -22,7 +29,7 @@
 //! reassign across buckets that a kill cut short is finished by the next
 //! store to open).
 //!
-//! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 50);
+//! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
 
 #[path = "common/redis.rs"]
@@ -31,10 +38,11 @@ mod redis_server;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sessiondb::{Config, Data, Durability, ManualClock, SessionStore, UnsetReason};
+use sessiondb::{Config, Data, Durability, Event, ManualClock, SessionStore, UnsetReason};
 
 const THREADS: usize = 3;
 const ACTORS_PER_THREAD: usize = 5;
@@ -90,28 +98,48 @@ fn child_config(place: &str, mode: &str) -> Config {
 
 // ---------------------------------------------------------------- child --
 
-/// The child: `--child DIR MODE RUN SEED`. Prints `O <checking>` once open
-/// (`1` while the check after an unclean shutdown runs in the background),
-/// `C <problems>` when that check ends, and `B`/`A` lines per operation,
-/// until killed.
+/// The child: `--child DIR MODE RUN SEED PAUSE`. Prints `O <checking>`
+/// once open (`1` while the check after an unclean shutdown runs in the
+/// background), `C <stale entries> <over cap> <other problems>` when that
+/// check ends, `B`/`A` lines per operation, and, with `PAUSE` = `STEP:N`,
+/// when a write has made its `N`th step of kind `STEP` (`filed`, `stored`,
+/// `deleted`, `unfiled`) and another step follows, `P <step>`, after which
+/// that write waits to be killed (`PAUSE` = `-`: never).
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let [place, mode, run, seed] = args else {
-        return Err("usage: --child PLACE MODE RUN SEED".into());
+    let [place, mode, run, seed, pause] = args else {
+        return Err("usage: --child PLACE MODE RUN SEED PAUSE".into());
     };
-    let store = SessionStore::open(child_config(place, mode))?;
     let out = Arc::new(Mutex::new(std::io::stdout()));
+    if let Some((kind, n)) = pause.split_once(':') {
+        let (out, kind, n, seen) = (
+            out.clone(),
+            kind.to_owned(),
+            n.parse::<u64>()?,
+            AtomicU64::new(0),
+        );
+        sessiondb::test_hooks::between_steps(move |what| {
+            if what == kind && seen.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                say(&out, &format!("P {what}"));
+                std::thread::sleep(Duration::from_secs(30));
+            }
+        });
+    }
+    let store = SessionStore::open(child_config(place, mode))?;
     let checking = store.recovery_report().checking;
     say(&out, &format!("O {}", u8::from(checking)));
     {
         let (store, out) = (store.clone(), out.clone());
         std::thread::spawn(move || {
             let report = store.wait_for_recovery();
-            let problems = match (&report.check, &report.check_error) {
+            let found = match (&report.check, &report.check_error) {
                 (_, Some(e)) => format!("failed:{}", e.replace(' ', "_")),
-                (Some(c), None) => c.problems().to_string(),
-                (None, None) => "0".into(),
+                (Some(c), None) => {
+                    let (stale, over) = (c.stale_expiries, c.over_cap);
+                    format!("{stale} {over} {}", c.problems() - stale - over)
+                }
+                (None, None) => "0 0 0".into(),
             };
-            say(&out, &format!("C {problems}"));
+            say(&out, &format!("C {found}"));
         });
     }
     let seed: u64 = seed.parse()?;
@@ -289,11 +317,49 @@ struct RunLog {
     checking: bool,
     /// What that check found (`C` line), once it ended.
     check_result: Option<String>,
+    /// The step after which a write stopped to be killed (`P` line).
+    paused: Option<String>,
     threads: Vec<Vec<Step>>,
     killed: Instant,
 }
 
+/// Whether the mode runs the sled engine, whose writes are ordered steps
+/// (on Redis each change is one script).
+fn on_sled(mode: &str) -> bool {
+    matches!(mode, "immediate" | "periodic")
+}
+
+/// When the parent kills a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// In the first 40 ms: during start-up, open and recovery (including
+    /// the first reaper pass over sessions that expired while no process
+    /// ran).
+    Early,
+    /// As soon as the store is open, while the check after the previous
+    /// kill runs in the background beside the child's first writes.
+    Opened,
+    /// When a write stops after the `n`th single-key write of a kind with
+    /// another write to follow (sled only).
+    BetweenSteps(&'static str, u64),
+    /// At a random moment in the first 700 ms.
+    Later,
+}
+
 fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64) {
+    let kill = match rng.below(4) {
+        0 => Kill::Early,
+        1 => Kill::Opened,
+        2 if on_sled(mode) => {
+            let kinds = ["filed", "stored", "deleted", "unfiled"];
+            Kill::BetweenSteps(kinds[rng.below(4) as usize], 1 + rng.below(20))
+        }
+        _ => Kill::Later,
+    };
+    let pause = match kill {
+        Kill::BetweenSteps(kind, n) => format!("{kind}:{n}"),
+        _ => "-".to_owned(),
+    };
     let exe = std::env::current_exe().expect("own executable");
     let mut child = Command::new(exe)
         .args([
@@ -302,6 +368,7 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
             mode,
             &run.to_string(),
             &rng.next().to_string(),
+            &pause,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -309,11 +376,13 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
         .expect("spawn child");
     let stdout = child.stdout.take().expect("child stdout");
     let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (paused_tx, paused) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut log = RunLog {
             opened: false,
             checking: false,
             check_result: None,
+            paused: None,
             threads: vec![Vec::new(); THREADS],
             killed: Instant::now(),
         };
@@ -325,7 +394,11 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
                     log.checking = *checking == "1";
                     let _ = opened_tx.send(());
                 }
-                ["C", result] => log.check_result = Some((*result).to_owned()),
+                ["C", found @ ..] => log.check_result = Some(found.join(" ")),
+                ["P", step] => {
+                    log.paused = Some((*step).to_owned());
+                    let _ = paused_tx.send(());
+                }
                 ["B", t, seq, op, a, b] => {
                     let t: usize = t.parse().expect("thread");
                     log.threads[t].push(Step {
@@ -355,17 +428,15 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
         }
         log
     });
-    // One kill in four lands in the first 40 ms: during start-up, open and
-    // recovery (including the first reaper pass over sessions that expired
-    // while no process ran). One in four lands as soon as the store is open,
-    // while the check after the previous kill runs in the background beside
-    // the child's first writes.
-    match rng.below(4) {
-        0 => std::thread::sleep(Duration::from_millis(rng.below(40))),
-        1 => {
+    match kill {
+        Kill::Early => std::thread::sleep(Duration::from_millis(rng.below(40))),
+        Kill::Opened => {
             let _ = opened.recv_timeout(Duration::from_secs(10));
         }
-        _ => std::thread::sleep(Duration::from_millis(rng.below(700))),
+        Kill::BetweenSteps(..) => {
+            let _ = paused.recv_timeout(Duration::from_secs(10));
+        }
+        Kill::Later => std::thread::sleep(Duration::from_millis(rng.below(700))),
     }
     child.kill().expect("SIGKILL");
     let _ = child.wait();
@@ -382,6 +453,12 @@ struct Tally {
     kills_before_open: usize,
     /// Kills while the background check after an unclean shutdown ran.
     kills_during_check: usize,
+    /// Kills of a write stopped between two of its steps, by the step.
+    kills_between_steps: HashMap<String, usize>,
+    /// What the checks after the kills repaired: expiry entries dropped,
+    /// sessions ended over their actor's cap.
+    stale_entries: u64,
+    ended_over_cap: u64,
     acked: usize,
     lost: usize,
     worst_loss: Duration,
@@ -407,11 +484,24 @@ fn crash_mode(mode: &str, place: &str, kills: usize, seed: u64) -> Result<Tally,
             if log.checking && log.check_result.is_none() {
                 tally.kills_during_check += 1;
             }
-            if let Some(result) = log.check_result.as_ref().filter(|r| *r != "0") {
-                return Err(format!(
-                    "run {}: recovery after a kill found broken invariants: {result}",
-                    run - 1
-                ));
+            if let Some(step) = &log.paused {
+                *tally.kills_between_steps.entry(step.clone()).or_default() += 1;
+            }
+            if let Some(result) = &log.check_result {
+                let found: Vec<u64> = result.split(' ').filter_map(|n| n.parse().ok()).collect();
+                match found.as_slice() {
+                    [stale, over, 0] => {
+                        tally.stale_entries += stale;
+                        tally.ended_over_cap += over;
+                    }
+                    _ => {
+                        return Err(format!(
+                            "run {}: the check after a kill found more than a stopped \
+                             write leaves (stale entries, over cap, other): {result}",
+                            run - 1
+                        ))
+                    }
+                }
             }
             logs.push(log);
         }
@@ -434,17 +524,39 @@ fn verify(
     let config = place_config(place, mode)
         .clock(Arc::new(ManualClock::new(0)))
         .reaper_thread(false);
-    let store = SessionStore::open(config).map_err(|e| format!("reopen failed: {e}"))?;
+    let (store, events) =
+        SessionStore::open_subscribed(config).map_err(|e| format!("reopen failed: {e}"))?;
     let recovery = store.wait_for_recovery();
     if let Some(e) = recovery.check_error {
         return Err(format!("the check after a kill failed: {e}"));
     }
     if let Some(check) = recovery.check {
-        if !check.is_healthy() {
+        // What a write stopped between its steps leaves, and nothing else.
+        if check.problems() != check.stale_expiries + check.over_cap {
             return Err(format!(
-                "recovery after a kill found broken invariants: {check:?}"
+                "the check after a kill found broken invariants: {check:?}"
             ));
         }
+        let announced = events
+            .try_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Unset {
+                        reason: UnsetReason::Replaced,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        if announced != check.over_cap {
+            return Err(format!(
+                "the check ended {} sessions over their cap but announced {announced}",
+                check.over_cap
+            ));
+        }
+        tally.stale_entries += check.stale_expiries;
+        tally.ended_over_cap += check.over_cap;
     }
     let stored = |actor: &str| -> Result<Option<Found>, String> {
         let s = store.actor_session(actor).map_err(|e| e.to_string())?;
@@ -546,7 +658,7 @@ fn main() {
     let kills: usize = std::env::var("SESSIONDB_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(150);
     let seed: u64 = std::env::var("SESSIONDB_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -573,16 +685,31 @@ fn main() {
     }
     for (mode, place) in &places {
         match crash_mode(mode, place, kills, seed) {
-            Ok(t) => println!(
-                "{mode}: {} kills ({} before open finished, {} during the background check), \
-                 {} acknowledged ops checked, {} lost (oldest lost acknowledged {:?} before its kill)",
-                t.kills,
-                t.kills_before_open,
-                t.kills_during_check,
-                t.acked,
-                t.lost,
-                t.worst_loss
-            ),
+            Ok(t) if on_sled(mode) && t.kills_between_steps.is_empty() => {
+                println!(
+                    "{mode}: FAILED: no kill landed between the steps of a write (seed {seed})"
+                );
+                failed += 1;
+            }
+            Ok(t) => {
+                let mut steps: Vec<_> = t.kills_between_steps.iter().collect();
+                steps.sort();
+                println!(
+                    "{mode}: {} kills ({} before open finished, {} during the background check, \
+                     {} between the steps of a write: {steps:?}), {} acknowledged ops checked, \
+                     {} lost (oldest lost acknowledged {:?} before its kill); the checks after \
+                     them dropped {} stale expiry entries and ended {} sessions over their cap",
+                    t.kills,
+                    t.kills_before_open,
+                    t.kills_during_check,
+                    t.kills_between_steps.values().sum::<usize>(),
+                    t.acked,
+                    t.lost,
+                    t.worst_loss,
+                    t.stale_entries,
+                    t.ended_over_cap,
+                );
+            }
             Err(e) => {
                 println!("{mode}: FAILED: {e} (seed {seed})");
                 failed += 1;

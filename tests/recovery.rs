@@ -1,5 +1,5 @@
 //! Open-time recovery, the consistency check and repair, corrupt records,
-//! format versioning and the format-1 fixture store.
+//! format versioning and the fixture stores of formats 1 to 3.
 //!
 //! Broken states are made by writing sled's trees directly while the store
 //! is closed, as a crash or a bug would leave them.
@@ -11,7 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use sessiondb::{Data, Error, ManualClock, Reason, Session, SessionStore, STORE_FORMAT};
+use sessiondb::{
+    Data, Error, Event, ManualClock, Reason, Session, SessionStore, UnsetReason, STORE_FORMAT,
+};
+
+/// A format 3 `expiries` key: time, then the record key (actor length,
+/// actor, digest).
+fn expiry_key(at: u64, actor: &str, digest_byte: u8) -> Vec<u8> {
+    let mut k = at.to_be_bytes().to_vec();
+    k.push(actor.len() as u8);
+    k.extend_from_slice(actor.as_bytes());
+    k.extend_from_slice(&[digest_byte; 32]);
+    k
+}
 
 /// Opens the store directory with sled itself and hands `f` the trees.
 fn with_raw(dir: &Path, f: impl FnOnce(&sled::Db)) {
@@ -116,10 +128,10 @@ fn the_background_check_repairs_real_damage_while_writes_go_on() {
     let f = damage_and_reopen(f, |db| {
         let key = first_key(db, "expiries");
         db.open_tree("expiries").unwrap().remove(key).unwrap();
-        let mut ghost = vec![5u8];
-        ghost.extend_from_slice(b"ghost");
-        ghost.extend_from_slice(&[3; 32]);
-        db.open_tree("actors").unwrap().insert(ghost, &[]).unwrap();
+        db.open_tree("expiries")
+            .unwrap()
+            .insert(expiry_key(5, "ghost", 3), &[])
+            .unwrap();
         db.open_tree("meta")
             .unwrap()
             .insert("sessions", &99u64.to_be_bytes())
@@ -159,7 +171,7 @@ fn the_background_check_repairs_real_damage_while_writes_go_on() {
             check.missing_actors,
             check.corrupt
         ),
-        (1, 1, 0, 0, 0),
+        (1, 0, 1, 0, 0),
         "only the damage done before the crash: {check:?}"
     );
     assert!(check.repaired);
@@ -202,9 +214,7 @@ fn recovery_removes_stale_and_misdated_expiry_entries() {
         wrong[..8].copy_from_slice(&6u64.to_be_bytes());
         expiries.insert(wrong, &[]).unwrap();
         // ...and one entry for a session that does not exist.
-        let mut ghost = 5u64.to_be_bytes().to_vec();
-        ghost.extend_from_slice(&[9; 32]);
-        expiries.insert(ghost, &[]).unwrap();
+        expiries.insert(expiry_key(5, "ghost", 9), &[]).unwrap();
         mark_unclean(db);
     });
     let check = f.store.wait_for_recovery().check.unwrap();
@@ -219,28 +229,97 @@ fn recovery_removes_stale_and_misdated_expiry_entries() {
     assert!(f.store.check().unwrap().is_healthy());
 }
 
+/// Store format 3 keys a record by its actor: a record found under
+/// another actor's key names nobody's session, and repair moves it aside.
 #[test]
-fn recovery_restores_missing_and_removes_stale_actor_entries() {
-    let (f, _, _) = two_sessions();
+fn a_record_filed_under_another_actors_key_is_quarantined() {
+    let (f, a, b) = two_sessions();
     let f = damage_and_reopen(f, |db| {
-        let actors = db.open_tree("actors").unwrap();
-        let key = first_key(db, "actors");
-        actors.remove(key).unwrap();
-        let mut ghost = vec![5];
-        ghost.extend_from_slice(b"ghost");
-        ghost.extend_from_slice(&[3; 32]);
-        actors.insert(ghost, &[]).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let (key, value) = records.iter().next().unwrap().unwrap();
+        let mut moved = vec![5];
+        moved.extend_from_slice(b"ghost");
+        moved.extend_from_slice(&key[key.len() - 32..]);
+        records.insert(moved, value).unwrap();
+        records.remove(key).unwrap();
         mark_unclean(db);
     });
     let check = f.store.wait_for_recovery().check.unwrap();
-    assert_eq!(
-        (check.missing_actors, check.stale_actors),
-        (1, 1),
-        "{check:?}"
-    );
-    assert!(f.store.actor_session("a").unwrap().is_some());
-    assert!(f.store.actor_session("b").unwrap().is_some());
+    assert_eq!((check.corrupt, check.stale_expiries), (1, 1), "{check:?}");
+    assert_eq!(f.store.quarantined().unwrap(), 1);
     assert!(f.store.actor_session("ghost").unwrap().is_none());
+    // One of the two sessions is gone, the other untouched.
+    let valid = [&a, &b]
+        .iter()
+        .filter(|k| f.store.is_valid(k).is_ok())
+        .count();
+    assert_eq!(valid, 1);
+    assert_eq!(f.store.stats().unwrap().sessions, 1);
+    assert!(f.store.check().unwrap().is_healthy());
+}
+
+/// A register stopped by a crash after it stored its session and before it
+/// ended the actor's older one leaves the actor over its cap; the check
+/// after the crash ends the older one, as the register would have, and
+/// announces it.
+#[test]
+fn the_check_after_a_crash_ends_sessions_over_the_actors_cap_and_announces_them() {
+    // Two sessions of one actor, as such a crash leaves them (made here
+    // with a cap of 2).
+    let f = Fixture::with(|c| c.max_sessions_per_actor(2));
+    let old = f.store.register("a", "en", Data::new()).unwrap();
+    f.advance(Duration::from_secs(1));
+    let new = f.store.register("a", "en", Data::new()).unwrap();
+    let other = f.store.register("b", "en", Data::new()).unwrap();
+    let Fixture {
+        dir, clock, store, ..
+    } = f;
+    store.close().unwrap();
+    with_raw(dir.path(), mark_unclean);
+    let (store, events) = SessionStore::open_subscribed(config(&dir, &clock)).unwrap();
+    let check = store.wait_for_recovery().check.unwrap();
+    assert_eq!(check.over_cap, 1, "{check:?}");
+    assert_eq!(check.problems(), 1, "{check:?}");
+    assert_eq!(
+        drain(&events),
+        vec![Event::Unset {
+            id: old.id().to_owned(),
+            actor_id: "a".into(),
+            reason: UnsetReason::Replaced,
+        }]
+    );
+    assert_eq!(rejected(store.resolve(&key_of(&old))), Reason::KeyMismatch);
+    assert_eq!(store.resolve(&key_of(&new)).unwrap().id(), new.id());
+    store.resolve(&key_of(&other)).unwrap();
+    assert_eq!(store.stats().unwrap().sessions, 2);
+    assert!(store.check().unwrap().is_healthy());
+}
+
+/// `check` reports an actor over its cap (the cap was lowered, say), and
+/// `repair` ends its oldest sessions as a register would.
+#[test]
+fn check_reports_and_repair_ends_sessions_over_the_cap() {
+    let f = Fixture::with(|c| c.max_sessions_per_actor(3));
+    let sessions: Vec<Session> = (0..3)
+        .map(|i| {
+            f.advance(Duration::from_secs(i));
+            f.store.register("a", "en", Data::new()).unwrap()
+        })
+        .collect();
+    let f = f.reopen(|c| c.max_sessions_per_actor(1));
+    let rx = f.store.subscribe();
+    let check = f.store.check().unwrap();
+    assert_eq!((check.over_cap, check.repaired), (2, false));
+    assert!(drain(&rx).is_empty());
+    let repaired = f.store.repair().unwrap();
+    assert_eq!(repaired.over_cap, 2);
+    let ended: Vec<Event> = sessions[..2]
+        .iter()
+        .map(|s| unset_event(s, UnsetReason::Replaced))
+        .collect();
+    assert_eq!(drain(&rx), ended);
+    f.store.is_valid(&key_of(&sessions[2])).unwrap();
+    assert!(f.store.check().unwrap().is_healthy());
 }
 
 #[test]
@@ -283,13 +362,13 @@ fn after_an_unclean_shutdown_the_count_is_recounted_not_trusted() {
 fn a_corrupt_record_affects_only_its_session_until_repair_quarantines_it() {
     let (f, a, b) = two_sessions();
     let f = damage_and_reopen(f, |db| {
-        let sessions = db.open_tree("sessions").unwrap();
+        let records = db.open_tree("records").unwrap();
         // Corrupt the record of actor a: format byte, then actor id "a"
         // (length 1), see docs/format.md.
-        for kv in sessions.iter() {
+        for kv in records.iter() {
             let (k, v) = kv.unwrap();
             if v[1..3] == [1, b'a'] {
-                sessions.insert(k, &[2, 0xff, 0xff, 0xff][..]).unwrap();
+                records.insert(k, &[2, 0xff, 0xff, 0xff][..]).unwrap();
             }
         }
     });
@@ -348,7 +427,7 @@ fn a_store_of_a_newer_format_is_refused_and_left_alone() {
             meta.get("format").unwrap().unwrap().as_ref(),
             (STORE_FORMAT + 1).to_be_bytes()
         );
-        assert_eq!(db.open_tree("sessions").unwrap().len(), 2);
+        assert_eq!(db.open_tree("records").unwrap().len(), 2);
     });
 }
 
@@ -371,13 +450,14 @@ fn a_stale_generating_snapshot_from_a_crash_during_open_is_removed() {
 
 const FIXTURE: &str = "tests/fixtures/store-v1";
 const FIXTURE_V2: &str = "tests/fixtures/store-v2";
+const FIXTURE_V3: &str = "tests/fixtures/store-v3";
 
 fn fixture_path(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
-/// A copy of a fixture store, opened, with its keys.
-fn open_fixture(name: &str) -> (tempfile::TempDir, ManualClock, SessionStore, Vec<String>) {
+/// A copy of a fixture store's directory, with its keys.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, Vec<String>) {
     let fixture = fixture_path(name);
     let keys: Vec<String> = std::fs::read_to_string(fixture.join("keys.txt"))
         .expect("fixture keys")
@@ -386,6 +466,12 @@ fn open_fixture(name: &str) -> (tempfile::TempDir, ManualClock, SessionStore, Ve
         .collect();
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture.join("db"), dir.path());
+    (dir, keys)
+}
+
+/// A copy of a fixture store, opened, with its keys.
+fn open_fixture(name: &str) -> (tempfile::TempDir, ManualClock, SessionStore, Vec<String>) {
+    let (dir, keys) = copy_fixture(name);
     let clock = ManualClock::new(T0);
     let store = SessionStore::open(config(&dir, &clock).app_version("1.0.0")).unwrap();
     assert!(store.recovery_report().clean_shutdown);
@@ -412,26 +498,52 @@ fn assert_fixture_sessions(store: &SessionStore, keys: &[String]) -> Session {
     first
 }
 
-/// The format 1 fixture store: written once by format 1, then opened by
-/// every later build (format 2 moves its actor index on open).
-#[test]
-fn the_format_1_fixture_store_opens_and_decodes() {
-    let (dir, clock, store, keys) = open_fixture(FIXTURE);
-    let first = assert_fixture_sessions(&store, &keys);
-    // Format 1's actor index was rewritten as format 2's lists on open.
-    let listed = store.actor_session("fixture-player").unwrap().unwrap();
-    assert_eq!(listed.id(), first.id());
-    store.logout(&keys[1]).unwrap();
-    assert_eq!(store.actor_session("actor:with:colons").unwrap(), None);
-    store.close().unwrap();
-    with_raw(dir.path(), |db| {
+/// After a close, the store is in this build's format, with format 3's
+/// trees only: records by actor and digest, expiry entries naming them.
+fn assert_format_3_trees(dir: &Path, sessions: usize) {
+    with_raw(dir, |db| {
         let meta = db.open_tree("meta").unwrap();
         assert_eq!(
             meta.get("format").unwrap().unwrap().as_ref(),
             STORE_FORMAT.to_be_bytes()
         );
-        assert_eq!(db.open_tree("actors").unwrap().len(), 1);
+        let names: Vec<String> = db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "sessions" || n == "actors"),
+            "{names:?}"
+        );
+        assert_eq!(db.open_tree("records").unwrap().len(), sessions);
+        let expiries = db.open_tree("expiries").unwrap();
+        assert_eq!(expiries.len(), sessions);
+        for kv in expiries.iter() {
+            let (k, _) = kv.unwrap();
+            assert!(
+                db.open_tree("records")
+                    .unwrap()
+                    .contains_key(&k[8..])
+                    .unwrap(),
+                "an entry names its record"
+            );
+        }
     });
+}
+
+/// The format 1 fixture store: written once by format 1, then opened by
+/// every later build, which moves it to this build's format on open.
+#[test]
+fn the_format_1_fixture_store_opens_and_decodes() {
+    let (dir, clock, store, keys) = open_fixture(FIXTURE);
+    let first = assert_fixture_sessions(&store, &keys);
+    let listed = store.actor_session("fixture-player").unwrap().unwrap();
+    assert_eq!(listed.id(), first.id());
+    store.logout(&keys[1]).unwrap();
+    assert_eq!(store.actor_session("actor:with:colons").unwrap(), None);
+    store.close().unwrap();
+    assert_format_3_trees(dir.path(), 1);
     let store = SessionStore::open(config(&dir, &clock)).unwrap();
     assert!(store.check().unwrap().is_healthy());
     assert_eq!(store.resolve(&keys[0]).unwrap().id(), first.id());
@@ -439,13 +551,10 @@ fn the_format_1_fixture_store_opens_and_decodes() {
 
 /// The format 2 fixture store (set `SESSIONDB_WRITE_FIXTURES=2` to write
 /// it, which only a change of format 2 itself may do): its first session's
-/// expiry slid after its entry was filed.
+/// expiry slid after its entry was filed. Format 3 moves it on open.
 #[test]
 fn the_format_2_fixture_store_opens_and_decodes() {
-    if std::env::var("SESSIONDB_WRITE_FIXTURES").as_deref() == Ok("2") {
-        write_fixture(&fixture_path(FIXTURE_V2));
-    }
-    let (_dir, clock, store, keys) = open_fixture(FIXTURE_V2);
+    let (dir, clock, store, keys) = open_fixture(FIXTURE_V2);
     let first = assert_fixture_sessions(&store, &keys);
     assert_eq!(first.expires_at_ms(), T0 + 300_000 + 600_000);
     // Its entry, filed at the first expiry, is met early and filed again.
@@ -453,17 +562,38 @@ fn the_format_2_fixture_store_opens_and_decodes() {
     assert_eq!(store.reap_expired().unwrap(), 1, "only the second session");
     store.is_valid(&keys[0]).unwrap();
     assert!(store.check().unwrap().is_healthy());
+    store.close().unwrap();
+    assert_format_3_trees(dir.path(), 1);
+    let store = SessionStore::open(config(&dir, &clock)).unwrap();
     clock.set(first.expires_at_ms());
     assert_eq!(store.reap_expired().unwrap(), 1);
 }
 
-/// A crash part-way through the move of format 1's actor index leaves some
-/// actors moved and some not; the next open finishes the move.
+/// The format 3 fixture store (set `SESSIONDB_WRITE_FIXTURES=3` to write
+/// it, which only a change of format 3 itself may do): the same sessions,
+/// written by this format, open as they are.
+#[test]
+fn the_format_3_fixture_store_opens_and_decodes() {
+    if std::env::var("SESSIONDB_WRITE_FIXTURES").as_deref() == Ok("3") {
+        write_fixture(&fixture_path(FIXTURE_V3));
+    }
+    let (dir, clock, store, keys) = open_fixture(FIXTURE_V3);
+    let first = assert_fixture_sessions(&store, &keys);
+    assert_eq!(first.expires_at_ms(), T0 + 300_000 + 600_000);
+    clock.set(T0 + 600_000);
+    assert_eq!(store.reap_expired().unwrap(), 1, "only the second session");
+    store.is_valid(&keys[0]).unwrap();
+    store.close().unwrap();
+    assert_format_3_trees(dir.path(), 1);
+}
+
+/// A store left part-way through the move of format 1's actor index to
+/// format 2's lists (by a build of format 2 that crashed there) holds some
+/// actor entries of each shape; the move to format 3, which rebuilds
+/// nothing from the actor index, opens it with all its sessions.
 #[test]
 fn a_format_1_store_whose_migration_was_cut_short_finishes_it() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture.join("db"), dir.path());
+    let (dir, keys) = copy_fixture(FIXTURE);
     with_raw(dir.path(), |db| {
         // Move the first actor's entry the way format 2 keeps it.
         let actors = db.open_tree("actors").unwrap();
@@ -475,8 +605,49 @@ fn a_format_1_store_whose_migration_was_cut_short_finishes_it() {
     let clock = sessiondb::ManualClock::new(T0);
     let store = SessionStore::open(config(&dir, &clock).app_version("1.0.0")).unwrap();
     assert!(store.check().unwrap().is_healthy());
+    assert_fixture_sessions(&store, &keys);
     assert!(store.actor_session("fixture-player").unwrap().is_some());
     assert!(store.actor_session("actor:with:colons").unwrap().is_some());
+}
+
+/// A crash part-way through the move to format 3 leaves one record moved
+/// and still in `sessions` (stored under its new key, not yet removed from
+/// the old tree) and its old entry, say; the store still says format 2, so
+/// the next open moves the rest, and the moved record once.
+#[test]
+fn a_format_2_store_whose_move_to_format_3_was_cut_short_finishes_it() {
+    let (dir, keys) = copy_fixture(FIXTURE_V2);
+    with_raw(dir.path(), |db| {
+        // The move of the first record (in key order), up to its removal
+        // from `sessions`, as `migrate` makes it.
+        let sessions = db.open_tree("sessions").unwrap();
+        let (digest, record) = sessions.iter().next().unwrap().unwrap();
+        let actor_len = usize::from(record[1]);
+        let actor = &record[2..2 + actor_len];
+        let mut key = vec![record[1]];
+        key.extend_from_slice(actor);
+        key.extend_from_slice(&digest);
+        db.open_tree("records")
+            .unwrap()
+            .insert(&key, record)
+            .unwrap();
+        let expiries = db.open_tree("expiries").unwrap();
+        let old = expiries
+            .iter()
+            .map(|kv| kv.unwrap().0)
+            .find(|k| k[8..] == digest[..])
+            .unwrap();
+        let mut new = old[..8].to_vec();
+        new.extend_from_slice(&key);
+        expiries.insert(new, &[]).unwrap();
+    });
+    let clock = sessiondb::ManualClock::new(T0);
+    let store = SessionStore::open(config(&dir, &clock).app_version("1.0.0")).unwrap();
+    assert!(store.recovery_report().clean_shutdown);
+    assert!(store.check().unwrap().is_healthy());
+    assert_fixture_sessions(&store, &keys);
+    store.close().unwrap();
+    assert_format_3_trees(dir.path(), 2);
 }
 
 fn write_fixture(fixture: &Path) {
@@ -497,7 +668,8 @@ fn write_fixture(fixture: &Path) {
     let second = store
         .register("actor:with:colons", "en", Data::new())
         .unwrap();
-    // The first session's expiry slides later; its entry stays (format 2).
+    // The first session's expiry slides later; its entry stays (formats 2
+    // and 3).
     clock.advance(Duration::from_secs(300));
     store.extend(first.key().unwrap()).unwrap();
     store.close().unwrap();

@@ -17,7 +17,7 @@ fuzz_target!(|bytes: &[u8]| {
     if let Some(again) = fuzzing::reencode_expiry_key(bytes) {
         assert_eq!(again, bytes, "a parsed expiry key builds differently");
     }
-    if let Some(again) = fuzzing::reencode_actor_key(bytes) {
-        assert_eq!(again, bytes, "a parsed actor key builds differently");
+    if let Some(again) = fuzzing::reencode_record_key(bytes) {
+        assert_eq!(again, bytes, "a parsed record key builds differently");
     }
 });

@@ -161,7 +161,6 @@ pub struct Config {
     pub(crate) cache_capacity: u64,
     pub(crate) max_data_bytes: usize,
     pub(crate) event_capacity: usize,
-    pub(crate) max_batch: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -263,7 +262,6 @@ impl Config {
             cache_capacity: 64 * 1024 * 1024,
             max_data_bytes: 64 * 1024,
             event_capacity: 1_024,
-            max_batch: 512,
             clock: Arc::new(SystemClock),
         }
     }
@@ -462,15 +460,6 @@ impl Config {
         self
     }
 
-    /// Most queued operations a write group puts in one transaction.
-    /// Default 512. sled serialises transactions and each one costs a log
-    /// write, so grouping is what makes concurrent writes fast; 1 turns
-    /// grouping off (useful only to measure its gain).
-    pub fn max_batch(mut self, ops: usize) -> Self {
-        self.max_batch = ops;
-        self
-    }
-
     /// The clock the store reads; tests pass a [`ManualClock`](crate::ManualClock).
     /// Default the system clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -562,12 +551,6 @@ impl Config {
             return Err(bad(
                 "max_data_bytes",
                 format!("{} must be 1..=16 MiB", self.max_data_bytes),
-            ));
-        }
-        if self.max_batch == 0 || self.max_batch > 100_000 {
-            return Err(bad(
-                "max_batch",
-                format!("{} must be 1..=100000", self.max_batch),
             ));
         }
         if self.event_capacity == 0 {

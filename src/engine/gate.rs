@@ -78,6 +78,14 @@ impl Drop for Hold {
     }
 }
 
+/// How many locks the actors' turns are striped over. Unrelated actors
+/// that share a stripe wait for each other, and a writer preempted while it
+/// holds a stripe holds up every writer of that stripe: with 64 writers on
+/// 2 cores and 256 stripes, two thirds of the writers were found waiting on
+/// a stripe (sled engine, unique actors); with 4,096, collisions are rare
+/// (about 1.5% per writer at 64 writers), for 16 KiB.
+const STRIPES: usize = 4096;
+
 /// Per-actor turns for this node's plans: striped locks, taken in stripe
 /// order so that plans over several actors cannot deadlock.
 pub(crate) struct Turns {
@@ -87,7 +95,7 @@ pub(crate) struct Turns {
 impl Default for Turns {
     fn default() -> Self {
         Turns {
-            stripes: (0..256).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 }

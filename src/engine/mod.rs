@@ -24,9 +24,8 @@ use crate::events::{Event, EventHub};
 use crate::key::Digest;
 use crate::worker::Poison;
 
-/// An expiry entry found due: the session's digest, its expiry, and the
-/// actor the engine files the session under (empty where the engine's index
-/// does not record it; such an engine finds records by digest alone).
+/// An expiry entry found due: where it is filed, and the actor and digest
+/// of the session it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Due {
     pub at: u64,
@@ -148,10 +147,10 @@ pub(crate) struct Plan {
 /// What planning reads: the store as the engine sees it at that moment
 /// (inside a batch, with the changes of the batch's earlier plans applied).
 ///
-/// Records are named by the actor a key or index names and the digest: an
-/// engine that files sessions by actor (Redis buckets) looks there, one that
-/// keys them by digest alone (sled) ignores the actor. Either way a record
-/// filed under another actor is not the key's session.
+/// Records are named by the actor a key or index names and the digest, as
+/// both engines file them (sled: keyed by actor and digest; Redis: in the
+/// actor's bucket). A record filed under another actor is not the key's
+/// session.
 pub(crate) trait View {
     /// The encoded record of `actor_id`'s session `digest`.
     fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>>;
@@ -176,13 +175,6 @@ pub(crate) trait Task: Send + Sync {
     /// known; an engine whose commits can conflict may order its own plans
     /// per actor with it.
     fn subjects(&self) -> &[String];
-    /// Whether the operation usually rewrites only its session's record (a
-    /// use, a data edit): an engine may then plan it outside a transaction
-    /// first, and commit it as one write if its plan turns out so. Planning
-    /// tells for sure; this only spares planning the others twice.
-    fn in_place(&self) -> bool {
-        false
-    }
     /// Plans the operation against `view`. The operation's own failures (an
     /// invalid key, too much data) are kept by the task and give an empty
     /// plan; an error returned here is a storage failure that fails every
@@ -196,8 +188,9 @@ pub(crate) enum Commit {
     /// Committed (and durable, where the durability mode asks).
     Done,
     /// A precondition no longer held; nothing changed. Only engines with
-    /// other writers than this process report it: the sled engine plans
-    /// inside its own single writer and never does.
+    /// other writers than this process report it: the sled engine plans and
+    /// commits with the turns of the plan's actors held, and every writer of
+    /// an actor holds its turn.
     #[cfg_attr(not(test), allow(dead_code))]
     Conflict,
 }
@@ -393,9 +386,6 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     /// has been planned and its plan's events published through the store's
     /// [`EventHub`], in commit order.
     fn wait(&self, ticket: Ticket) -> Result<Commit>;
-    /// A hint that these due sessions are about to be reaped; an engine may
-    /// read them ahead. The default does nothing.
-    fn prefetch(&self, _due: &[Due]) {}
     /// Makes every committed change durable.
     fn flush(&self) -> Result<()>;
     /// Checks that the engine can serve: one round trip to its server,
@@ -420,6 +410,13 @@ pub(crate) trait Upkeep {
     fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()>;
     /// Visits every expiry entry.
     fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()>;
+    /// Whether the engine keeps an actor index apart from its records, for
+    /// the check to hold against them (`scan_actors`). The sled engine keys
+    /// records by actor, so an actor's sessions are a prefix of its records
+    /// and there is no index to check.
+    fn keeps_actor_index(&self) -> bool {
+        true
+    }
     /// Visits every actor entry.
     fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()>;
     /// Applies what the consistency check found, then makes it durable.

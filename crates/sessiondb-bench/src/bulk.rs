@@ -173,7 +173,7 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
 fn raw_sled_open(dir: &Path) -> Result<f64> {
     let ((db, _trees), secs) = timed(|| {
         let db = sled_naive::open_db(dir)?;
-        let trees = ["sessions", "expiries", "actors", "meta", "quarantine"]
+        let trees = ["records", "expiries", "meta", "quarantine"]
             .iter()
             .map(|t| db.open_tree(t))
             .collect::<sled::Result<Vec<_>>>()?;
@@ -290,9 +290,9 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
     // sled holding the very same records (and nothing else).
     let raw_dir = ctx.dir("bulk-sled-raw");
     {
-        let src = sled_naive::open_db(&dir)?.open_tree("sessions")?;
+        let src = sled_naive::open_db(&dir)?.open_tree("records")?;
         let dst_db = sled_naive::open_db(&raw_dir)?;
-        let dst = dst_db.open_tree("sessions")?;
+        let dst = dst_db.open_tree("records")?;
         for kv in src.iter() {
             let (k, v) = kv?;
             dst.insert(k, v)?;
@@ -339,7 +339,7 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
             "open_clean",
             "sled_raw",
             raw,
-            "sled open of the same directory + its 5 trees, best of 2",
+            "sled open of the same directory + its 4 trees, best of 2",
         ));
     }
 
@@ -398,7 +398,7 @@ fn bulk_sessiondb(ctx: &mut Ctx) -> Result<()> {
             "open_unclean",
             "sled_raw",
             raw,
-            "sled open of a copy of the same killed directory + 5 trees",
+            "sled open of a copy of the same killed directory + 4 trees",
         ));
     }
 

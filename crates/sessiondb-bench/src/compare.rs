@@ -175,6 +175,7 @@ impl Spec {
     fn has_work(self, plan: &Plan) -> bool {
         (self.reads() && plan.runs("resolve_hot"))
             || (self.durable() && plan.runs("durable_register"))
+            || (self == Spec::SessiondbImmediate && plan.runs("durable_cpu"))
             || ["extend", "set_data", "register"]
                 .iter()
                 .any(|w| plan.runs(w))
@@ -268,6 +269,15 @@ fn cell(
     let row = match closed_loop(system, threads, timing, op.as_ref()) {
         Ok(sample) => {
             let mut row = Row::sample(workload, &name, threads, &sample);
+            if workload.starts_with("durable") && !sample.client_wall.is_zero() {
+                let share = sample.client_cpu.as_secs_f64() / sample.client_wall.as_secs_f64();
+                let per_op = sample.client_cpu.as_secs_f64() * 1e6 / sample.ops.max(1) as f64;
+                row.cpu_us_per_op = Some(per_op);
+                row = row.note(format!(
+                    "callers on CPU {:.1}% of their time, {per_op:.0} µs CPU per op",
+                    share * 100.0
+                ));
+            }
             if let (Some(b), Some(a)) = (before, stats(store)) {
                 if workload == "durable_register" && a.syncs > b.syncs {
                     ctx.acks_per_fsync = Some(
@@ -311,6 +321,13 @@ fn run_workloads(
             plan.durable,
             keys,
         )?;
+    }
+    // The CPU a durable register costs its caller alone, and with a second
+    // caller, where each mostly waits on the other's fsync.
+    if spec == Spec::SessiondbImmediate && plan.runs("durable_cpu") {
+        for t in [1, 2] {
+            cell(ctx, system, store, "durable_cpu", t, plan.durable, keys)?;
+        }
     }
     Ok(())
 }
@@ -449,6 +466,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         "extend",
         "set_data",
         "durable_register",
+        "durable_cpu",
     ];
     if !wanted.iter().any(|w| ctx.plan.runs(w)) {
         return Ok(());
@@ -483,7 +501,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                         };
                         threads.iter().map(move |t| (*w, Some(*t)))
                     })
-                    .chain([("durable_register", Some(plan.durable_callers))])
+                    .chain([
+                        ("durable_register", Some(plan.durable_callers)),
+                        ("durable_cpu", Some(1)),
+                        ("durable_cpu", Some(2)),
+                    ])
                     .collect();
             ctx.failed(spec.name(), spec.name(), &cells, &e);
         }

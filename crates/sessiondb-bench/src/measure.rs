@@ -30,6 +30,19 @@ pub struct Sample {
     pub ops: u64,
     pub elapsed: Duration,
     pub hist: Histogram<u64>,
+    /// CPU time the client threads used while measuring, and the time they
+    /// ran: a client waiting on another's work uses CPU only if it spins.
+    pub client_cpu: Duration,
+    pub client_wall: Duration,
+}
+
+/// CPU time the calling thread has used (Linux's per-thread scheduler
+/// statistics); zero where they cannot be read.
+pub fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 impl Sample {
@@ -67,45 +80,55 @@ pub fn closed_loop<S: System + ?Sized>(
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (phase, barrier, first_error) = (&phase, &barrier, &first_error);
-                scope.spawn(move || -> Option<(u64, Histogram<u64>, Instant)> {
-                    let worker = system.worker();
-                    barrier.wait();
-                    let fail = |e: anyhow::Error| {
-                        phase.store(STOP, Ordering::SeqCst);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .get_or_insert(e);
-                    };
-                    let mut worker = match worker {
-                        Ok(w) => w,
-                        Err(e) => {
-                            fail(e);
-                            return None;
+                scope.spawn(
+                    move || -> Option<(u64, Histogram<u64>, Instant, Duration, Duration)> {
+                        let worker = system.worker();
+                        barrier.wait();
+                        let fail = |e: anyhow::Error| {
+                            phase.store(STOP, Ordering::SeqCst);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .get_or_insert(e);
+                        };
+                        let mut worker = match worker {
+                            Ok(w) => w,
+                            Err(e) => {
+                                fail(e);
+                                return None;
+                            }
+                        };
+                        let mut hist = histogram().ok()?;
+                        let mut rng = fastrand::Rng::with_seed(0x5e55_10db ^ (t as u64 * 7919));
+                        let mut ops = 0;
+                        let mut last = Instant::now();
+                        let mut measuring = None;
+                        loop {
+                            let p = phase.load(Ordering::Acquire);
+                            if p == STOP {
+                                break;
+                            }
+                            if p == MEASURE && measuring.is_none() {
+                                measuring = Some((thread_cpu(), Instant::now()));
+                            }
+                            let start = Instant::now();
+                            if let Err(e) = op(worker.as_mut(), &mut rng) {
+                                fail(e);
+                                return None;
+                            }
+                            last = Instant::now();
+                            if p == MEASURE {
+                                record(&mut hist, last - start);
+                                ops += 1;
+                            }
                         }
-                    };
-                    let mut hist = histogram().ok()?;
-                    let mut rng = fastrand::Rng::with_seed(0x5e55_10db ^ (t as u64 * 7919));
-                    let mut ops = 0;
-                    let mut last = Instant::now();
-                    loop {
-                        let p = phase.load(Ordering::Acquire);
-                        if p == STOP {
-                            break;
-                        }
-                        let start = Instant::now();
-                        if let Err(e) = op(worker.as_mut(), &mut rng) {
-                            fail(e);
-                            return None;
-                        }
-                        last = Instant::now();
-                        if p == MEASURE {
-                            record(&mut hist, last - start);
-                            ops += 1;
-                        }
-                    }
-                    Some((ops, hist, last))
-                })
+                        let (cpu, wall) = measuring
+                            .map_or((Duration::ZERO, Duration::ZERO), |(c, w)| {
+                                (thread_cpu().saturating_sub(c), w.elapsed())
+                            });
+                        Some((ops, hist, last, cpu, wall))
+                    },
+                )
             })
             .collect();
         barrier.wait();
@@ -129,12 +152,15 @@ pub fn closed_loop<S: System + ?Sized>(
         let mut ops = 0;
         let mut hist = histogram()?;
         let mut end = measured_from;
+        let (mut client_cpu, mut client_wall) = (Duration::ZERO, Duration::ZERO);
         for h in handles {
             let joined = h.join().map_err(|_| anyhow!("a client thread panicked"))?;
-            if let Some((n, h, last)) = joined {
+            if let Some((n, h, last, cpu, wall)) = joined {
                 ops += n;
                 hist.add(&h)?;
                 end = end.max(last);
+                client_cpu += cpu;
+                client_wall += wall;
             }
         }
         if let Some(e) = first_error
@@ -148,6 +174,8 @@ pub fn closed_loop<S: System + ?Sized>(
             ops,
             elapsed: end - measured_from,
             hist,
+            client_cpu,
+            client_wall,
         })
     })
 }
@@ -164,6 +192,11 @@ pub struct Row {
     pub p99_us: Option<f64>,
     pub seconds: Option<f64>,
     pub bytes: Option<u64>,
+    /// The client threads' CPU time per operation, in microseconds (the
+    /// durable workloads: a caller waiting on another's fsync that spins
+    /// adds its whole wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
     /// Counts, caveats, "skipped: why"; not one of the fixed fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -180,6 +213,7 @@ impl Row {
             p99_us: None,
             seconds: None,
             bytes: None,
+            cpu_us_per_op: None,
             note: None,
         }
     }
@@ -212,6 +246,7 @@ impl Row {
             p50_us: round(self.p50_us, 1000.0),
             p99_us: round(self.p99_us, 1000.0),
             seconds: round(self.seconds, 1e6),
+            cpu_us_per_op: round(self.cpu_us_per_op, 10.0),
             ..self.clone()
         }
     }

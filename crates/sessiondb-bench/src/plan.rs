@@ -11,6 +11,7 @@ pub const WORKLOADS: &[&str] = &[
     "extend",
     "set_data",
     "durable_register",
+    "durable_cpu",
     "reap",
     "open_clean",
     "open_unclean",

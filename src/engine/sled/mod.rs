@@ -1,33 +1,42 @@
 //! The embedded default engine: sled 0.34.7, in one process.
 //!
+//! Every write commits on its caller's thread, planned against the trees
+//! and committed as ordered single-key writes (`commit`) while the caller
+//! holds the turns of the actors it touches; only a plan that moves a
+//! session between actors (reassign) commits as one sled transaction.
+//!
 //! sled facts this engine designs around:
-//! - a transaction serialises the whole process and forces two log-buffer
-//!   writes, so concurrent writers share transactions (`write_group`);
-//! - a transaction holds a process-wide lock that every read waits on, so
-//!   transactions stay short and the reaper's batches are read ahead
-//!   (`prefetch`) outside it;
-//! - touching a `Tree` inside a transaction closure deadlocks, so the actor
-//!   lists a batch needs are read before it starts (`trees`);
-//! - a committed transaction is on disk only after `flush()`, which uses
-//!   `sync_file_range`, so durable flushes also fsync (`files`);
+//! - a transaction takes sled's concurrency-control lock exclusively,
+//!   writes its log buffer twice and costs some 19k instructions per key,
+//!   while a single-key compare-and-swap takes that lock shared and costs
+//!   several times less: so the common path writes one key at a time, in an
+//!   order whose every prefix the check after a crash can complete (`commit`);
+//! - a committed write is on disk only after `flush()`, which uses
+//!   `sync_file_range`, so durable flushes also fsync (`files`), and callers
+//!   of immediate durability share them (`write_group`);
 //! - a leftover `snap.*.generating` file makes the next open fail, so open
 //!   removes such files first (`files`);
 //! - `cache_capacity` defaults to 1 GiB, so it is always set.
 
+mod commit;
 mod files;
 pub(crate) mod layout;
+mod migrate;
 mod trees;
-mod txn;
+mod upkeep;
 mod write_group;
 
+use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use self::commit::TreesView;
 use self::layout::{META_CLEAN, META_FORMAT, STORE_FORMAT};
 use self::trees::Trees;
-use self::write_group::WriteGroup;
-use crate::codec;
+use self::write_group::{writer_failed, WriteGroup, WRITER};
 use crate::config::{millis, Config, Durability};
+use crate::engine::gate::{Gate, Turns};
 use crate::engine::{
     Commit, CommitCounts, Count, Due, Engine, Fix, IndexVisit, Opened, RecordVisit, Task, Ticket,
     Upkeep, WritesHeld,
@@ -39,12 +48,28 @@ use crate::worker::Poison;
 
 pub(crate) struct SledEngine {
     trees: Arc<Trees>,
-    writes: WriteGroup,
+    events: Arc<EventHub>,
+    poison: Arc<Poison>,
+    /// Immediate durability: callers share flushes (`None`: periodic, sled
+    /// flushes in the background).
+    group: Option<WriteGroup>,
+    /// Every writer of an actor's records holds the actor's turn, from
+    /// planning to its last write (and, with immediate durability, until it
+    /// joined the write group).
+    turns: Turns,
+    /// Held closed by whole-store work (`hold_writes`) and by `close`.
+    gate: Arc<Gate>,
+    /// Closed: no more writes.
+    stopped: AtomicBool,
+    /// Plans committed, and of those the ones that wrote.
+    plans: AtomicU64,
+    commits: AtomicU64,
 }
 
 impl SledEngine {
-    /// Opens (or creates) the store directory, checks its format, takes
-    /// and clears the clean-shutdown marker.
+    /// Opens (or creates) the store directory, checks its format (moving
+    /// an older one to format 3), takes and clears the clean-shutdown
+    /// marker.
     pub fn open(
         path: &Path,
         config: &Config,
@@ -58,14 +83,25 @@ impl SledEngine {
         let (trees, dir) = Trees::open(path, config.cache_capacity, flush_every)?;
         let clean_shutdown = open_meta(&trees)?;
         let trees = Arc::new(trees);
-        let writes = WriteGroup::new(
-            trees.clone(),
+        let group = (config.durability == Durability::Immediate).then(|| {
+            let trees = trees.clone();
+            WriteGroup::new(
+                Box::new(move || trees.flush(true)),
+                events.clone(),
+                poison.clone(),
+            )
+        });
+        let engine = SledEngine {
+            trees,
             events,
-            config.durability == Durability::Immediate,
-            config.max_batch,
             poison,
-        );
-        let engine = SledEngine { trees, writes };
+            group,
+            turns: Turns::default(),
+            gate: Arc::new(Gate::default()),
+            stopped: AtomicBool::new(false),
+            plans: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+        };
         let opened = Opened {
             created: dir.created,
             clean_shutdown,
@@ -75,9 +111,10 @@ impl SledEngine {
     }
 }
 
-/// Checks the store format (writing it into a new store) and takes the
-/// clean-shutdown marker: from here until a clean close, a crash must be
-/// seen as unclean. Returns whether the last run closed cleanly.
+/// Checks the store format (writing it into a new store, moving an older
+/// store to it) and takes the clean-shutdown marker: from here until a
+/// clean close, a crash must be seen as unclean. Returns whether the last
+/// run closed cleanly.
 fn open_meta(trees: &Trees) -> Result<bool> {
     match trees.meta(META_FORMAT)? {
         None => trees.set_meta(META_FORMAT, Some(&STORE_FORMAT.to_be_bytes()))?,
@@ -95,12 +132,16 @@ fn open_meta(trees: &Trees) -> Result<bool> {
                 });
             }
             if found < STORE_FORMAT {
-                // Format 1's records and expiry entries hold as they are; its
-                // actor index is rewritten (see `STORE_FORMAT`). From here an
-                // older build refuses the store.
-                let moved = trees.migrate_actors_from_format_1()?;
+                // Until format 3 is written, every open moves what is left.
+                let moved = migrate::to_format_3(trees)?;
+                trees.count_write(None, &[], -i64::try_from(moved.quarantined).unwrap_or(0));
                 trees.flush(true)?;
-                log::info!("store format {found} -> {STORE_FORMAT}: {moved} actor entries moved");
+                log::info!(
+                    "store format {found} -> {STORE_FORMAT}: {} records moved, {} quarantined",
+                    moved.records,
+                    moved.quarantined
+                );
+                // From here an older build refuses the store.
                 trees.set_meta(META_FORMAT, Some(&STORE_FORMAT.to_be_bytes()))?;
             }
         }
@@ -111,14 +152,67 @@ fn open_meta(trees: &Trees) -> Result<bool> {
     Ok(clean)
 }
 
+impl SledEngine {
+    /// Plans `task` and commits its plan, on the caller's thread, with the
+    /// turns of its actors held; then publishes its events or, with
+    /// immediate durability, joins the write group with them.
+    fn commit(&self, task: &dyn Task) -> Result<Ticket> {
+        let _turns = self.turns.take(task.subjects());
+        let _inside = self.gate.enter();
+        // `close` stops writes before it waits for those inside the gate.
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self.poison.failed().is_some() {
+            return Err(writer_failed());
+        }
+        let view = TreesView::new(&self.trees);
+        let plan = match panic::catch_unwind(AssertUnwindSafe(|| task.plan(&view))) {
+            Ok(plan) => plan?,
+            Err(_) => {
+                // A bug in planning: the store is poisoned before its caller
+                // hears of it.
+                log::error!("planning a write panicked; the store is poisoned");
+                self.poison.set(WRITER);
+                return Err(writer_failed());
+            }
+        };
+        commit::one_shard(&plan.changes)?;
+        let committed = if plan.changes.is_empty() {
+            Commit::Done
+        } else if commit::needs_transaction(&plan.changes) {
+            commit::whole(&self.trees, &view, &plan.changes)?
+        } else {
+            commit::ordered(&self.trees, &view, &plan.changes)?
+        };
+        if committed == Commit::Conflict {
+            return Ok(Ticket::answered(Ok(Commit::Conflict)));
+        }
+        self.plans.fetch_add(1, Ordering::Relaxed);
+        if !plan.changes.is_empty() {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        match &self.group {
+            // Its events wait for the flush, behind every earlier write's.
+            Some(group) if !plan.changes.is_empty() || !plan.events.is_empty() => {
+                Ok(group.join(plan.events))
+            }
+            _ => {
+                self.events.publish(&plan.events);
+                Ok(Ticket::answered(Ok(Commit::Done)))
+            }
+        }
+    }
+}
+
 impl Engine for SledEngine {
     fn read_record(
         &self,
-        _actor_id: &str,
+        actor_id: &str,
         digest: &Digest,
         read: &mut dyn FnMut(&[u8]),
     ) -> Result<bool> {
-        self.trees.read_record(digest, read)
+        self.trees.read_record(actor_id, digest, read)
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
@@ -138,26 +232,13 @@ impl Engine for SledEngine {
     }
 
     fn submit(&self, task: Arc<dyn Task>) -> Result<Ticket> {
-        self.writes.submit(task)
+        self.commit(&*task)
     }
 
     fn wait(&self, ticket: Ticket) -> Result<Commit> {
-        self.writes.wait(&ticket)
-    }
-
-    /// Reads each due session's record and actor entry, so that the
-    /// transaction deleting them finds them in sled's cache: a transaction
-    /// blocks every read in the process while it waits for the disk.
-    /// Errors are left for the transaction to meet and report.
-    fn prefetch(&self, due: &[Due]) {
-        for Due { digest, .. } in due {
-            let mut actor = None;
-            let _ = self.trees.read_record(digest, &mut |bytes| {
-                actor = codec::decode_head(bytes).ok().map(|h| h.actor_id);
-            });
-            if let Some(actor) = actor {
-                let _ = self.trees.actors.get(layout::actor_key(&actor));
-            }
+        match &self.group {
+            Some(group) => group.wait(&ticket),
+            None => ticket.take().unwrap_or_else(|| Err(writer_failed())),
         }
     }
 
@@ -166,17 +247,23 @@ impl Engine for SledEngine {
     }
 
     fn ping(&self) -> Result<()> {
-        // In process, nothing to reach: a write group that panicked has
-        // already poisoned the store, which the caller checks.
+        // In process, nothing to reach: a write that panicked has already
+        // poisoned the store, which the caller checks.
         Ok(())
     }
 
     fn commit_counts(&self) -> CommitCounts {
-        self.writes.counts()
+        CommitCounts {
+            commits: self.commits.load(Ordering::Relaxed),
+            plans: self.plans.load(Ordering::Relaxed),
+            syncs: self.group.as_ref().map_or(0, WriteGroup::syncs),
+        }
     }
 
     fn close(&self, clean: bool) -> Result<()> {
-        self.writes.close();
+        self.stopped.store(true, Ordering::Release);
+        // Waits for the writes inside; later ones find the store stopped.
+        drop(self.gate.hold());
         if clean {
             self.trees.store_count()?;
             self.trees.flush(true)?;
@@ -192,26 +279,32 @@ impl Upkeep for SledEngine {
     }
 
     fn hold_writes(&self) -> Result<WritesHeld> {
-        Ok(WritesHeld(Box::new(self.writes.hold())))
+        Ok(WritesHeld(Box::new(self.gate.hold())))
     }
 
     fn scan_records(&self, visit: &mut RecordVisit<'_>) -> Result<()> {
-        self.trees.scan_records(visit)
+        upkeep::scan_records(&self.trees, visit)
     }
 
     fn scan_expiries(&self, visit: &mut IndexVisit<'_, (u64, Digest)>) -> Result<()> {
-        self.trees.scan_expiries(visit)
+        upkeep::scan_expiries(&self.trees, visit)
     }
 
-    fn scan_actors(&self, visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()> {
-        self.trees.scan_actors(visit)
+    /// Format 3 keeps no actor index: an actor's sessions are the records
+    /// under its key prefix.
+    fn keeps_actor_index(&self) -> bool {
+        false
+    }
+
+    fn scan_actors(&self, _visit: &mut IndexVisit<'_, (String, Digest)>) -> Result<()> {
+        Ok(())
     }
 
     fn repair(&self, fixes: &[Fix]) -> Result<()> {
-        self.trees.repair(fixes)
+        upkeep::repair(&self.trees, fixes)
     }
 
     fn still_needed(&self, fixes: Vec<Fix>) -> Result<Vec<Fix>> {
-        self.trees.still_needed(fixes)
+        upkeep::still_needed(&self.trees, fixes)
     }
 }

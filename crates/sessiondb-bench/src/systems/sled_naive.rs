@@ -217,25 +217,36 @@ impl System for SledNaive {
     }
 }
 
-/// `Tree::get` of a session record by its digest: what a read costs sled
-/// with no key parsing, hashing, decoding or checking.
+/// `Tree::get` of a session record by its key: what a read costs sled with
+/// no key parsing, hashing, decoding or checking.
 pub struct RawGet {
     _db: sled::Db,
-    sessions: Tree,
+    records: Tree,
 }
 
 impl RawGet {
-    /// Opens the `sessions` tree of a closed sessiondb store with sled
+    /// Opens the `records` tree of a closed sessiondb store with sled
     /// itself, so that the row reads sessiondb's very records.
     pub fn open_sessiondb_dir(dir: &Path) -> Result<RawGet> {
         let db = open_db(dir)?;
-        let sessions = db.open_tree("sessions")?;
-        Ok(RawGet { _db: db, sessions })
+        let records = db.open_tree("records")?;
+        Ok(RawGet { _db: db, records })
     }
 }
 
+/// sessiondb's key of a session's record (store format 3,
+/// `docs/format.md`): actor id length, actor id, digest.
+fn sessiondb_record_key(key: &Key) -> Vec<u8> {
+    let actor = key.full.rsplit_once(':').map_or("", |(a, _)| a);
+    let mut k = Vec::with_capacity(1 + actor.len() + key.digest.len());
+    k.push(actor.len() as u8);
+    k.extend_from_slice(actor.as_bytes());
+    k.extend_from_slice(&key.digest);
+    k
+}
+
 struct RawGetWorker {
-    sessions: Tree,
+    records: Tree,
 }
 
 impl Worker for RawGetWorker {
@@ -244,7 +255,9 @@ impl Worker for RawGetWorker {
     }
 
     fn resolve(&mut self, key: &Key) -> Result<()> {
-        self.sessions.get(key.digest)?.context("missing record")?;
+        self.records
+            .get(sessiondb_record_key(key))?
+            .context("missing record")?;
         Ok(())
     }
 
@@ -264,7 +277,7 @@ impl System for RawGet {
 
     fn worker(&self) -> Result<Box<dyn Worker + '_>> {
         Ok(Box::new(RawGetWorker {
-            sessions: self.sessions.clone(),
+            records: self.records.clone(),
         }))
     }
 }
