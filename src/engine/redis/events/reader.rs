@@ -37,6 +37,18 @@ const PENDING_WAIT: Duration = Duration::from_millis(1);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Most entries one stream read returns.
 const READ_COUNT: usize = 512;
+/// The first pause before subscribing again after a failure; it doubles
+/// with each failure in a row, up to `MOST_RETRY_PAUSE`, so a server that
+/// is down (a failover takes seconds) is not asked a hundred times a second.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(20);
+const MOST_RETRY_PAUSE: Duration = Duration::from_millis(320);
+
+/// The pause before the next attempt after `failures` failures in a row.
+fn retry_pause(failures: u32) -> Duration {
+    FIRST_RETRY_PAUSE
+        .saturating_mul(1 << failures.saturating_sub(1).min(8))
+        .min(MOST_RETRY_PAUSE)
+}
 
 /// What the reader needs of the engine.
 #[derive(Clone)]
@@ -162,6 +174,9 @@ enum Exit {
 /// Starts a subscriber per primary, and starts them again whenever one
 /// stops or the topology changes, until told to stop.
 fn supervise(shared: &Shared, stop: &AtomicBool) {
+    // Failures in a row, and when the first of them came: one warning per
+    // outage, and one line when the subscription is back.
+    let mut outage: Option<(u32, Instant)> = None;
     while !stop.load(Ordering::SeqCst) {
         let generation = shared.nodes.generation();
         let quit = Arc::new(AtomicBool::new(false));
@@ -186,6 +201,8 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
             }
         }
         let mut last_refresh = Instant::now();
+        let mut failed = false;
+        let started = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -194,8 +211,27 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
                 Ok(Exit::Stopped) | Err(RecvTimeoutError::Disconnected) => {}
                 Ok(Exit::Moved) => break,
                 Ok(Exit::Failed(why)) => {
-                    log::warn!("event subscriber stopped: {why}");
+                    match &mut outage {
+                        None => {
+                            log::warn!("event subscriber stopped: {why}");
+                            outage = Some((1, Instant::now()));
+                        }
+                        Some((failures, _)) => {
+                            log::debug!("event subscriber stopped again: {why}");
+                            *failures += 1;
+                        }
+                    }
+                    failed = true;
                     break;
+                }
+                Err(RecvTimeoutError::Timeout) if started.elapsed() >= HEARTBEAT => {
+                    // Every subscriber has run a heartbeat without failing.
+                    if let Some((failures, since)) = outage.take() {
+                        log::info!(
+                            "event subscriber back after {failures} failed attempt(s) over {:.1} s",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -214,8 +250,25 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
         if !stop.load(Ordering::SeqCst) {
             shared.nodes.refresh();
             // A server that just went away is not asked again at once.
-            std::thread::sleep(Duration::from_millis(20));
+            let failures = if failed {
+                outage.map_or(1, |(n, _)| n)
+            } else {
+                1
+            };
+            pause(stop, retry_pause(failures));
         }
+    }
+}
+
+/// Sleeps for `pause`, or until told to stop.
+fn pause(stop: &AtomicBool, pause: Duration) {
+    let end = Instant::now() + pause;
+    while !stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
     }
 }
 
@@ -522,5 +575,17 @@ fn recv(con: &mut Connection) -> redis::RedisResult<Option<Value>> {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_timeout() => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_failing_in_a_row_waits_longer_each_time_up_to_a_bound() {
+        let pauses: Vec<u128> = (1..=8).map(|n| retry_pause(n).as_millis()).collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 320, 320, 320]);
+        assert_eq!(retry_pause(u32::MAX), MOST_RETRY_PAUSE);
     }
 }
