@@ -1,6 +1,6 @@
 //! What following the events costs the Redis server: its CPU per register
 //! while 1, 2, 4 and 8 nodes follow the store (each a `SessionStore` on one
-//! redis-server, as game-server nodes are, each with a subscriber), 2,000
+//! redis-server, as game-server nodes are, each with a subscriber), 20,000
 //! registers made through the first, one at a time. Measured from the
 //! server's `INFO cpu` and `INFO commandstats` before and after, once every
 //! node has heard every register. A row's ops/s is registers per second of
@@ -20,8 +20,12 @@ use crate::measure::Row;
 use crate::systems::redis::RedisServer;
 use crate::systems::sessiondb as sdb;
 
-/// Registers per measurement.
-const REGISTERS: usize = 2_000;
+/// Registers per measurement: enough for a few seconds of server CPU, so
+/// that the server's own timers and the scheduler's noise are a small part
+/// of it (2,000 gave per-register figures 30% apart between runs); fewer
+/// with `--quick`.
+const REGISTERS: usize = 20_000;
+const QUICK_REGISTERS: usize = 2_000;
 /// The numbers of following nodes.
 pub const NODES: [usize; 4] = [1, 2, 4, 8];
 
@@ -53,9 +57,25 @@ fn server_use(server: &RedisServer) -> Result<(f64, HashMap<String, u64>)> {
     Ok((seconds, calls))
 }
 
+/// The write-family system calls the process has made (`syscw` of
+/// `/proc/PID/io`): a message sent to a subscriber is one, unless the
+/// server had more than one for it in the same turn of its event loop.
+fn write_calls(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no syscw in /proc/{pid}/io"))
+}
+
 /// One measurement: `nodes` stores follow, one registers; over TCP, or
 /// the server's unix socket.
 fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
+    let registers = if ctx.plan.quick {
+        QUICK_REGISTERS
+    } else {
+        REGISTERS
+    };
     let dir = ctx.work.join(format!("follow-{nodes}"));
     let server = RedisServer::start(&dir, false)?;
     let clock = BenchClock::starting_at(unix_ms());
@@ -67,7 +87,7 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
     let config = || {
         sdb::redis_config(&url, &clock)
             .reaper_thread(false)
-            .event_capacity(2 * REGISTERS)
+            .event_capacity(2 * registers)
     };
     let stores: Vec<SessionStore> = (0..nodes)
         .map(|_| SessionStore::open(config()))
@@ -76,22 +96,24 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
     // Let every node's subscriptions settle.
     std::thread::sleep(Duration::from_millis(500));
     let (cpu_before, calls_before) = server_use(&server)?;
-    for i in 0..REGISTERS {
+    let writes_before = write_calls(server.pid())?;
+    for i in 0..registers {
         stores[0].register(&format!("f{i}"), "en", Data::new())?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for rx in &heard {
         let mut sets = 0;
-        while sets < REGISTERS {
+        while sets < registers {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Event::Set { .. }) => sets += 1,
                 Ok(_) => {}
-                Err(_) => bail!("a node heard {sets} of {REGISTERS} registers within 60 s"),
+                Err(_) => bail!("a node heard {sets} of {registers} registers within 60 s"),
             }
         }
     }
     let (cpu_after, calls_after) = server_use(&server)?;
+    let writes = write_calls(server.pid())? - writes_before;
     for s in stores {
         s.close()?;
     }
@@ -101,7 +123,7 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
     let per = |name: &str| {
         let n = calls_after.get(name).copied().unwrap_or(0)
             - calls_before.get(name).copied().unwrap_or(0);
-        n as f64 / REGISTERS as f64
+        n as f64 / registers as f64
     };
     let mut busiest: Vec<(String, f64)> = calls_after
         .keys()
@@ -121,10 +143,11 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
         "sessiondb_redis"
     };
     let mut row = Row::new("follow_cpu", system, Some(nodes)).note(format!(
-        "server CPU per register {:.1} µs; calls per register: {calls}",
-        cpu / REGISTERS as f64 * 1e6
+        "server CPU per register {:.1} µs, write(2) calls {:.2}; commands per register: {calls}",
+        cpu / registers as f64 * 1e6,
+        writes as f64 / registers as f64
     ));
-    row.ops_per_sec = Some(REGISTERS as f64 / cpu.max(1e-9));
+    row.ops_per_sec = Some(registers as f64 / cpu.max(1e-9));
     row.seconds = Some(cpu);
     Ok(row)
 }

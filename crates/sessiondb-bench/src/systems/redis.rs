@@ -155,6 +155,11 @@ impl RedisServer {
     }
 
     /// The server's peak resident set (VmHWM), in bytes.
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn peak_rss(&self) -> Result<u64> {
         crate::rss::peak_rss_of(self.child.id())
     }
