@@ -71,6 +71,28 @@ fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
 
+/// The command line of a server on a loopback port that keeps its data in
+/// `dir` with no snapshots and every write fsynced to its AOF (the cluster's
+/// nodes and Sentinel's primary and replica).
+fn loopback_server_args(binary: &Path, port: u16, dir: &Path) -> Vec<String> {
+    [
+        binary.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--save".into(),
+        "''".into(),
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "always".into(),
+    ]
+    .into()
+}
+
 /// Runs `cmd` (a server, its output to `log`) under a watchdog shell that
 /// kills it with SIGKILL when the test process is gone, or when the
 /// watchdog gets SIGTERM (`kill_watched`).
@@ -324,28 +346,18 @@ impl RedisCluster {
     fn launch(&self, port: u16) {
         let dir = self.node_dir(port);
         std::fs::create_dir_all(&dir).expect("node dir");
-        let cmd: Vec<String> = [
-            self.binary.display().to_string(),
-            "--port".into(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--cluster-enabled".into(),
-            "yes".into(),
-            "--cluster-config-file".into(),
-            "nodes.conf".into(),
-            "--cluster-node-timeout".into(),
-            "1000".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--save".into(),
-            "''".into(),
-            "--appendonly".into(),
-            "yes".into(),
-            "--appendfsync".into(),
-            "always".into(),
-        ]
-        .into();
+        let mut cmd = loopback_server_args(&self.binary, port, &dir);
+        cmd.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ]
+            .map(String::from),
+        );
         let child = watched(&cmd, &dir.join("server.log"));
         let i = self.index(port);
         self.children.lock().unwrap()[i] = Some(child);
@@ -577,22 +589,7 @@ impl RedisSentinel {
     fn launch_server(&self, port: u16, replica_of: Option<u16>) {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir).expect("server dir");
-        let mut cmd: Vec<String> = [
-            self.binary.display().to_string(),
-            "--port".into(),
-            port.to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--save".into(),
-            "''".into(),
-            "--appendonly".into(),
-            "yes".into(),
-            "--appendfsync".into(),
-            "always".into(),
-        ]
-        .into();
+        let mut cmd = loopback_server_args(&self.binary, port, &dir);
         if let Some(primary) = replica_of {
             cmd.extend([
                 "--replicaof".into(),
