@@ -93,7 +93,12 @@ fn run(shared: &Shared, interval: Duration, stopped: &Receiver<()>) {
             if matches!(e, Error::Closed | Error::WorkerFailed { .. }) {
                 return;
             }
-            log::error!("reaper pass failed: {e}");
+            if matches!(e, Error::Unavailable { .. }) {
+                // The server is down or failing over: the next pass retries.
+                log::warn!("reaper pass failed: {e}");
+            } else {
+                log::error!("reaper pass failed: {e}");
+            }
         }
         let wait = match shared.engine.next_expiry() {
             Ok(Some(at)) => interval.min(Duration::from_millis(at.saturating_sub(shared.now()))),
