@@ -35,7 +35,7 @@ struct Cli {
 enum Cmd {
     /// Runs every workload on every system and prints the table and targets.
     Compare {
-        /// Smaller counts and shorter runs (under 3 minutes on 2 cores).
+        /// Smaller counts and shorter runs (a few minutes on 2 cores, against about half an hour).
         #[arg(long)]
         quick: bool,
         /// Print one JSON object per row on stdout (the table goes to stderr).
