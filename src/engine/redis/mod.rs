@@ -453,7 +453,7 @@ mod tests {
     use crate::events::Event;
     use crate::key::FullKey;
     use crate::session::{Data, Record};
-    use crate::{Config, SessionStore};
+    use crate::{Clock, Config, ManualClock, SessionStore};
 
     /// The digest and stored revision of the session a full key names.
     fn stored(store: &SessionStore, key: &str) -> (Digest, u64) {
@@ -478,7 +478,16 @@ mod tests {
             return;
         };
         let server = RedisServer::start(&binary, &[]);
-        let store = SessionStore::open(Config::redis(&server.url).reaper_thread(false)).unwrap();
+        // A clock of the test's own: the extend below must move the expiry
+        // (and so the revision) even when it runs within the register's
+        // millisecond.
+        let clock = ManualClock::new(crate::clock::SystemClock.now_ms());
+        let store = SessionStore::open(
+            Config::redis(&server.url)
+                .reaper_thread(false)
+                .clock(Arc::new(clock.clone())),
+        )
+        .unwrap();
         let engine = store.shared().engine.clone();
         let gone = store.register("p1", "en", Data::new()).unwrap();
         let gone_key = gone.key().unwrap().to_owned();
@@ -488,6 +497,7 @@ mod tests {
         // What a check saw: p1's session without its entries, p2's expiry
         // entry pointing at no session. Then p1 logs out, and p2 is used.
         store.logout(&gone_key).unwrap();
+        clock.advance(Duration::from_secs(1));
         store.extend(kept.key().unwrap()).unwrap();
         let mut expiry_entry = None;
         engine
