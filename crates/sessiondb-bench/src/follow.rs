@@ -69,8 +69,8 @@ fn write_calls(pid: u32) -> Result<u64> {
 }
 
 /// One measurement: `nodes` stores follow, one registers; over TCP, or
-/// the server's unix socket.
-fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
+/// the server's unix socket; its row is `system`'s.
+fn measure(ctx: &Ctx, nodes: usize, unix: bool, system: &str) -> Result<Row> {
     let registers = if ctx.plan.quick {
         QUICK_REGISTERS
     } else {
@@ -137,11 +137,6 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool) -> Result<Row> {
         .map(|(name, n)| format!("{name} {n:.2}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let system = if unix {
-        "sessiondb_redis_unix"
-    } else {
-        "sessiondb_redis"
-    };
     let mut row = Row::new("follow_cpu", system, Some(nodes)).note(format!(
         "server CPU per register {:.1} µs, write(2) calls {:.2}; commands per register: {calls}",
         cpu / registers as f64 * 1e6,
@@ -159,7 +154,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     for (unix, system) in [(false, "sessiondb_redis"), (true, "sessiondb_redis_unix")] {
         for nodes in NODES {
             let row = if ctx.redis {
-                measure(ctx, nodes, unix)
+                measure(ctx, nodes, unix, system)
             } else {
                 Ok(Row::new("follow_cpu", system, Some(nodes)).skipped("redis-server not on PATH"))
             };

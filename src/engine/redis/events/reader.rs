@@ -201,7 +201,8 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
             }
         }
         let mut last_refresh = Instant::now();
-        let mut failed = false;
+        // Until the next attempt: longer after each failure in a row.
+        let mut pause_for = FIRST_RETRY_PAUSE;
         let started = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -211,17 +212,15 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
                 Ok(Exit::Stopped) | Err(RecvTimeoutError::Disconnected) => {}
                 Ok(Exit::Moved) => break,
                 Ok(Exit::Failed(why)) => {
-                    match &mut outage {
-                        None => {
-                            log::warn!("event subscriber stopped: {why}");
-                            outage = Some((1, Instant::now()));
-                        }
-                        Some((failures, _)) => {
-                            log::debug!("event subscriber stopped again: {why}");
-                            *failures += 1;
-                        }
+                    let (failures, _) = outage.get_or_insert_with(|| {
+                        log::warn!("event subscriber stopped: {why}");
+                        (0, Instant::now())
+                    });
+                    *failures += 1;
+                    if *failures > 1 {
+                        log::debug!("event subscriber stopped again: {why}");
                     }
-                    failed = true;
+                    pause_for = retry_pause(*failures);
                     break;
                 }
                 Err(RecvTimeoutError::Timeout) if started.elapsed() >= HEARTBEAT => {
@@ -250,12 +249,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
         if !stop.load(Ordering::SeqCst) {
             shared.nodes.refresh();
             // A server that just went away is not asked again at once.
-            let failures = if failed {
-                outage.map_or(1, |(n, _)| n)
-            } else {
-                1
-            };
-            pause(stop, retry_pause(failures));
+            pause(stop, pause_for);
         }
     }
 }
