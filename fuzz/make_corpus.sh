@@ -25,6 +25,13 @@ hex "$d/record-deadline-node" \
     10 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 05 70 74 2d 42 52 \
     fd 00 68 e5 cf 8b 01 00 00 01 fd 80 d9 f1 cf 8b 01 00 00 \
     01 06 6e 6f 64 65 2d 31 00
+# The worked example of docs/format.md in record format 3, with metadata.
+hex "$d/record-format-3-documented" \
+    03 02 70 31 fd c0 8f ee cf 8b 01 00 00 01 05 31 2e 32 2e 30 fb 2c 01 \
+    10 41 62 43 64 45 66 47 68 49 6a 4b 6c 4d 6e 4f 70 02 65 6e \
+    fd 00 68 e5 cf 8b 01 00 00 00 00 \
+    02 04 6e 61 6d 65 05 22 41 64 61 22 06 76 69 73 69 74 73 01 33 fb 2c 01 \
+    01 06 64 65 76 69 63 65 05 70 68 6f 6e 65
 # A record of an unknown (newer) format.
 hex "$d/record-format-2" 02 02 70 31
 # A store format 2 expiries key: 8-byte big-endian time, 32-byte digest.

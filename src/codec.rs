@@ -10,13 +10,16 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::key::Digest;
+use crate::meta::Meta;
 use crate::session::{Data, Record, RecordHead, Text};
 
 /// The record format this build writes, stored as the first byte of every
 /// session record. Format 2 appends the expiry entry's lead (`expires_at -
-/// filed_at`) to format 1's fields; format 1 records (whose entry is at their
-/// expiry) are still read, and written as format 2 when next changed.
-pub const RECORD_FORMAT: u8 = 2;
+/// filed_at`) to format 1's fields; format 3 appends the game server's
+/// metadata to format 2's. Format 1 records (whose entry is at their expiry)
+/// and format 2 records (without metadata) are still read, and written as
+/// format 3 when next changed.
+pub const RECORD_FORMAT: u8 = 3;
 
 /// The oldest record format this build reads.
 const OLDEST_RECORD_FORMAT: u8 = 1;
@@ -99,6 +102,8 @@ impl WireIn {
             deadline: w.deadline,
             node_id: w.node_id,
             data,
+            // Formats 1 and 2 have none; format 3 reads its own.
+            meta: Meta::new(),
         }
     }
 }
@@ -131,14 +136,23 @@ fn lead(record: &Record) -> u64 {
     record.expires_at.saturating_sub(record.filed_at)
 }
 
-/// Writes a record's body in the current format: format 1's fields, then
-/// the lead.
+/// Writes a record's body in record format `format` (1 to
+/// [`RECORD_FORMAT`]): format 1's fields, then (from format 2) the lead,
+/// then (from format 3) the metadata. Only `RECORD_FORMAT` is ever written;
+/// the older ones are for checking that a stored record is canonical.
 fn encode_body<W: bincode::enc::write::Writer>(
     record: &Record,
     mut out: W,
+    format: u8,
 ) -> std::result::Result<(), bincode::error::EncodeError> {
     encode_format_1(record, &mut out)?;
-    bincode::encode_into_writer(lead(record), out, config())
+    if format >= 2 {
+        bincode::encode_into_writer(lead(record), &mut out, config())?;
+    }
+    if format >= 3 {
+        bincode::serde::encode_into_writer(record.meta.entries(), &mut out, config())?;
+    }
+    Ok(())
 }
 
 /// Writes format 1's fields: the leading ones, then the data.
@@ -158,7 +172,7 @@ fn encode_format_1<W: bincode::enc::write::Writer>(
 pub(crate) fn encode(record: &Record) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128 + record.data.size());
     out.push(RECORD_FORMAT);
-    encode_body(record, VecWriter(&mut out)).map_err(|e| Error::Corrupt {
+    encode_body(record, VecWriter(&mut out), RECORD_FORMAT).map_err(|e| Error::Corrupt {
         what: format!("session {}", record.id),
         problem: format!("could not be encoded: {e}"),
     })?;
@@ -203,6 +217,13 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
             .checked_sub(lead)
             .ok_or_else(|| format!("expiry entry filed {lead} ms before time 0"))?;
     }
+    if format >= 3 {
+        let (entries, n): (std::collections::BTreeMap<String, String>, usize) =
+            bincode::serde::decode_from_slice(&body[used..], config())
+                .map_err(|e| e.to_string())?;
+        used += n;
+        record.meta = Meta::from_entries(entries).map_err(|e| e.to_string())?;
+    }
     if used != body.len() {
         return Err(format!(
             "{} trailing bytes after the record",
@@ -215,7 +236,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
     if !encodes_to(&record, body, format) {
         return Err(
             "not in the canonical encoding (an integer wider than needed, \
-                    or data names out of order or repeated)"
+                    or data or metadata names out of order or repeated)"
                 .into(),
         );
     }
@@ -241,11 +262,7 @@ fn encodes_to(record: &Record, body: &[u8], format: u8) -> bool {
         }
     }
     let mut compare = Compare { rest: body };
-    let encoded = if format >= 2 {
-        encode_body(record, &mut compare)
-    } else {
-        encode_format_1(record, &mut compare)
-    };
+    let encoded = encode_body(record, &mut compare, format);
     encoded.is_ok() && compare.rest.is_empty()
 }
 
@@ -391,6 +408,7 @@ mod tests {
             deadline: None,
             node_id: Some("node-a".into()),
             data,
+            meta: Meta::from_pairs([("device", "phone"), ("platform", "ios")]).unwrap(),
         }
     }
 
@@ -411,6 +429,7 @@ mod tests {
             deadline: None,
             node_id: None,
             data,
+            meta: Meta::from_pairs([("device", "phone")]).unwrap(),
         }
     }
 
@@ -419,7 +438,7 @@ mod tests {
     /// bump `RECORD_FORMAT`, keep a fixture of the old format in
     /// `tests/fixtures/`, and update the document, in that order.
     const DOCUMENTED_HEX: &[&str] = &[
-        "02",                                                 // RECORD_FORMAT
+        "03",                                                 // RECORD_FORMAT
         "02 70 31",                                           // actor_id "p1"
         "fd c0 8f ee cf 8b 01 00 00",                         // expires_at 1700000600000
         "01 05 31 2e 32 2e 30",                               // app_version Some("1.2.0")
@@ -433,6 +452,8 @@ mod tests {
         "04 6e 61 6d 65 05 22 41 64 61 22",                   // "name" => "\"Ada\""
         "06 76 69 73 69 74 73 01 33",                         // "visits" => "3"
         "fb 2c 01", // lead 300: filed_at = expires_at - 300
+        "01",       // meta: 1 entry
+        "06 64 65 76 69 63 65 05 70 68 6f 6e 65", // "device" => "phone"
     ];
 
     #[test]
@@ -448,7 +469,7 @@ mod tests {
             bytes, expected,
             "the stored format changed; see docs/format.md"
         );
-        assert_eq!(bytes.len(), 78);
+        assert_eq!(bytes.len(), 92);
         assert_eq!(decode(&expected).unwrap(), record);
         let head = decode_head(&expected).unwrap();
         assert_eq!(head.actor_id, "p1");
@@ -466,23 +487,73 @@ mod tests {
             .collect()
     }
 
-    /// Format 1 (before `filed_at`): the same fields without the lead; the
-    /// entry is filed at the expiry.
+    /// The documented example's metadata: its last 14 bytes.
+    const META_BYTES: usize = 14;
+
+    /// Format 1 (before `filed_at`): the same fields without the lead or
+    /// the metadata; the entry is filed at the expiry.
     #[test]
     fn decodes_format_1_with_the_entry_at_the_expiry() {
         let mut v1 = documented_bytes_with(0, "01");
-        v1.truncate(v1.len() - 3);
+        v1.truncate(v1.len() - META_BYTES - 3);
         let record = decode(&v1).unwrap();
         let mut expected = documented_example();
         expected.filed_at = expected.expires_at;
+        expected.meta = Meta::new();
         assert_eq!(record, expected);
         assert_eq!(decode_head(&v1).unwrap().expires_at, expected.expires_at);
         // A format 1 record that carries a lead has trailing bytes.
         let mut with_lead = v1.clone();
         with_lead.push(0);
         assert!(decode(&with_lead).unwrap_err().contains("trailing"));
-        // Written again, it is format 2.
-        assert_eq!(encode(&record).unwrap()[0], 2);
+        // Written again, it is this build's format.
+        assert_eq!(encode(&record).unwrap()[0], RECORD_FORMAT);
+    }
+
+    /// Format 2 (before the metadata): format 1's fields and the lead; the
+    /// session has no metadata.
+    #[test]
+    fn decodes_format_2_without_metadata() {
+        let mut v2 = documented_bytes_with(0, "02");
+        v2.truncate(v2.len() - META_BYTES);
+        let record = decode(&v2).unwrap();
+        let mut expected = documented_example();
+        expected.meta = Meta::new();
+        assert_eq!(record, expected);
+        // A format 2 record that carries metadata has trailing bytes.
+        let mut with_meta = v2.clone();
+        with_meta.push(0);
+        assert!(decode(&with_meta).unwrap_err().contains("trailing"));
+        // Written again, it is format 3 with empty metadata: one byte more.
+        let again = encode(&record).unwrap();
+        assert_eq!(again[0], 3);
+        assert_eq!(again.len(), v2.len() + 1);
+        assert_eq!(decode(&again).unwrap(), expected);
+    }
+
+    /// Format 3's metadata is checked as `Meta::insert` checks it, and has
+    /// one encoding: names in order, each once.
+    #[test]
+    fn refuses_metadata_out_of_bounds_or_not_canonical() {
+        let cases = [
+            // A name with a space.
+            ("06 64 65 76 20 63 65 05 70 68 6f 6e 65", "letters"),
+            // A value with a control character.
+            ("06 64 65 76 69 63 65 05 70 68 0a 6e 65", "control"),
+        ];
+        let last = DOCUMENTED_HEX.len() - 1;
+        for (replacement, problem) in cases {
+            let bytes = documented_bytes_with(last, replacement);
+            let found = decode(&bytes).unwrap_err();
+            assert!(found.contains(problem), "{replacement}: {found}");
+        }
+        // Two entries, out of order.
+        let mut swapped = documented_bytes_with(last - 1, "02");
+        swapped.truncate(swapped.len() - (META_BYTES - 1));
+        for entry in ["01 62 00", "01 61 00"] {
+            swapped.extend(entry.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()));
+        }
+        assert!(decode(&swapped).unwrap_err().contains("canonical"));
     }
 
     #[test]
@@ -491,8 +562,9 @@ mod tests {
         r.expires_at = 5;
         r.filed_at = 5;
         let mut bytes = encode(&r).unwrap();
-        // Lead 6 > expires_at 5.
-        *bytes.last_mut().unwrap() = 6;
+        // Lead 6 > expires_at 5 (the lead is the byte before the metadata).
+        let lead = bytes.len() - META_BYTES - 1;
+        bytes[lead] = 6;
         assert!(decode(&bytes).unwrap_err().contains("before time 0"));
     }
 
@@ -505,10 +577,12 @@ mod tests {
         );
         // The two data entries in the wrong order.
         let mut swapped = documented_bytes_with(11, "06 76 69 73 69 74 73 01 33");
+        let meta = swapped.split_off(swapped.len() - META_BYTES);
         swapped.truncate(swapped.len() - 9 - 3);
         swapped.extend([
             0x04, 0x6e, 0x61, 0x6d, 0x65, 0x05, 0x22, 0x41, 0x64, 0x61, 0x22, 0xfb, 0x2c, 0x01,
         ]);
+        swapped.extend(meta);
         // Both decode field by field, and both are refused.
         for bytes in [wide, swapped] {
             let problem = decode(&bytes).unwrap_err();
@@ -538,7 +612,7 @@ mod tests {
         newer[0] = RECORD_FORMAT + 1;
         assert!(decode(&newer)
             .unwrap_err()
-            .contains("unknown record format 3"));
+            .contains("unknown record format 4"));
         let mut older = bytes.clone();
         older[0] = 0;
         assert!(decode(&older)

@@ -241,6 +241,28 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Session metadata breaks its bounds: more than `MAX_META_ENTRIES`
+    /// entries, a name that is not 1 to `MAX_META_NAME_LEN` bytes of
+    /// `[A-Za-z0-9_.-]`, or a value over `MAX_META_VALUE_LEN` bytes or
+    /// holding a control character.
+    #[error("invalid session metadata {name:?}: {problem}")]
+    InvalidMeta {
+        /// The entry's name (cut to 64 characters).
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
+    /// A public session id is not 1 to 64 URL-safe characters (`A-Z a-z
+    /// 0-9 - _`), so it cannot name a session.
+    #[error("invalid session id {id:?}: {problem}")]
+    InvalidSessionId {
+        /// The offending id (cut to 64 characters).
+        id: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
     /// `reassign` was asked to move a session to the actor that holds it.
     #[error("cannot reassign actor {actor_id:?}'s session to itself")]
     ReassignToSelf {

@@ -4,15 +4,18 @@
 //! an export keep working after the import.
 //!
 //! The export format (version [`EXPORT_FORMAT`]) is one JSON object per
-//! line. The first line is a header, `{"format":"sessiondb-export","version":1}`;
+//! line. The first line is a header, `{"format":"sessiondb-export","version":2}`;
 //! every further line is one session:
 //!
 //! ```text
 //! {"digest":"<64 hex digits>","id":"…","actorId":"…","language":"en",
 //!  "createdAt":<ms>,"expiresAt":<ms>,"deadline":<ms>|null,
 //!  "appVersion":"…"|null,"nodeId":"…"|null,"revision":<n>,
-//!  "data":{"<name>":"<the value's JSON text>"}}
+//!  "data":{"<name>":"<the value's JSON text>"},"meta":{"<name>":"<value>"}}
 //! ```
+//!
+//! `meta` (version 2) is left out when the session has none; version 1
+//! exports, which never have it, are still read.
 //!
 //! Data values are written as the JSON *text* the store holds (a string per
 //! value) rather than as nested JSON, so that an import restores them byte
@@ -26,6 +29,7 @@ use crate::codec;
 use crate::engine::Stored;
 use crate::error::{clip, Error, Result};
 use crate::key::{self, Digest, DIGEST_LEN};
+use crate::meta::Meta;
 use crate::plan::Imported;
 use crate::session::{check_data_name, Data, Record, Session};
 use crate::shared::About;
@@ -33,7 +37,7 @@ use crate::store::SessionStore;
 
 /// The version of the export format that [`SessionStore::export`] writes and
 /// [`SessionStore::import`] reads.
-pub const EXPORT_FORMAT: u32 = 1;
+pub const EXPORT_FORMAT: u32 = 2;
 
 const HEADER_NAME: &str = "sessiondb-export";
 
@@ -82,6 +86,9 @@ struct Line {
     node_id: Option<String>,
     revision: u64,
     data: Data,
+    /// Checked as it is read (`Meta`'s `Deserialize`).
+    #[serde(default, skip_serializing_if = "Meta::is_empty")]
+    meta: Meta,
 }
 
 impl Line {
@@ -98,6 +105,7 @@ impl Line {
             node_id: r.node_id,
             revision: r.revision,
             data: r.data,
+            meta: r.meta,
         }
     }
 
@@ -105,13 +113,7 @@ impl Line {
     fn into_record(self, max_data_bytes: usize) -> std::result::Result<(Digest, Record), String> {
         let digest = Digest::from_hex(&self.digest)
             .ok_or_else(|| format!("digest {:?} is not 64 hex digits", clip(&self.digest)))?;
-        if self.id.is_empty()
-            || self.id.len() > 64
-            || !self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if key::check_session_id(&self.id).is_err() {
             return Err(format!(
                 "id {:?} is not 1..=64 URL-safe characters",
                 clip(&self.id)
@@ -156,6 +158,7 @@ impl Line {
                 deadline: self.deadline,
                 node_id: self.node_id,
                 data: self.data,
+                meta: self.meta,
             },
         ))
     }

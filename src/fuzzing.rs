@@ -5,14 +5,18 @@ use crate::engine::sled::layout as index;
 use crate::{codec, key};
 
 /// Decodes `bytes` as a session record and encodes it again, in the
-/// record's own format: `None` when it does not decode. A format 1 record
-/// is written as format 2, whose body is format 1's plus a lead of 0 (one
-/// byte `00`); that byte is taken off again to compare with the input.
+/// record's own format: `None` when it does not decode. An older record is
+/// written in this build's format, whose body is the older one's plus what
+/// the older one lacks, each one byte `00` here: a lead of 0 (what format 2
+/// adds to format 1) and empty metadata (what format 3 adds to format 2).
+/// Those bytes are taken off again to compare with the input.
 pub fn reencode_record(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut again = codec::encode(&codec::decode(bytes).ok()?).ok()?;
-    if bytes.first() == Some(&1) && again.last() == Some(&0) {
-        again.pop();
-        again[0] = 1;
+    let format = *bytes.first()?;
+    let added = usize::from(codec::RECORD_FORMAT.saturating_sub(format));
+    if added > 0 && again.len() > added && again[again.len() - added..].iter().all(|b| *b == 0) {
+        again.truncate(again.len() - added);
+        again[0] = format;
     }
     Some(again)
 }

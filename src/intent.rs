@@ -169,6 +169,7 @@ mod tests {
             deadline: None,
             node_id: None,
             data,
+            meta: crate::meta::Meta::new(),
         };
         // As stored: its data kept as read.
         let record = crate::codec::decode(&crate::codec::encode(&record).unwrap()).unwrap();

@@ -190,6 +190,30 @@ pub(crate) fn check_language(language: &str) -> Result<()> {
     })
 }
 
+/// Longest public session id accepted, in bytes. The store makes ids of
+/// 16 characters; an import may bring others of up to this length.
+pub const MAX_SESSION_ID_LEN: usize = 64;
+
+/// Public session ids: 1..=64 URL-safe characters (`A-Z a-z 0-9 - _`).
+pub(crate) fn check_session_id(id: &str) -> Result<()> {
+    let problem = if id.is_empty() {
+        "must not be empty"
+    } else if id.len() > MAX_SESSION_ID_LEN {
+        "must be at most 64 characters"
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        "must be URL-safe characters: letters, digits, '-' or '_'"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidSessionId {
+        id: clip(id),
+        problem,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

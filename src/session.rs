@@ -9,6 +9,7 @@ use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{clip, Error, Result};
+use crate::meta::Meta;
 
 /// Longest data name accepted, in bytes.
 pub const MAX_DATA_NAME_LEN: usize = 255;
@@ -291,6 +292,9 @@ pub(crate) struct Record {
     pub deadline: Option<u64>,
     pub node_id: Option<String>,
     pub data: Data,
+    /// The game server's metadata, given at register and kept by every
+    /// later write (record format 3).
+    pub meta: Meta,
 }
 
 /// The facts of a record that key validity depends on, decoded without the
@@ -387,6 +391,13 @@ impl Session {
     /// Bumped on every write to the session.
     pub fn revision(&self) -> u64 {
         self.record.revision
+    }
+
+    /// The metadata the game server gave at register
+    /// ([`SessionStore::register_with_meta`](crate::SessionStore::register_with_meta)):
+    /// device, platform, address and the like; empty when none was given.
+    pub fn meta(&self) -> &Meta {
+        &self.record.meta
     }
 
     /// The session's data.

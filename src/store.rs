@@ -17,6 +17,7 @@ use crate::error::{clip, Error, Result};
 use crate::events::{Event, EventHub, UnsetReason};
 use crate::intent;
 use crate::key::{self, Digest, FullKey};
+use crate::meta::Meta;
 use crate::plan::{DataEdit, Touch};
 use crate::reaper::{self, Reaper};
 use crate::recovery::{self, CheckReport, Recovering, RecoveryReport};
@@ -260,6 +261,36 @@ impl SessionStore {
     /// for deserialised data holding a name or value `Data::insert` refuses;
     /// [`Error::Closed`] after `close`; storage errors.
     pub fn register(&self, actor_id: &str, language: &str, data: Data) -> Result<Session> {
+        self.register_with_meta(actor_id, language, data, Meta::new())
+    }
+
+    /// As [`SessionStore::register`], with the game server's metadata for
+    /// the session (MAGE's `register(actorId, language, meta)`): a device,
+    /// a platform, the address the player came from. It is stored with the
+    /// session, kept by every later change (reassign included), and shown
+    /// by [`Session::meta`] wherever the session is read. [`Meta`] holds its
+    /// bounds.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = sessiondb::SessionStore::open(sessiondb::Config::new(dir.path()))?;
+    /// use sessiondb::{Data, Meta};
+    /// let meta = Meta::from_pairs([("device", "Pixel 8"), ("address", "203.0.113.7")])?;
+    /// let session = store.register_with_meta("player-7", "en", Data::new(), meta)?;
+    /// assert_eq!(session.meta().get("device"), Some("Pixel 8"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SessionStore::register`]. ([`Meta`] checks its own bounds as it
+    /// is built.)
+    pub fn register_with_meta(
+        &self,
+        actor_id: &str,
+        language: &str,
+        data: Data,
+        meta: Meta,
+    ) -> Result<Session> {
         key::check_actor_id(actor_id)?;
         key::check_language(language)?;
         data.check()?;
@@ -287,6 +318,7 @@ impl SessionStore {
             deadline,
             node_id: shared.node_id.clone(),
             data,
+            meta,
         };
         let digest = Digest::of_secret(&secret);
         let record = shared.write(About::of(vec![actor_id.to_owned()]), move |p| {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sessiondb::{Config, Data, Error, Event, ManualClock, SessionStore, EXPORT_FORMAT};
+use sessiondb::{Config, Data, Error, Event, ManualClock, Meta, SessionStore, EXPORT_FORMAT};
 use tempfile::TempDir;
 
 const T0: u64 = 1_700_000_000_000;
@@ -49,9 +49,10 @@ fn populate(store: &SessionStore, clock: &ManualClock) -> Vec<String> {
             .unwrap()
             .to_owned(),
     );
+    let meta = Meta::from_pairs([("device", "Zoë's phone"), ("address", "203.0.113.7")]).unwrap();
     keys.push(
         store
-            .register("p1", "pt-BR", Data::new())
+            .register_with_meta("p1", "pt-BR", Data::new(), meta)
             .unwrap()
             .key()
             .unwrap()
@@ -173,6 +174,10 @@ fn bad_import_lines_are_refused_with_their_line_number() {
         .iter()
         .find(|l| l.contains("\"data\":{}"))
         .expect("a session without data");
+    let with_meta = lines
+        .iter()
+        .find(|l| l.contains("\"meta\":{"))
+        .expect("a session with metadata");
     let copy = open(&b, &clock);
 
     let cases: Vec<(String, &str)> = vec![
@@ -215,6 +220,14 @@ fn bad_import_lines_are_refused_with_their_line_number() {
                 empty_data.replacen("\"data\":{}", "\"data\":{\"broken\":\"{nope\"}", 1)
             ),
             "is not JSON text",
+        ),
+        (
+            format!(
+                "{}\n{}",
+                lines[0],
+                with_meta.replacen("\"meta\":{", "\"meta\":{\"no spaces\":\"x\",", 1)
+            ),
+            "letters, digits",
         ),
     ];
     for (input, expected) in cases {
@@ -357,4 +370,27 @@ fn an_imported_digest_of_another_actor_is_filed_under_its_own_actor() {
     assert_eq!(p2.id(), p1.id());
     assert_eq!(store.stats().unwrap().sessions, 2);
     assert!(store.check().unwrap().is_healthy());
+}
+
+/// A version 1 export (before metadata: no `meta`, and version 1 in the
+/// header) is still read; its sessions have no metadata.
+#[test]
+fn a_version_1_export_is_still_read() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = ManualClock::new(T0);
+    let source = open(&a, &clock);
+    let keys = populate(&source, &clock);
+    let text = String::from_utf8(export_bytes(&source)).unwrap();
+    let version_1: String = text
+        .lines()
+        .filter(|l| !l.contains("\"meta\""))
+        .map(|l| l.replace(&format!("\"version\":{EXPORT_FORMAT}"), "\"version\":1") + "\n")
+        .collect();
+    assert!(version_1.starts_with("{\"format\":\"sessiondb-export\",\"version\":1}"));
+    let copy = open(&b, &clock);
+    assert_eq!(copy.import(version_1.as_bytes()).unwrap().imported, 3);
+    let first = copy.resolve(&keys[0]).unwrap();
+    assert!(first.meta().is_empty());
+    assert_eq!(first, source.resolve(&keys[0]).unwrap());
+    assert!(copy.check().unwrap().is_healthy());
 }

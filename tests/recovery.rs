@@ -451,6 +451,7 @@ fn a_stale_generating_snapshot_from_a_crash_during_open_is_removed() {
 const FIXTURE: &str = "tests/fixtures/store-v1";
 const FIXTURE_V2: &str = "tests/fixtures/store-v2";
 const FIXTURE_V3: &str = "tests/fixtures/store-v3";
+const FIXTURE_V4: &str = "tests/fixtures/store-v4";
 
 fn fixture_path(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -499,7 +500,8 @@ fn assert_fixture_sessions(store: &SessionStore, keys: &[String]) -> Session {
 }
 
 /// After a close, the store is in this build's format, with format 3's
-/// trees only: records by actor and digest, expiry entries naming them.
+/// trees only (format 4 keeps them): records by actor and digest, expiry
+/// entries naming them.
 fn assert_format_3_trees(dir: &Path, sessions: usize) {
     with_raw(dir, |db| {
         let meta = db.open_tree("meta").unwrap();
@@ -569,15 +571,13 @@ fn the_format_2_fixture_store_opens_and_decodes() {
     assert_eq!(store.reap_expired().unwrap(), 1);
 }
 
-/// The format 3 fixture store (set `SESSIONDB_WRITE_FIXTURES=3` to write
-/// it, which only a change of format 3 itself may do): the same sessions,
-/// written by this format, open as they are.
+/// The format 3 fixture store (written by a build of store format 3, whose
+/// records are of record format 2): the same sessions open as they are,
+/// without metadata, and the store says format 4 from then on.
 #[test]
 fn the_format_3_fixture_store_opens_and_decodes() {
-    if std::env::var("SESSIONDB_WRITE_FIXTURES").as_deref() == Ok("3") {
-        write_fixture(&fixture_path(FIXTURE_V3));
-    }
     let (dir, clock, store, keys) = open_fixture(FIXTURE_V3);
+    assert!(store.resolve(&keys[0]).unwrap().meta().is_empty());
     let first = assert_fixture_sessions(&store, &keys);
     assert_eq!(first.expires_at_ms(), T0 + 300_000 + 600_000);
     clock.set(T0 + 600_000);
@@ -650,6 +650,36 @@ fn a_format_2_store_whose_move_to_format_3_was_cut_short_finishes_it() {
     assert_format_3_trees(dir.path(), 2);
 }
 
+/// The format 4 fixture store (set `SESSIONDB_WRITE_FIXTURES=4` to write
+/// it, which only a change of format 4 itself may do): the same sessions,
+/// the first with metadata (record format 3).
+#[test]
+fn the_format_4_fixture_store_opens_and_decodes() {
+    if std::env::var("SESSIONDB_WRITE_FIXTURES").as_deref() == Ok("4") {
+        write_fixture(&fixture_path(FIXTURE_V4));
+    }
+    let (dir, clock, store, keys) = open_fixture(FIXTURE_V4);
+    let first = assert_fixture_sessions(&store, &keys);
+    assert_eq!(first.meta(), &fixture_meta());
+    assert!(store.resolve(&keys[1]).unwrap().meta().is_empty());
+    assert_eq!(first.expires_at_ms(), T0 + 300_000 + 600_000);
+    clock.set(T0 + 600_000);
+    assert_eq!(store.reap_expired().unwrap(), 1, "only the second session");
+    store.is_valid(&keys[0]).unwrap();
+    store.close().unwrap();
+    assert_format_3_trees(dir.path(), 1);
+    with_raw(dir.path(), |db| {
+        let records = db.open_tree("records").unwrap();
+        let (_, record) = records.iter().next().unwrap().unwrap();
+        assert_eq!(record[0], sessiondb::RECORD_FORMAT, "record format 3");
+    });
+}
+
+/// The first fixture session's metadata (format 4 on).
+fn fixture_meta() -> sessiondb::Meta {
+    sessiondb::Meta::from_pairs([("device", "fixture phone"), ("platform", "android")]).unwrap()
+}
+
 fn write_fixture(fixture: &Path) {
     let _ = std::fs::remove_dir_all(fixture);
     let db = fixture.join("db");
@@ -664,7 +694,9 @@ fn write_fixture(fixture: &Path) {
     let mut data = Data::new();
     data.insert("level", &12).unwrap();
     data.insert("items", &["sword", "map"]).unwrap();
-    let first = store.register("fixture-player", "pt-BR", data).unwrap();
+    let first = store
+        .register_with_meta("fixture-player", "pt-BR", data, fixture_meta())
+        .unwrap();
     let second = store
         .register("actor:with:colons", "en", Data::new())
         .unwrap();

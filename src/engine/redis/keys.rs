@@ -38,8 +38,11 @@ use crate::key::{hex, Digest, DIGEST_LEN};
 /// shard channel; new stores spread their buckets' tags over the slots
 /// (`tags` = `spread` in meta). A format 1 or 2 store is upgraded on open:
 /// its entries already hold the invariants, its tags stay numbers, and an
-/// entry without `p` is read as following the entry before it.
-pub(crate) const REDIS_FORMAT: u32 = 3;
+/// entry without `p` is read as following the entry before it. Format 4:
+/// records may be of record format 3 (with metadata), which builds of
+/// format 3 cannot read; the keys are format 3's, so a format 3 store is
+/// format 4 as it is.
+pub(crate) const REDIS_FORMAT: u32 = 4;
 
 /// Buckets of a store created without `Config::redis_buckets` on one
 /// server (or behind Sentinel).

@@ -595,6 +595,7 @@ mod tests {
                 deadline: None,
                 node_id: None,
                 data: Data::new(),
+                meta: crate::meta::Meta::new(),
             };
             Ok(Plan {
                 preconditions: Vec::new(),

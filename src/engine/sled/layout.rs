@@ -21,9 +21,13 @@ use crate::key::{Digest, DIGEST_LEN, MAX_ACTOR_ID_LEN};
 
 /// The on-disk layout version of the whole store (trees and keys), kept in
 /// the `meta` tree under [`META_FORMAT`]. Format 3: records keyed by actor
-/// and digest, expiry entries naming their record, no actor index. Formats 1
-/// and 2 are moved to it on open (`migrate`).
-pub const STORE_FORMAT: u32 = 3;
+/// and digest, expiry entries naming their record, no actor index. Format 4:
+/// the layout of format 3, whose records may be of record format 3 (with
+/// metadata), which builds of format 3 cannot read: the number stops them
+/// at open, before a repair of theirs could quarantine such records.
+/// Formats 1 and 2 are moved to it on open (`migrate`); format 3 is format
+/// 4 as it is.
+pub const STORE_FORMAT: u32 = 4;
 
 /// Tree names.
 pub(crate) const RECORDS: &str = "records";

@@ -131,8 +131,9 @@ fn open_meta(trees: &Trees) -> Result<bool> {
                     supported: STORE_FORMAT,
                 });
             }
-            if found < STORE_FORMAT {
-                // Until format 3 is written, every open moves what is left.
+            if found < 3 {
+                // Until format 3 or later is written, every open moves what
+                // is left.
                 let moved = migrate::to_format_3(trees)?;
                 trees.count_write(None, &[], -i64::try_from(moved.quarantined).unwrap_or(0));
                 trees.flush(true)?;
@@ -141,8 +142,14 @@ fn open_meta(trees: &Trees) -> Result<bool> {
                     moved.records,
                     moved.quarantined
                 );
-                // From here an older build refuses the store.
+            }
+            if found < STORE_FORMAT {
+                // Format 3's trees are format 4's. From here an older build
+                // refuses the store.
                 trees.set_meta(META_FORMAT, Some(&STORE_FORMAT.to_be_bytes()))?;
+                if found == 3 {
+                    log::info!("store format 3 -> {STORE_FORMAT}: nothing to move");
+                }
             }
         }
     }
