@@ -28,6 +28,10 @@ pub enum UnsetReason {
     Replaced,
     /// The session was moved to another actor (`"reassigned"`).
     Reassigned,
+    /// The session was given a new key (`"rotated"`): the old key is dead,
+    /// the session goes on under the new one (a `session.set` for the same
+    /// session id follows).
+    Rotated,
     /// A reason of the game's own; build it with [`UnsetReason::parse`].
     Other(String),
 }
@@ -36,19 +40,20 @@ pub enum UnsetReason {
 pub const MAX_REASON_LEN: usize = 64;
 
 impl UnsetReason {
-    /// The wire form: `expired`, `loggedOut`, `replaced`, `reassigned`, or
-    /// the custom string.
+    /// The wire form: `expired`, `loggedOut`, `replaced`, `reassigned`,
+    /// `rotated`, or the custom string.
     pub fn as_str(&self) -> &str {
         match self {
             UnsetReason::Expired => "expired",
             UnsetReason::LoggedOut => "loggedOut",
             UnsetReason::Replaced => "replaced",
             UnsetReason::Reassigned => "reassigned",
+            UnsetReason::Rotated => "rotated",
             UnsetReason::Other(s) => s,
         }
     }
 
-    /// Reads a reason: the four standard strings map to their variants,
+    /// Reads a reason: the five standard strings map to their variants,
     /// anything else becomes `Other` when it is 1..=64 bytes of
     /// `[A-Za-z0-9_.-]`.
     ///
@@ -60,6 +65,7 @@ impl UnsetReason {
             "loggedOut" => UnsetReason::LoggedOut,
             "replaced" => UnsetReason::Replaced,
             "reassigned" => UnsetReason::Reassigned,
+            "rotated" => UnsetReason::Rotated,
             other => {
                 check_custom(other)?;
                 UnsetReason::Other(other.to_owned())
@@ -105,7 +111,8 @@ impl fmt::Display for UnsetReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// `session.set`: a session was registered, restored or reassigned to an actor.
+    /// `session.set`: a session was registered, restored, rotated or
+    /// reassigned to an actor.
     Set {
         /// Public session id.
         id: String,

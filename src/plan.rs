@@ -276,6 +276,88 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// A new key for the session `digest` names (rotate): the session goes
+    /// on under `new_digest`, everything kept (id, data, metadata,
+    /// language, creation, expiry, deadline) but its revision, which moves
+    /// on. The old record goes in the same commit, so the old key stops
+    /// working at once. Announces `session.unset` (`rotated`: the old key is
+    /// dead) and then `session.set` for the same session id.
+    pub fn rotate(
+        &mut self,
+        digest: &Digest,
+        actor_id: &str,
+        new_digest: &Digest,
+        now: u64,
+    ) -> Result<Record> {
+        let record = self.validated(digest, actor_id, now)?;
+        if self.load(actor_id, new_digest)?.is_some() {
+            // 132 random bits at least: never, short of a broken generator.
+            return Err(Error::Storage(crate::error::StorageError::new(
+                "rotating a session key",
+                "the new secret's digest is already stored (the random generator repeated itself)",
+            )));
+        }
+        let mut rotated = record.clone();
+        rotated.revision += 1;
+        self.delete(digest, &record, UnsetReason::Rotated);
+        self.insert(new_digest, &rotated)?;
+        self.plan.whole = true;
+        Ok(rotated)
+    }
+
+    /// Ends the session of `actor_id` whose public id is `session_id` with
+    /// `reason`. `noSession` when the actor has no such session, `expired`
+    /// when it has passed its expiry (the reaper ends it).
+    pub fn expire_by_id(
+        &mut self,
+        actor_id: &str,
+        session_id: &str,
+        now: u64,
+        reason: &UnsetReason,
+    ) -> Result<()> {
+        let found: Vec<(Digest, Record)> = self
+            .sessions_of(actor_id)?
+            .into_iter()
+            .filter(|(_, r)| r.id == session_id)
+            .collect();
+        if found.is_empty() {
+            return Err(Error::Invalid(Reason::NoSession));
+        }
+        if found.iter().all(|(_, r)| r.expires_at <= now) {
+            return Err(Error::Invalid(Reason::Expired));
+        }
+        for (d, r) in &found {
+            self.delete(d, r, reason.clone());
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the key's actor but the key's own; returns
+    /// how many live ones ended with `reason` (already expired ones end
+    /// with `expired` and are not counted, as in `expire_actor`).
+    pub fn expire_others(
+        &mut self,
+        digest: &Digest,
+        actor_id: &str,
+        now: u64,
+        reason: &UnsetReason,
+    ) -> Result<usize> {
+        self.validated(digest, actor_id, now)?;
+        let mut ended = 0;
+        for (d, r) in &self.sessions_of(actor_id)? {
+            if d == digest {
+                continue;
+            }
+            if r.expires_at <= now {
+                self.delete(d, r, UnsetReason::Expired);
+            } else {
+                self.delete(d, r, reason.clone());
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// Ends the actor's sessions beyond its cap as a register makes room
     /// (expired ones, then the oldest live ones); returns how many. The
     /// check after an unclean shutdown calls it for an actor it found over

@@ -267,9 +267,9 @@ impl SessionStore {
     /// As [`SessionStore::register`], with the game server's metadata for
     /// the session (MAGE's `register(actorId, language, meta)`): a device,
     /// a platform, the address the player came from. It is stored with the
-    /// session, kept by every later change (reassign included), and shown
-    /// by [`Session::meta`] wherever the session is read. [`Meta`] holds its
-    /// bounds.
+    /// session, kept by every later change (rotate and reassign included),
+    /// and shown by [`Session::meta`] wherever the session is read, in
+    /// [`SessionStore::actor_sessions`] too. [`Meta`] holds its bounds.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -277,7 +277,9 @@ impl SessionStore {
     /// use sessiondb::{Data, Meta};
     /// let meta = Meta::from_pairs([("device", "Pixel 8"), ("address", "203.0.113.7")])?;
     /// let session = store.register_with_meta("player-7", "en", Data::new(), meta)?;
-    /// assert_eq!(session.meta().get("device"), Some("Pixel 8"));
+    /// let listed = store.actor_sessions("player-7")?;
+    /// assert_eq!(listed[0].meta().get("device"), Some("Pixel 8"));
+    /// # let _ = session;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -449,6 +451,92 @@ impl SessionStore {
         })
     }
 
+    /// Ends one session of `actor_id`, named by its public id (as
+    /// [`SessionStore::actor_sessions`] lists it), with `reason`: an admin
+    /// ending one device's session without its key. Its holder hears
+    /// `session.unset` with the reason.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] with [`Reason::NoSession`](crate::Reason::NoSession)
+    /// when the actor has no session of that id, or
+    /// [`Reason::Expired`](crate::Reason::Expired) when it has passed its
+    /// expiry (the reaper ends it); [`Error::InvalidActorId`],
+    /// [`Error::InvalidSessionId`], [`Error::InvalidReason`]; storage errors.
+    pub fn expire_session(
+        &self,
+        actor_id: &str,
+        session_id: &str,
+        reason: UnsetReason,
+    ) -> Result<()> {
+        key::check_actor_id(actor_id)?;
+        key::check_session_id(session_id)?;
+        reason.check()?;
+        let shared = self.shared();
+        let (actor, id, now) = (actor_id.to_owned(), session_id.to_owned(), shared.now());
+        shared.write(About::of(vec![actor_id.to_owned()]), move |p| {
+            p.expire_by_id(&actor, &id, now, &reason)
+        })
+    }
+
+    /// Ends every other session of the key's actor ("log out my other
+    /// devices") with `reason`, and returns how many live ones ended; the
+    /// key's own session goes on, untouched. Sessions that had already
+    /// expired end with `expired` and are not counted. Each holder hears
+    /// `session.unset` with the reason.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the key is not valid; [`Error::InvalidReason`];
+    /// storage errors.
+    pub fn expire_others(&self, full_key: &str, reason: UnsetReason) -> Result<usize> {
+        reason.check()?;
+        let key = FullKey::parse(full_key)?;
+        let shared = self.shared();
+        let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
+        shared.write(About::of(vec![actor_id.clone()]), move |p| {
+            p.expire_others(&digest, &actor_id, now, &reason)
+        })
+    }
+
+    /// A new key for the key's session, as OWASP asks on every change of
+    /// privilege (a guest who logs in, say): the old key stops working at
+    /// once, and the session goes on under the new one (in the returned
+    /// session's [`Session::key`]) with its public id, data, metadata,
+    /// language, creation time, expiry and deadline; its revision moves on.
+    /// Only the new secret's digest is stored. Subscribers hear
+    /// `session.unset` with [`UnsetReason::Rotated`] (the old key is dead:
+    /// its holder must drop it), then `session.set` for the same session
+    /// id.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = sessiondb::SessionStore::open(sessiondb::Config::new(dir.path()))?;
+    /// let old = store.register("player-7", "en", sessiondb::Data::new())?;
+    /// let new = store.rotate(old.key().unwrap())?;
+    /// assert_eq!(new.id(), old.id());
+    /// assert!(store.is_valid(old.key().unwrap()).is_err());
+    /// store.is_valid(new.key().unwrap())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the key is not valid; [`Error::Random`];
+    /// storage errors.
+    pub fn rotate(&self, full_key: &str) -> Result<Session> {
+        let key = FullKey::parse(full_key)?;
+        let shared = self.shared();
+        let secret = key::new_secret(shared.key_length)?;
+        let new_digest = Digest::of_secret(&secret);
+        let (digest, actor_id, now) = (key.digest(), key.actor_id.to_owned(), shared.now());
+        let about = About::of(vec![actor_id.clone()]);
+        let record = shared.write(about, move |p| {
+            p.rotate(&digest, &actor_id, &new_digest, now)
+        })?;
+        Ok(Session {
+            key: Some(key::full_key(key.actor_id, &secret)),
+            record,
+        })
+    }
+
     /// The data value `name` of the key's session, converted into `T`.
     ///
     /// # Errors
@@ -612,6 +700,37 @@ impl SessionStore {
             records.extend(shared.load(actor_id, &d)?);
         }
         Ok(newest_live(records, now).map(|record| Session { key: None, record }))
+    }
+
+    /// Every live session of the actor, newest first (by creation), each
+    /// without its key: what a player sees as "my devices", with each
+    /// session's public id (for [`SessionStore::expire_session`]),
+    /// language, creation, expiry and metadata. Empty when the actor has
+    /// none. A record that does not decode is left out (`check` reports it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidActorId`]; storage errors.
+    pub fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Session>> {
+        key::check_actor_id(actor_id)?;
+        let shared = self.shared();
+        shared.ensure_open()?;
+        let now = shared.now();
+        let mut records = Vec::new();
+        for d in shared.engine.actor_sessions(actor_id)? {
+            match shared.load(actor_id, &d) {
+                Ok(Some(r)) if r.expires_at > now => records.push(r),
+                Ok(_) => {}
+                Err(Error::Corrupt { .. }) => {
+                    log::warn!("a session of actor {actor_id:?} does not decode; `check` reports it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        records.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(records
+            .into_iter()
+            .map(|record| Session { key: None, record })
+            .collect())
     }
 
     /// MAGE's `getActorAddresses`: for each actor with a live session, its

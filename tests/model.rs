@@ -14,8 +14,8 @@ use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use sessiondb_model::driver::{Driver, Place};
 use sessiondb_model::ops::{
-    Actor, Change, Key, Lang, Lifetime, Name, Op, Payload, Setup, Step, TouchInterval, Ttl, Value,
-    Version, Why,
+    Actor, Change, Device, Key, Lang, Lifetime, Name, Op, Payload, SessionRef, Setup, Step,
+    TouchInterval, Ttl, Value, Version, Why,
 };
 
 fn cases() -> u32 {
@@ -70,8 +70,21 @@ fn why() -> impl Strategy<Value = Why> {
         Just(Why::LoggedOut),
         Just(Why::Replaced),
         Just(Why::Reassigned),
+        Just(Why::Rotated),
         Just(Why::Banned),
         Just(Why::Bad),
+    ]
+}
+
+fn device() -> impl Strategy<Value = Device> {
+    prop_oneof![3 => Just(Device::Phone), 3 => Just(Device::Desktop), 1 => Just(Device::Bad)]
+}
+
+fn session_ref() -> impl Strategy<Value = SessionRef> {
+    prop_oneof![
+        8 => any::<u8>().prop_map(SessionRef::Seen),
+        1 => Just(SessionRef::Unknown),
+        1 => Just(SessionRef::Malformed),
     ]
 }
 
@@ -108,6 +121,11 @@ fn version() -> impl Strategy<Value = Version> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (actor(), lang(), payload()).prop_map(|(a, l, p)| Op::Register(a, l, p)),
+        3 => (actor(), device()).prop_map(|(a, d)| Op::RegisterOn(a, d)),
+        2 => key().prop_map(Op::Rotate),
+        2 => actor().prop_map(Op::ActorSessions),
+        2 => (actor(), session_ref(), why()).prop_map(|(a, i, w)| Op::ExpireSession(a, i, w)),
+        2 => (key(), why()).prop_map(|(k, w)| Op::ExpireOthers(k, w)),
         6 => key().prop_map(Op::Resolve),
         3 => key().prop_map(Op::IsValid),
         2 => key().prop_map(Op::Restore),
@@ -265,6 +283,56 @@ fn every_operation_agrees_on_a_scripted_tour() {
         Op::Check,
     ];
     run_everywhere("every_operation_agrees_on_a_scripted_tour", setup, &ops);
+}
+
+/// The operations of "an actor's sessions" on a fixed script, with three
+/// sessions per actor: metadata at register, listings, a rotated key (the
+/// old one refused, the new one used), ending one session by its public id
+/// and all the others of a key, each with their events; then a reopen.
+#[test]
+fn an_actors_sessions_agree_on_a_scripted_tour() {
+    let setup = Setup {
+        per_actor: 2,
+        ..Setup::default()
+    };
+    let ops = [
+        Op::RegisterOn(Actor::A, Device::Phone),
+        Op::Advance(Step::Ms),
+        Op::RegisterOn(Actor::A, Device::Desktop),
+        Op::Advance(Step::Ms),
+        Op::Register(Actor::A, Lang::PtBr, Payload::Small),
+        Op::RegisterOn(Actor::B, Device::Bad),
+        Op::RegisterOn(Actor::Empty, Device::Bad),
+        Op::ActorSessions(Actor::A),
+        Op::ActorSessions(Actor::B),
+        Op::ActorSessions(Actor::Empty),
+        Op::Rotate(Key::Seen(1)),
+        Op::Resolve(Key::Seen(1)),
+        Op::Resolve(Key::Seen(3)),
+        Op::Rotate(Key::Malformed(1)),
+        Op::Rotate(Key::Unknown(Actor::C)),
+        Op::ActorSessions(Actor::A),
+        Op::ExpireSession(Actor::A, SessionRef::Seen(0), Why::Banned),
+        Op::ExpireSession(Actor::A, SessionRef::Seen(0), Why::Banned),
+        Op::ExpireSession(Actor::B, SessionRef::Seen(1), Why::Expired),
+        Op::ExpireSession(Actor::A, SessionRef::Unknown, Why::Expired),
+        Op::ExpireSession(Actor::A, SessionRef::Malformed, Why::Expired),
+        Op::ExpireSession(Actor::A, SessionRef::Seen(2), Why::Bad),
+        Op::RegisterOn(Actor::A, Device::Phone),
+        Op::ExpireOthers(Key::Seen(3), Why::LoggedOut),
+        Op::ExpireOthers(Key::Seen(3), Why::Bad),
+        Op::ExpireOthers(Key::Seen(0), Why::LoggedOut),
+        Op::ActorSessions(Actor::A),
+        Op::Reopen(Version::Unset),
+        Op::ActorSessions(Actor::A),
+        Op::Advance(Step::Ttl),
+        Op::ExpireSession(Actor::A, SessionRef::Seen(3), Why::Banned),
+        Op::Rotate(Key::Seen(3)),
+        Op::ActorSessions(Actor::A),
+        Op::Reap,
+        Op::Check,
+    ];
+    run_everywhere("an_actors_sessions_agree_on_a_scripted_tour", setup, &ops);
 }
 
 /// Runs `ops` on sled, then on Redis and on a Redis Cluster where servers

@@ -142,6 +142,13 @@ pub(crate) struct Plan {
     pub changes: Vec<Change>,
     /// Published, in order, once the changes are committed.
     pub events: Vec<Event>,
+    /// The changes must land together even on an engine that otherwise
+    /// commits a plan as ordered single-key writes whose every prefix its
+    /// check completes (the sled engine): the plan moves a session to a new
+    /// record of the same actor (rotate), and a prefix holding both records
+    /// would leave one session under two keys. An engine that commits every
+    /// plan whole (Redis: one script) needs not look.
+    pub whole: bool,
 }
 
 /// What planning reads: the store as the engine sees it at that moment

@@ -12,7 +12,8 @@ use sessiondb::{Config, ManualClock, SessionStore};
 use tempfile::TempDir;
 
 use crate::ops::{Actor, Change, Key, Op, Setup, Value, Version, MALFORMED, NODE_ID, T0};
-use crate::ops::{Payload, UNKNOWN_SECRET};
+use crate::ops::{Device, Payload, SessionRef, UNKNOWN_SECRET};
+use crate::ops::{MALFORMED_SESSION_ID, UNKNOWN_SESSION_ID};
 use crate::{Address, Data, Error, Event, Model, Reason, Session, UnsetReason};
 
 /// What went wrong: a disagreement between store and model, or a store
@@ -45,6 +46,8 @@ pub struct Driver {
     model: Model,
     /// Every full key the store handed out, in order.
     keys: Vec<String>,
+    /// The public id of the session each of `keys` was handed out for.
+    ids: Vec<String>,
 }
 
 impl Debug for Driver {
@@ -86,6 +89,8 @@ fn error_of(e: sessiondb::Error) -> Result<Error, Mismatch> {
         sessiondb::Error::InvalidLanguage { .. } => Error::InvalidLanguage,
         sessiondb::Error::InvalidDataName { .. } => Error::InvalidDataName,
         sessiondb::Error::InvalidReason { .. } => Error::InvalidReason,
+        sessiondb::Error::InvalidSessionId { .. } => Error::InvalidSessionId,
+        sessiondb::Error::InvalidMeta { .. } => Error::InvalidMeta,
         sessiondb::Error::DataTooLarge { size, limit } => Error::DataTooLarge { size, limit },
         other => return Err(format!("unexpected store error: {other} ({other:?})")),
     })
@@ -108,6 +113,7 @@ fn unset_of(r: &sessiondb::UnsetReason) -> UnsetReason {
         sessiondb::UnsetReason::LoggedOut => UnsetReason::LoggedOut,
         sessiondb::UnsetReason::Replaced => UnsetReason::Replaced,
         sessiondb::UnsetReason::Reassigned => UnsetReason::Reassigned,
+        sessiondb::UnsetReason::Rotated => UnsetReason::Rotated,
         other => UnsetReason::Other(other.as_str().to_owned()),
     }
 }
@@ -118,6 +124,7 @@ fn unset_to_store(r: &UnsetReason) -> sessiondb::UnsetReason {
         UnsetReason::LoggedOut => sessiondb::UnsetReason::LoggedOut,
         UnsetReason::Replaced => sessiondb::UnsetReason::Replaced,
         UnsetReason::Reassigned => sessiondb::UnsetReason::Reassigned,
+        UnsetReason::Rotated => sessiondb::UnsetReason::Rotated,
         // Built by hand, not parsed, so that the store's own check runs.
         UnsetReason::Other(s) => sessiondb::UnsetReason::Other(s.clone()),
     }
@@ -172,6 +179,11 @@ fn session_of(s: &sessiondb::Session) -> Session {
         node_id: s.node_id().map(str::to_owned),
         revision: s.revision(),
         data: data_of(s.data()),
+        meta: s
+            .meta()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }
 
@@ -219,6 +231,7 @@ impl Driver {
             store: Some(store),
             events,
             keys: Vec::new(),
+            ids: Vec::new(),
         })
     }
 
@@ -286,6 +299,19 @@ impl Driver {
         }
     }
 
+    /// The public session id a [`SessionRef`] stands for now.
+    pub fn session_id(&self, id: SessionRef) -> String {
+        match id {
+            SessionRef::Seen(i) => self
+                .ids
+                .get(usize::from(i) % self.ids.len().max(1))
+                .cloned()
+                .unwrap_or_else(|| UNKNOWN_SESSION_ID.to_owned()),
+            SessionRef::Unknown => UNKNOWN_SESSION_ID.to_owned(),
+            SessionRef::Malformed => MALFORMED_SESSION_ID.to_owned(),
+        }
+    }
+
     /// Applies one operation to both sides and compares the results, then
     /// the events each emitted.
     ///
@@ -295,6 +321,40 @@ impl Driver {
         let mut due = None;
         match op {
             Op::Register(actor, lang, payload) => self.register(*actor, lang.code(), *payload)?,
+            Op::RegisterOn(actor, device) => self.register_on(*actor, *device)?,
+            Op::Rotate(k) => self.rotate(*k)?,
+            Op::ActorSessions(actor) => {
+                let got = self.store()?.actor_sessions(actor.id());
+                if let Ok(list) = &got {
+                    if let Some(s) = list.iter().find(|s| s.key().is_some()) {
+                        return Err(format!("actor_sessions showed a key: {s:?}"));
+                    }
+                }
+                let got = outcome(got, |list| list.iter().map(session_of).collect::<Vec<_>>())?;
+                same("actor_sessions", got, self.model.actor_sessions(actor.id()))?;
+            }
+            Op::ExpireSession(actor, id, why) => {
+                let (id, reason) = (self.session_id(*id), why.reason());
+                let got = self
+                    .store()?
+                    .expire_session(actor.id(), &id, unset_to_store(&reason));
+                same(
+                    "expire_session",
+                    outcome(got, drop)?,
+                    self.model.expire_session(actor.id(), &id, reason),
+                )?;
+            }
+            Op::ExpireOthers(k, why) => {
+                let (key, reason) = (self.key(*k), why.reason());
+                let got = self
+                    .store()?
+                    .expire_others(&key, unset_to_store(&reason));
+                same(
+                    "expire_others",
+                    outcome(got, |n| n)?,
+                    self.model.expire_others(&key, reason),
+                )?;
+            }
             Op::Resolve(k) => {
                 let key = self.key(*k);
                 let got = self.store()?.resolve(&key);
@@ -435,11 +495,65 @@ impl Driver {
             let key = format!("{}:{secret}", actor.id());
             same("register key", s.key(), Some(key.as_str()))?;
             self.keys.push(key);
+            self.ids.push(id.clone());
         }
         let want = self
             .model
             .register(actor.id(), language, payload.data(), &id, &secret);
         same("register", outcome(got, |s| session_of(&s))?, want)
+    }
+
+    fn register_on(&mut self, actor: Actor, device: Device) -> Result<(), Mismatch> {
+        let meta = device.meta();
+        // A caller builds the metadata first: `Meta` checks its bounds there.
+        let store_meta = match sessiondb::Meta::from_pairs(&meta) {
+            Ok(m) => m,
+            Err(e) => {
+                let want = crate::check_meta(&meta).map(|()| "accepted");
+                return same("Meta::from_pairs", Err(error_of(e)?), want);
+            }
+        };
+        let got = self.store()?.register_with_meta(
+            actor.id(),
+            "en",
+            sessiondb::Data::new(),
+            store_meta,
+        );
+        let (id, secret) = match &got {
+            Ok(s) => (s.id().to_owned(), secret_of(s.key())),
+            Err(_) => (String::new(), String::new()),
+        };
+        if let Ok(s) = &got {
+            let key = format!("{}:{secret}", actor.id());
+            same("register_with_meta key", s.key(), Some(key.as_str()))?;
+            self.keys.push(key);
+            self.ids.push(id.clone());
+        }
+        let want =
+            self.model
+                .register_with_meta(actor.id(), "en", Data::new(), meta, &id, &secret);
+        same("register_with_meta", outcome(got, |s| session_of(&s))?, want)
+    }
+
+    fn rotate(&mut self, k: Key) -> Result<(), Mismatch> {
+        let key = self.key(k);
+        let got = self.store()?.rotate(&key);
+        let secret = match &got {
+            Ok(s) => secret_of(s.key()),
+            Err(_) => String::new(),
+        };
+        if let Ok(s) = &got {
+            let (actor, _) = key.rsplit_once(':').ok_or("a rotated key without ':'")?;
+            let new_key = format!("{actor}:{secret}");
+            same("rotate key", s.key(), Some(new_key.as_str()))?;
+            if new_key == key {
+                return Err("rotate kept the old key".into());
+            }
+            self.keys.push(new_key);
+            self.ids.push(s.id().to_owned());
+        }
+        let want = self.model.rotate(&key, &secret);
+        same("rotate", outcome(got, |s| session_of(&s))?, want)
     }
 
     fn reassign(&mut self, from: Actor, to: Actor) -> Result<(), Mismatch> {
@@ -452,6 +566,7 @@ impl Driver {
             let key = format!("{}:{secret}", to.id());
             same("reassign key", s.key(), Some(key.as_str()))?;
             self.keys.push(key);
+            self.ids.push(s.id().to_owned());
         }
         let want = self.model.reassign(from.id(), to.id(), &secret);
         same("reassign", outcome(got, |s| session_of(&s))?, want)

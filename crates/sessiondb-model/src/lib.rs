@@ -52,6 +52,8 @@ pub enum UnsetReason {
     Replaced,
     /// `reassigned`
     Reassigned,
+    /// `rotated`
+    Rotated,
     /// A custom reason.
     Other(String),
 }
@@ -96,6 +98,10 @@ pub enum Error {
     InvalidDataName,
     /// A malformed custom unset reason.
     InvalidReason,
+    /// A public session id that is not 1..=64 URL-safe characters.
+    InvalidSessionId,
+    /// Metadata out of its bounds.
+    InvalidMeta,
     /// Data over the limit.
     DataTooLarge {
         /// The size the data would have.
@@ -110,6 +116,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// A session's data: names mapped to JSON text.
 pub type Data = BTreeMap<String, String>;
+
+/// A session's metadata from the game server.
+pub type Meta = BTreeMap<String, String>;
 
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +143,8 @@ pub struct Session {
     pub revision: u64,
     /// Data.
     pub data: Data,
+    /// The game server's metadata, given at register.
+    pub meta: Meta,
 }
 
 /// What `actor_addresses` reports per actor.
@@ -230,6 +241,38 @@ pub fn check_reason(reason: &UnsetReason) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Public session ids: 1..=64 bytes of `[A-Za-z0-9_-]`.
+pub fn check_session_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSessionId)
+    }
+}
+
+/// Metadata: at most 16 entries; names 1..=64 bytes of `[A-Za-z0-9_.-]`;
+/// values at most 256 bytes without control characters.
+pub fn check_meta(meta: &Meta) -> Result<()> {
+    let entry_ok = |name: &str, value: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && value.len() <= 256
+            && !value.chars().any(char::is_control)
+    };
+    if meta.len() > 16 || !meta.iter().all(|(n, v)| entry_ok(n, v)) {
+        return Err(Error::InvalidMeta);
+    }
+    Ok(())
 }
 
 /// 1..=255 bytes.
@@ -413,8 +456,22 @@ impl Model {
         id: &str,
         secret: &str,
     ) -> Result<Session> {
+        self.register_with_meta(actor_id, language, data, Meta::new(), id, secret)
+    }
+
+    /// `register_with_meta`: as `register`, with the game server's metadata.
+    pub fn register_with_meta(
+        &mut self,
+        actor_id: &str,
+        language: &str,
+        data: Data,
+        meta: Meta,
+        id: &str,
+        secret: &str,
+    ) -> Result<Session> {
         check_actor_id(actor_id)?;
         check_language(language)?;
+        check_meta(&meta)?;
         let limit = self.settings.max_data_bytes;
         if data_size(&data) > limit {
             return Err(Error::DataTooLarge {
@@ -437,6 +494,7 @@ impl Model {
             node_id: self.settings.node_id.clone(),
             revision: 1,
             data,
+            meta,
         };
         self.make_room(actor_id, self.settings.max_per_actor - 1);
         self.insert(secret, session.clone());
@@ -598,6 +656,85 @@ impl Model {
         };
         self.insert(secret, moved.clone());
         Ok(moved)
+    }
+
+    /// `rotate`: the valid key's session goes on under `new_secret`,
+    /// everything kept but its revision, which moves on; `session.unset`
+    /// (`rotated`) then `session.set` for the same id.
+    pub fn rotate(&mut self, full_key: &str, new_secret: &str) -> Result<Session> {
+        let secret = self.validate(full_key)?;
+        let mut session = self
+            .sessions
+            .remove(&secret)
+            .unwrap_or_else(|| panic!("the model lost session {secret}"));
+        self.events.push(Event::Unset {
+            id: session.id.clone(),
+            actor_id: session.actor_id.clone(),
+            reason: UnsetReason::Rotated,
+        });
+        session.revision += 1;
+        self.insert(new_secret, session.clone());
+        Ok(session)
+    }
+
+    /// `actor_sessions`: the actor's live sessions, newest first.
+    pub fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Session>> {
+        check_actor_id(actor_id)?;
+        let mut live: Vec<Session> = self
+            .sessions
+            .values()
+            .filter(|s| s.actor_id == actor_id && self.live(s))
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| oldest_first(b).cmp(&oldest_first(a)));
+        Ok(live)
+    }
+
+    /// `expire_session`: ends the actor's session with public id
+    /// `session_id`; `noSession` when there is none, `expired` when it has
+    /// expired.
+    pub fn expire_session(
+        &mut self,
+        actor_id: &str,
+        session_id: &str,
+        reason: UnsetReason,
+    ) -> Result<()> {
+        check_actor_id(actor_id)?;
+        check_session_id(session_id)?;
+        check_reason(&reason)?;
+        let found = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.actor_id == actor_id && s.id == session_id)
+            .map(|(k, s)| (k.clone(), self.live(s)));
+        match found {
+            None => Err(Error::Invalid(Reason::NoSession)),
+            Some((_, false)) => Err(Error::Invalid(Reason::Expired)),
+            Some((secret, true)) => {
+                self.end(&secret, reason);
+                Ok(())
+            }
+        }
+    }
+
+    /// `expire_others`: ends every session of the valid key's actor but its
+    /// own, oldest first; returns how many were live (expired ones end with
+    /// `expired`, uncounted).
+    pub fn expire_others(&mut self, full_key: &str, reason: UnsetReason) -> Result<usize> {
+        check_reason(&reason)?;
+        let mine = self.validate(full_key)?;
+        let actor = self.sessions[&mine].actor_id.clone();
+        let mut ended = 0;
+        for k in self.sessions_of(&actor) {
+            if k == mine {
+                continue;
+            }
+            if self.live(&self.sessions[&k]) {
+                ended += 1;
+            }
+            self.end(&k, reason.clone());
+        }
+        Ok(ended)
     }
 
     /// `actor_session`: the actor's newest live session.

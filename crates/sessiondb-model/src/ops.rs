@@ -2,7 +2,7 @@
 //! enums whose `Debug` output reads as a script, so that a shrunk failing
 //! case is easy to follow.
 
-use crate::{Data, Settings, UnsetReason};
+use crate::{Data, Meta, Settings, UnsetReason};
 
 /// The clock's starting time: 2023-11-14T22:13:20Z.
 pub const T0: u64 = 1_700_000_000_000;
@@ -138,6 +138,51 @@ impl Payload {
     }
 }
 
+/// The metadata a register gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Device {
+    /// `{"device": "phone", "platform": "ios"}`
+    Phone,
+    /// `{"device": "desktop"}`
+    Desktop,
+    /// `{"bad name": "x"}`: refused (`invalidMeta`).
+    Bad,
+}
+
+impl Device {
+    /// The metadata as names and values.
+    pub fn meta(self) -> Meta {
+        let pairs: &[(&str, &str)] = match self {
+            Device::Phone => &[("device", "phone"), ("platform", "ios")],
+            Device::Desktop => &[("device", "desktop")],
+            Device::Bad => &[("bad name", "x")],
+        };
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+}
+
+/// Which public session id an operation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SessionRef {
+    /// The id of the session the n-th seen key was issued for (modulo
+    /// their number); with none yet, an id never issued.
+    Seen(u8),
+    /// A well-formed id never issued.
+    Unknown,
+    /// `"not an id!"`: refused (`invalidSessionId`).
+    Malformed,
+}
+
+/// The id of [`SessionRef::Unknown`].
+pub const UNKNOWN_SESSION_ID: &str = "AAAAAAAAAAAAAAAA";
+/// The id of [`SessionRef::Malformed`].
+pub const MALFORMED_SESSION_ID: &str = "not an id!";
+
 /// An unset reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -150,6 +195,8 @@ pub enum Why {
     Replaced,
     /// `reassigned`
     Reassigned,
+    /// `rotated`
+    Rotated,
     /// `banned`: custom.
     Banned,
     /// `"has space"`: an invalid custom reason.
@@ -164,6 +211,7 @@ impl Why {
             Why::LoggedOut => UnsetReason::LoggedOut,
             Why::Replaced => UnsetReason::Replaced,
             Why::Reassigned => UnsetReason::Reassigned,
+            Why::Rotated => UnsetReason::Rotated,
             Why::Banned => UnsetReason::Other("banned".into()),
             Why::Bad => UnsetReason::Other("has space".into()),
         }
@@ -299,6 +347,16 @@ impl Version {
 pub enum Op {
     /// `register(actor, language, data)`
     Register(Actor, Lang, Payload),
+    /// `register_with_meta(actor, "en", no data, meta)`
+    RegisterOn(Actor, Device),
+    /// `rotate(key)`
+    Rotate(Key),
+    /// `actor_sessions(actor)`
+    ActorSessions(Actor),
+    /// `expire_session(actor, id, reason)`
+    ExpireSession(Actor, SessionRef, Why),
+    /// `expire_others(key, reason)`
+    ExpireOthers(Key, Why),
     /// `resolve(key)`
     Resolve(Key),
     /// `is_valid(key)`

@@ -612,6 +612,7 @@ mod tests {
                     language: "en".into(),
                     expires_at: record.expires_at,
                 }],
+                whole: false,
             })
         }
     }

@@ -187,7 +187,7 @@ impl SledEngine {
         commit::one_shard(&plan.changes)?;
         let committed = if plan.changes.is_empty() {
             Commit::Done
-        } else if commit::needs_transaction(&plan.changes) {
+        } else if plan.whole || commit::needs_transaction(&plan.changes) {
             commit::whole(&self.trees, &view, &plan.changes)?
         } else {
             commit::ordered(&self.trees, &view, &plan.changes)?
