@@ -85,8 +85,8 @@ pub struct ServeArgs {
     /// `redis_sentinel_master`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
     /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list,
-    /// `header_timeout`, `max_connections`). Flags and environment
-    /// variables override it.
+    /// `header_timeout`, `max_connections`, `event_history`,
+    /// `event_history_age`). Flags and environment variables override it.
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -165,6 +165,17 @@ pub struct ServeArgs {
     /// open-file limit (`ulimit -n`) [default: 10000]
     #[arg(long, env = "SESSIONDB_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+
+    /// How many events the server keeps for event streams that reconnect
+    /// with `Last-Event-ID` (their history); a stream that resumes from
+    /// further back hears `session.lagged` first [default: 10000]
+    #[arg(long, env = "SESSIONDB_EVENT_HISTORY", value_name = "N")]
+    pub event_history: Option<usize>,
+
+    /// How long the server keeps an event for streams that reconnect, as a
+    /// time code such as `10m` [default: 10m]
+    #[arg(long, env = "SESSIONDB_EVENT_HISTORY_AGE", value_name = "TIME")]
+    pub event_history_age: Option<String>,
 
     /// Do not run the background reaper: expired sessions are refused on
     /// read (`expired`) but neither deleted nor announced. For tests and

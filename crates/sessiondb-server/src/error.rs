@@ -50,6 +50,13 @@ pub enum ErrorCode {
     InvalidDataName,
     /// An unset reason the store refuses.
     InvalidReason,
+    /// Session metadata the store refuses (too many entries, a bad name,
+    /// a value too long or with control characters).
+    InvalidMeta,
+    /// A public session id that is not 1 to 64 URL-safe characters.
+    InvalidSessionId,
+    /// A reassign to the actor that already holds the session.
+    ReassignToSelf,
     /// The session has no data value of that name.
     NoData,
     /// No such route.
@@ -194,10 +201,17 @@ impl From<Error> for ApiError {
         let bad = |error| ApiError::new(StatusCode::BAD_REQUEST, error, e.to_string());
         match &e {
             Error::Invalid(reason) => ApiError::invalid_key(*reason),
-            // The HTTP code API v1 has always given this refusal.
-            Error::InvalidActorId { .. } | Error::ReassignToSelf { .. } => {
-                bad(ErrorCode::InvalidActorId)
-            }
+            Error::InvalidActorId { .. } => bad(ErrorCode::InvalidActorId),
+            // A valid request (the document cannot say that `to` must
+            // differ from the path's actor) that the session's state
+            // refuses: the session already belongs to that actor.
+            Error::ReassignToSelf { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::ReassignToSelf,
+                e.to_string(),
+            ),
+            Error::InvalidMeta { .. } => bad(ErrorCode::InvalidMeta),
+            Error::InvalidSessionId { .. } => bad(ErrorCode::InvalidSessionId),
             Error::InvalidLanguage { .. } => bad(ErrorCode::InvalidLanguage),
             Error::InvalidDataName { .. } => bad(ErrorCode::InvalidDataName),
             Error::InvalidReason { .. } => bad(ErrorCode::InvalidReason),

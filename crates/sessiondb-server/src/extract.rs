@@ -130,6 +130,77 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
     }
 }
 
+/// Two path parameters, with rejections in the JSON error shape.
+pub struct Params(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((a, b))| Params(a, b))
+            .map_err(|e: PathRejection| {
+                ApiError::new(e.status(), ErrorCode::BadRequest, e.body_text())
+            })
+    }
+}
+
+/// Where an event stream resumes: the `Last-Event-ID` header (what a
+/// browser's `EventSource` sends when it reconnects), else the
+/// `lastEventId` query parameter (for a first connection, which cannot set
+/// headers there). A value that is not UTF-8 is kept as one no server
+/// issued.
+pub struct LastEventId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if let Some(value) = parts.headers.get("last-event-id") {
+            let text = std::str::from_utf8(value.as_bytes()).unwrap_or("\u{fffd}");
+            return Ok(LastEventId(Some(text.to_owned())));
+        }
+        let from_query = parts.uri.query().and_then(|query| {
+            query.split('&').find_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (name == "lastEventId").then(|| percent_decoded(value))
+            })
+        });
+        Ok(LastEventId(from_query))
+    }
+}
+
+/// A query value with `%XX` escapes and `+` decoded; what does not decode
+/// to UTF-8 keeps a replacement character.
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (other, None) => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The full session key of a session-key route, from `Authorization: Bearer`.
 pub struct SessionKey(pub String);
 
@@ -140,5 +211,19 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionKey {
         bearer(&parts.headers)
             .map(|k| SessionKey(k.to_owned()))
             .ok_or_else(|| ApiError::invalid_key(Reason::InvalidSessionKey))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decoded("0123abcd-7.ff"), "0123abcd-7.ff");
+        assert_eq!(percent_decoded("a%2Db+c"), "a-b c");
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%e2%82%ac"), "%zz\u{20ac}");
+        assert_eq!(percent_decoded("%ff"), "\u{fffd}");
     }
 }

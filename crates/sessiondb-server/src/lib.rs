@@ -8,6 +8,7 @@
 //! routes, `extract` what they take from a request, `blocking` how they
 //! call the store, `auth` who may call them, `cors` which web pages may,
 //! `events` the admins' event stream, `session_events` each session's own,
+//! `history` the numbered events both resume from,
 //! `metrics` the Prometheus figures, `state` what the handlers share,
 //! `error` the error shape), `tools` holds the offline commands and `clock`
 //! the time they share. All session logic lives in the `sessiondb` library.
@@ -56,6 +57,7 @@ mod cors;
 mod error;
 mod events;
 mod extract;
+mod history;
 mod location;
 mod metrics;
 mod server;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use sessiondb::SessionStore;
+use sessiondb::{Clock, SessionStore, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -27,9 +27,10 @@ use crate::connections::{self, Limits};
 use crate::cors::CorsPolicy;
 use crate::error::{AnyResult, ApiError, ErrorCode};
 use crate::events::Streams;
+use crate::history::{spawn_feeder, History, HistoryLimits};
 use crate::location::{open_store, Redactor};
 use crate::metrics::{spawn_event_counter, Metrics};
-use crate::session_events::{spawn_dispatcher, SessionStreams, STREAM_CAPACITY};
+use crate::session_events::{SessionStreams, STREAM_CAPACITY};
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -39,27 +40,51 @@ const GRACE: Duration = Duration::from_secs(30);
 
 /// How [`run_with`] serves: who may use the admin routes, which browser
 /// origins may call the session routes, how many events a
-/// `/v1/session/events` stream queues, and what a connection may hold.
+/// `/v1/session/events` stream queues, how much event history streams can
+/// resume from, and what a connection may hold.
 #[derive(Clone)]
 pub struct Options {
     admin: AdminPolicy,
     cors: CorsPolicy,
     session_stream_capacity: usize,
     limits: Limits,
+    history: HistoryLimits,
+    history_clock: Arc<dyn Clock>,
 }
 
 impl Options {
     /// `admin` decides who may use the admin routes and `/metrics`; no
     /// browser origin is allowed (no CORS headers), each per-session
-    /// stream queues 64 events, a request's head must arrive within 10 s
-    /// and at most 10,000 connections are open at once.
+    /// stream queues 64 events, the event history keeps 10,000 events for
+    /// at most 10 minutes, a request's head must arrive within 10 s and at
+    /// most 10,000 connections are open at once.
     pub fn new(admin: AdminPolicy) -> Options {
         Options {
             admin,
             cors: CorsPolicy::default(),
             session_stream_capacity: STREAM_CAPACITY,
             limits: Limits::default(),
+            history: HistoryLimits::default(),
+            history_clock: Arc::new(SystemClock),
         }
+    }
+
+    /// How much event history the server keeps for streams that reconnect
+    /// with `Last-Event-ID`: at most `events` events (at least 1), none
+    /// older than `age` [default: 10,000 events, 10 minutes]. A stream that
+    /// resumes from further back hears `session.lagged` first.
+    #[must_use]
+    pub fn event_history(mut self, events: usize, age: Duration) -> Options {
+        self.history = HistoryLimits { events, age };
+        self
+    }
+
+    /// The clock that ages the event history [default: the system's]; tests
+    /// pass a `ManualClock`.
+    #[must_use]
+    pub fn history_clock(mut self, clock: Arc<dyn Clock>) -> Options {
+        self.history_clock = clock;
+        self
     }
 
     /// How long a connection may take to send a request's head, counted
@@ -139,6 +164,8 @@ pub async fn run_with(
         cors,
         session_stream_capacity,
         limits,
+        history,
+        history_clock,
     } = options;
     let address = listener.local_addr()?;
     if !admin.has_token() && !is_loopback(address.ip()) {
@@ -155,8 +182,10 @@ pub async fn run_with(
         session_stream_capacity,
         metrics.clone(),
     ));
-    let dispatcher = spawn_dispatcher(
+    let history = Arc::new(History::new(history, history_clock)?);
+    let feeder = spawn_feeder(
         store.subscribe(),
+        history.clone(),
         session_streams.clone(),
         stop_counting.clone(),
     )?;
@@ -166,6 +195,7 @@ pub async fn run_with(
         admin,
         metrics: metrics.clone(),
         streams: Arc::new(Streams::default()),
+        history,
         session_streams,
         cors,
         shutdown: shutdown_rx.clone(),
@@ -202,7 +232,7 @@ pub async fn run_with(
     stop_counting.store(true, Ordering::Relaxed);
     let closed = tokio::task::spawn_blocking(move || {
         let _ = counter.join();
-        let _ = dispatcher.join();
+        let _ = feeder.join();
         store.close()
     })
     .await?;
@@ -332,7 +362,8 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     let options = Options::new(AdminPolicy::new(settings.admin_token.as_deref()))
         .cors(settings.cors.clone())
         .header_timeout(settings.header_timeout)
-        .max_connections(settings.max_connections);
+        .max_connections(settings.max_connections)
+        .event_history(settings.event_history.events, settings.event_history.age);
     run_with(listener, store, options, async move {
         let signal = signalled.await;
         tracing::info!(signal, "signal received");

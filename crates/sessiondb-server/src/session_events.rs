@@ -1,21 +1,34 @@
 //! `GET /v1/session/events`: one session's own events, for its game client.
 //!
 //! Built for thousands of open streams: the server holds ONE store
-//! subscription, read by the `sessiondb-session-events` thread (the
-//! dispatcher), which hands each event to the streams of its actor (keyed
-//! by actor id, then filtered by the session's public id). A stream is a
-//! small mailbox and an async task, no thread.
+//! subscription, read by the `sessiondb-event-log` thread (`history`), which
+//! numbers each event, keeps it in the history and hands it to the streams
+//! of its actor (keyed by actor id, then filtered by the session's public
+//! id). A stream is a small mailbox and an async task, no thread.
 //!
 //! What a client hears, in order:
-//! 1. `session.set` with the session's current state (`actorId`, `id`,
-//!    `language`, `expiresAt`), at once: the key was valid when the stream
-//!    opened (opening it resolves the key, which slides the expiry like any
-//!    use of the key). A client that reconnects learns the same way that its
-//!    key still works.
+//! 1. On a new stream, `session.set` with the session's current state
+//!    (`actorId`, `id`, `language`, `expiresAt`), at once: the key was
+//!    valid when the stream opened (opening it resolves the key, which
+//!    slides the expiry like any use of the key). A stream that resumes
+//!    (`Last-Event-ID`, below) hears instead the events it missed.
 //! 2. A `session.set` each time this session's state changes (a `restore`
 //!    that moved the expiry; one that changed nothing is not repeated), and
 //!    at last its `session.unset` with the reason, after which the stream
-//!    ends.
+//!    ends. A `session.unset` with reason `rotated` ends the stream only if
+//!    its key is the one rotated away: the server checks the stream's key
+//!    when it hears one, and a stream opened with the new key goes on.
+//!
+//! Every event has an SSE id (`history`). A client that reconnects with the
+//! last one (`Last-Event-ID`, or `lastEventId` in the query) hears every
+//! event of its session after it, once, in order, then the live ones. When
+//! the history no longer holds them all, it hears `session.lagged` with how
+//! many events the server dropped since (an upper bound for this session),
+//! then the current state; for an id of another server process (a restart,
+//! another node), `session.reset`, then the current state. A key that no
+//! longer works still hears how its session ended, when the id it brings is
+//! tagged for that key and the history holds the end: those events, then
+//! the stream ends; otherwise `401` as below.
 //!
 //! No other session's events reach it, not even another session of the
 //! same actor. An invalid key gets `401 {"error": reason}` instead.
@@ -23,12 +36,12 @@
 //! Slow clients (the store's slow-subscriber policy, per stream): a
 //! stream's queue holds [`STREAM_CAPACITY`] events; when it is full, later
 //! `session.set` events are counted, not queued, and the client hears
-//! `session.lagged {"missed": n}` once it has read the queue. The dispatcher
+//! `session.lagged {"missed": n}` once it has read the queue. The event log
 //! never waits, so the store never does. A stream's `session.unset` is never
 //! dropped: it is kept beside the queue and sent after it.
 //!
-//! When the dispatcher's own subscription falls behind the store (the
-//! store's `Lagged`), any stream may have missed anything: each hears
+//! When the server's own subscription falls behind the store (the store's
+//! `Lagged`), any stream may have missed anything: each hears
 //! `session.lagged` with the number the server missed (an upper bound for
 //! that stream), then the server checks its key again; if the session is
 //! gone, the stream sends `session.unset` with the check's reason (such as
@@ -40,20 +53,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_util::Stream;
-use sessiondb::{Event, Reason, SessionStore};
+use sessiondb::{Event, Reason, SessionStore, UnsetReason};
 use tokio::sync::{watch, Notify};
 
 use crate::error::ApiError;
-use crate::events::{sse, to_sse, UnsetEvent};
+use crate::events::{lagged_sse, reset_sse, sse, to_sse, UnsetEvent};
+use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 
 /// Events a stream's queue holds before it counts misses instead.
@@ -74,22 +84,38 @@ pub struct SessionStreams {
     metrics: Arc<Metrics>,
 }
 
+/// A queued event, with its number in the history.
+#[derive(Debug, Clone)]
+enum Queued {
+    /// Sent as it is.
+    Event(u64, Event),
+    /// A `session.unset` `rotated` of the stream's session: it ends the
+    /// stream only if the stream's key no longer works.
+    Rotated(u64, Event),
+}
+
 /// What one stream has not sent yet.
 #[derive(Default)]
 struct Inbox {
     /// The session's public id, known once the open check passed; until
-    /// then every event of the actor is kept, to be sorted by `identify`.
+    /// then every event of the actor is kept, to be sorted by `identify`
+    /// or `resume`.
     id: Option<String>,
-    queue: VecDeque<Event>,
+    /// Events up to this number are told already (by the first event, or
+    /// a replay from the history): they are not queued again.
+    told: u64,
+    queue: VecDeque<Queued>,
     /// The last `session.set` queued (at first the state the open check
     /// found): a `set` equal to it tells nothing new and is not queued.
     last_set: Option<Event>,
     /// Events not queued since the last `session.lagged`.
     missed: u64,
+    /// The number of the last of them.
+    missed_upto: u64,
     /// The server's subscription lagged: check the key again.
     resync: bool,
     /// The session's `session.unset`, sent after the queue.
-    end: Option<Event>,
+    end: Option<(u64, Event)>,
 }
 
 struct Mailbox {
@@ -99,39 +125,72 @@ struct Mailbox {
 
 /// The next thing a stream sends.
 enum Item {
-    Event(Event),
-    Lagged { missed: u64, resync: bool },
-    End(Event),
+    Event(u64, Event),
+    Rotated(u64, Event),
+    Lagged { missed: u64, resync: bool, seq: u64 },
+    End(u64, Event),
+}
+
+fn is_rotated(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Unset {
+            reason: UnsetReason::Rotated,
+            ..
+        }
+    )
+}
+
+impl Inbox {
+    /// Queues (or keeps as the end) an event of this stream's session.
+    fn keep(&mut self, seq: u64, event: Event) {
+        match &event {
+            Event::Unset { .. } if is_rotated(&event) => {
+                self.queue.push_back(Queued::Rotated(seq, event));
+            }
+            Event::Unset { .. } => {
+                if self.end.is_none() {
+                    self.end = Some((seq, event));
+                }
+            }
+            _ => {
+                if self.last_set.as_ref() != Some(&event) {
+                    self.last_set = Some(event.clone());
+                    self.queue.push_back(Queued::Event(seq, event));
+                }
+            }
+        }
+    }
 }
 
 impl Mailbox {
-    /// Queues `event` if it is this stream's; returns how many events this
-    /// stream missed because of it (0 or 1).
-    fn deliver(&self, event: &Event, capacity: usize) -> u64 {
+    /// Queues `event` (number `seq`) if it is this stream's; returns how
+    /// many events this stream missed because of it (0 or 1).
+    fn deliver(&self, seq: u64, event: &Event, capacity: usize) -> u64 {
         let mut missed_now = 0;
         {
             let mut inbox = lock(&self.inbox);
+            if seq <= inbox.told {
+                return 0;
+            }
             match event {
                 Event::Set { id, .. } | Event::Unset { id, .. } => match inbox.id.as_deref() {
-                    None => inbox.queue.push_back(event.clone()),
+                    None => inbox.queue.push_back(Queued::Event(seq, event.clone())),
                     Some(mine) if mine != id => return 0,
                     Some(_) if matches!(event, Event::Unset { .. }) => {
-                        if inbox.end.is_none() {
-                            inbox.end = Some(event.clone());
-                        }
+                        inbox.keep(seq, event.clone());
                     }
                     Some(_) if inbox.last_set.as_ref() == Some(event) => return 0,
                     Some(_) if inbox.missed > 0 || inbox.queue.len() >= capacity => {
                         inbox.missed += 1;
+                        inbox.missed_upto = seq;
                         missed_now = 1;
                     }
-                    Some(_) => {
-                        inbox.queue.push_back(event.clone());
-                        inbox.last_set = Some(event.clone());
-                    }
+                    Some(_) => inbox.keep(seq, event.clone()),
                 },
                 Event::Lagged { missed } => {
                     inbox.missed += missed;
+                    inbox.missed_upto = seq;
                     inbox.resync = true;
                 }
                 _ => return 0,
@@ -141,10 +200,10 @@ impl Mailbox {
         missed_now
     }
 
-    /// The open check found `state` (the stream's first event): keeps, of
-    /// what arrived before, the session's `unset` and its `set`s with a
-    /// later expiry than that.
-    fn identify(&self, state: &Event) {
+    /// The open check found `state` (the stream's first event), which tells
+    /// everything up to event `told`: keeps, of what arrived before, the
+    /// session's `unset` and its `set`s with a later expiry than that.
+    fn identify(&self, state: &Event, told: u64) {
         let Event::Set {
             id: session_id,
             expires_at,
@@ -156,41 +215,70 @@ impl Mailbox {
         let mut inbox = lock(&self.inbox);
         let pending = std::mem::take(&mut inbox.queue);
         inbox.last_set = Some(state.clone());
-        for event in pending {
+        inbox.told = told;
+        for queued in pending {
+            let Queued::Event(seq, event) = queued else {
+                continue;
+            };
+            if seq <= told {
+                continue;
+            }
             match &event {
                 Event::Set {
                     id, expires_at: at, ..
-                } if id == session_id
-                    && at > expires_at
-                    && inbox.last_set.as_ref() != Some(&event) =>
-                {
-                    inbox.last_set = Some(event.clone());
-                    inbox.queue.push_back(event);
-                }
-                Event::Unset { id, .. } if id == session_id && inbox.end.is_none() => {
-                    inbox.end = Some(event);
-                }
+                } if id == session_id && at > expires_at => inbox.keep(seq, event),
+                Event::Unset { id, .. } if id == session_id => inbox.keep(seq, event),
                 _ => {}
             }
         }
         inbox.id = Some(session_id.clone());
     }
 
+    /// The open check found session `session_id`, and the stream resumes:
+    /// `replay` (its events from the history, up to event `told`) comes
+    /// first, then what arrived since, of this session, each once.
+    fn resume(&self, session_id: &str, replay: Vec<(u64, Event)>, told: u64) {
+        let mut inbox = lock(&self.inbox);
+        let pending = std::mem::take(&mut inbox.queue);
+        inbox.told = told;
+        let arrived = pending.into_iter().filter_map(|q| match q {
+            Queued::Event(seq, event) if seq > told => Some((seq, event)),
+            _ => None,
+        });
+        for (seq, event) in replay.into_iter().chain(arrived) {
+            match &event {
+                Event::Lagged { missed } => {
+                    inbox.missed += missed;
+                    inbox.missed_upto = seq;
+                    inbox.resync = true;
+                }
+                Event::Set { id, .. } | Event::Unset { id, .. } if id == session_id => {
+                    inbox.keep(seq, event);
+                }
+                _ => {}
+            }
+        }
+        inbox.id = Some(session_id.to_owned());
+    }
+
     fn take(&self) -> Option<Item> {
         let mut inbox = lock(&self.inbox);
-        if let Some(event) = inbox.queue.pop_front() {
-            return Some(Item::Event(event));
+        match inbox.queue.pop_front() {
+            Some(Queued::Event(seq, event)) => return Some(Item::Event(seq, event)),
+            Some(Queued::Rotated(seq, event)) => return Some(Item::Rotated(seq, event)),
+            None => {}
         }
         if inbox.missed > 0 || inbox.resync {
             let item = Item::Lagged {
                 missed: inbox.missed,
                 resync: inbox.resync,
+                seq: inbox.missed_upto,
             };
             inbox.missed = 0;
             inbox.resync = false;
             return Some(item);
         }
-        inbox.end.take().map(Item::End)
+        inbox.end.take().map(|(seq, event)| Item::End(seq, event))
     }
 
     fn has_end(&self) -> bool {
@@ -232,19 +320,20 @@ impl SessionStreams {
         }
     }
 
-    /// Hands `event` to the streams it concerns; never waits for one.
-    pub fn dispatch(&self, event: &Event) {
+    /// Hands `event`, number `seq` in the history, to the streams it
+    /// concerns; never waits for one.
+    pub fn dispatch(&self, seq: u64, event: &Event) {
         let by_actor = lock(&self.by_actor);
         let mut missed = 0;
         match event {
             Event::Set { actor_id, .. } | Event::Unset { actor_id, .. } => {
                 for mailbox in by_actor.get(actor_id).into_iter().flatten() {
-                    missed += mailbox.deliver(event, self.capacity);
+                    missed += mailbox.deliver(seq, event, self.capacity);
                 }
             }
             Event::Lagged { .. } => {
                 for mailbox in by_actor.values().flatten() {
-                    mailbox.deliver(event, self.capacity);
+                    mailbox.deliver(seq, event, self.capacity);
                 }
             }
             _ => {}
@@ -277,79 +366,158 @@ impl Drop for Registration {
     }
 }
 
-/// Reads the server's store subscription and dispatches each event, until
-/// `stop` is set or the store closes. The thread is named
-/// `sessiondb-session-events`.
-pub fn spawn_dispatcher(
-    events: Receiver<Event>,
-    streams: Arc<SessionStreams>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sessiondb-session-events".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match events.recv_timeout(Duration::from_millis(200)) {
-                    Ok(event) => {
-                        if let Event::Lagged { missed } = &event {
-                            tracing::warn!(
-                                missed,
-                                "session event streams fell behind the store; each is told and checks its session again"
-                            );
-                        }
-                        streams.dispatch(&event);
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        })
+/// What a session stream needs of the server.
+pub struct Opening<'a> {
+    pub store: &'a SessionStore,
+    pub streams: &'a Arc<SessionStreams>,
+    pub history: &'a Arc<History>,
+    pub metrics: &'a Metrics,
+    pub shutdown: watch::Receiver<bool>,
 }
 
-/// Opens the stream of the session `key` names: subscribes, checks the
-/// key (answering `401 {"error": reason}` when it is not valid), then
-/// streams as described at the top of this module.
+/// Opens the stream of the session `key` names, from `last_event_id` if
+/// given: subscribes, checks the key (answering `401 {"error": reason}`
+/// when it is not valid and the history cannot tell how its session
+/// ended), then streams as described at the top of this module.
 pub async fn open(
-    store: &SessionStore,
-    streams: &Arc<SessionStreams>,
-    metrics: &Metrics,
-    shutdown: watch::Receiver<bool>,
+    at: Opening<'_>,
     key: String,
+    last_event_id: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let Opening {
+        store,
+        streams,
+        history,
+        metrics,
+        shutdown,
+    } = at;
     // MAGE's keys are `actorId:secret`, split at the last `:`; the store
     // checks the rest.
     let Some((actor_id, _)) = key.rsplit_once(':') else {
         metrics.resolved("events", Reason::InvalidSessionKey.as_str());
         return Err(ApiError::invalid_key(Reason::InvalidSessionKey));
     };
-    let registration = streams.register(actor_id);
+    let actor_id = actor_id.to_owned();
+    let resume = history.resume(last_event_id);
+    let registration = streams.register(&actor_id);
+    // Every event after this one reaches the mailbox registered above.
+    let told = history.head();
     let checked = {
         let (store, key) = (store.clone(), key.clone());
         crate::blocking::blocking(move || store.resolve(&key)).await?
     };
     metrics.resolved("events", crate::blocking::outcome(&checked));
-    let session = checked?;
-    let first = Event::Set {
+    let session = match checked {
+        Ok(session) => session,
+        Err(sessiondb::Error::Invalid(reason)) => {
+            if let Resume::After {
+                seq,
+                tag: Some(tag),
+            } = &resume
+            {
+                if let Some(told) = ended_while_away(history, &actor_id, &key, *seq, tag) {
+                    let events =
+                        futures_util::stream::iter(told.into_iter().map(Ok::<_, Infallible>));
+                    return Ok(Sse::new(events).into_response());
+                }
+            }
+            return Err(ApiError::invalid_key(reason));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let tag = history.tag(&key, session.id());
+    let state = Event::Set {
         id: session.id().to_owned(),
         actor_id: session.actor_id().to_owned(),
         language: session.language().to_owned(),
         expires_at: session.expires_at_ms(),
     };
-    registration.mailbox.identify(&first);
+    let mut prelude = VecDeque::new();
+    let snapshot = |prelude: &mut VecDeque<SseEvent>| {
+        registration.mailbox.identify(&state, told);
+        prelude.push_back(to_sse(&state).id(history.tagged_id(told, &tag)));
+    };
+    match resume {
+        Resume::Fresh => snapshot(&mut prelude),
+        Resume::Unknown(reason) => {
+            prelude.push_back(reset_sse(reason).id(history.tagged_id(told, &tag)));
+            snapshot(&mut prelude);
+        }
+        Resume::After { seq, .. } => {
+            let after = history.after(seq, usize::MAX);
+            if after.missed > 0 {
+                let lost_upto = seq + after.missed;
+                prelude.push_back(lagged_sse(after.missed).id(history.tagged_id(lost_upto, &tag)));
+                snapshot(&mut prelude);
+            } else {
+                let replay = after
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.seq <= told)
+                    .map(|e| (e.seq, e.event))
+                    .collect();
+                registration.mailbox.resume(session.id(), replay, told);
+            }
+        }
+    }
     let follow = Follow {
         registration,
         store: store.clone(),
         key,
         actor_id: session.actor_id().to_owned(),
         id: session.id().to_owned(),
+        history: history.clone(),
+        tag,
+        last_seq: told,
         shutdown,
-        first: Some(first),
+        prelude,
         check: false,
         done: false,
     };
     Ok(Sse::new(follow.into_stream())
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The events a client missed of the session `key` held, when the key no
+/// longer works: found by `tag` (the key's and the session's) among the
+/// unsets of the key's actor after event `seq`. `None` when the history
+/// does not hold that session's end.
+fn ended_while_away(
+    history: &History,
+    actor_id: &str,
+    key: &str,
+    seq: u64,
+    tag: &str,
+) -> Option<Vec<SseEvent>> {
+    let after = history.after(seq, usize::MAX);
+    let (end, session_id) = after.entries.iter().find_map(|e| match &e.event {
+        Event::Unset {
+            id, actor_id: a, ..
+        } if a == actor_id && history.tag_matches(tag, key, id) => Some((e.seq, id.clone())),
+        _ => None,
+    })?;
+    let mut told = Vec::new();
+    if after.missed > 0 {
+        told.push(lagged_sse(after.missed).id(history.tagged_id(seq + after.missed, tag)));
+    }
+    for entry in after.entries.iter().take_while(|e| e.seq <= end) {
+        match &entry.event {
+            Event::Set {
+                id, actor_id: a, ..
+            }
+            | Event::Unset {
+                id, actor_id: a, ..
+            } if *id == session_id && a == actor_id => {
+                told.push(to_sse(&entry.event).id(history.tagged_id(entry.seq, tag)));
+            }
+            Event::Lagged { missed } => {
+                told.push(lagged_sse(*missed).id(history.tagged_id(entry.seq, tag)));
+            }
+            _ => {}
+        }
+    }
+    Some(told)
 }
 
 /// The state of one open stream.
@@ -359,8 +527,14 @@ struct Follow {
     key: String,
     actor_id: String,
     id: String,
+    history: Arc<History>,
+    /// This stream's tag, in every id it sends.
+    tag: String,
+    /// The number of the last event told.
+    last_seq: u64,
     shutdown: watch::Receiver<bool>,
-    first: Option<Event>,
+    /// Sent before anything from the mailbox.
+    prelude: VecDeque<SseEvent>,
     /// Check the key once the queue is read (after the server lagged).
     check: bool,
     done: bool,
@@ -374,12 +548,18 @@ impl Follow {
         })
     }
 
+    /// `event`, number `seq`, with its id.
+    fn told(&mut self, seq: u64, event: SseEvent) -> SseEvent {
+        self.last_seq = self.last_seq.max(seq);
+        event.id(self.history.tagged_id(seq, &self.tag))
+    }
+
     async fn next(&mut self) -> Option<SseEvent> {
         if self.done {
             return None;
         }
-        if let Some(first) = self.first.take() {
-            return Some(to_sse(&first));
+        if let Some(first) = self.prelude.pop_front() {
+            return Some(first);
         }
         let mailbox = self.registration.mailbox.clone();
         loop {
@@ -389,14 +569,27 @@ impl Follow {
             // Made before looking, so that a wake-up in between is kept.
             let woken = mailbox.wake.notified();
             match mailbox.take() {
-                Some(Item::Event(event)) => return Some(to_sse(&event)),
-                Some(Item::Lagged { missed, resync }) => {
-                    self.check |= resync;
-                    return Some(to_sse(&Event::Lagged { missed }));
+                Some(Item::Event(seq, event)) => return Some(self.told(seq, to_sse(&event))),
+                Some(Item::Rotated(seq, event)) => {
+                    // Another key of this session may have been rotated
+                    // away; this stream ends only if its own key did.
+                    if self.gone().await.is_some() {
+                        self.done = true;
+                        return Some(self.told(seq, to_sse(&event)));
+                    }
+                    continue;
                 }
-                Some(Item::End(event)) => {
+                Some(Item::Lagged {
+                    missed,
+                    resync,
+                    seq,
+                }) => {
+                    self.check |= resync;
+                    return Some(self.told(seq, lagged_sse(missed)));
+                }
+                Some(Item::End(seq, event)) => {
                     self.done = true;
-                    return Some(to_sse(&event));
+                    return Some(self.told(seq, to_sse(&event)));
                 }
                 None => {}
             }
@@ -408,10 +601,11 @@ impl Follow {
                         continue;
                     }
                     self.done = true;
-                    return Some(sse(
+                    let unset = sse(
                         "session.unset",
                         &UnsetEvent::new(&self.actor_id, &self.id, reason),
-                    ));
+                    );
+                    return Some(self.told(self.last_seq, unset));
                 }
                 continue;
             }
@@ -434,7 +628,7 @@ impl Follow {
         match crate::blocking::blocking(move || store.is_valid(&key)).await {
             Ok(Err(sessiondb::Error::Invalid(reason))) => Some(reason.as_str()),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "checking a session after its stream lagged failed");
+                tracing::warn!(error = %e, "checking a session's key for its stream failed");
                 None
             }
             Ok(Ok(())) | Err(_) => None,
@@ -468,17 +662,32 @@ mod tests {
         Arc::new(SessionStreams::new(capacity, Arc::new(Metrics::new())))
     }
 
-    /// Everything a mailbox would send now, as names and short data.
+    /// Hands `events` to `streams`, numbered from `first`.
+    fn dispatch_all(streams: &SessionStreams, first: u64, events: &[Event]) {
+        for (seq, event) in (first..).zip(events) {
+            streams.dispatch(seq, event);
+        }
+    }
+
+    /// Everything a mailbox would send now, as names and short data, each
+    /// with its number.
     fn drain(mailbox: &Mailbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(item) = mailbox.take() {
             out.push(match item {
-                Item::Event(Event::Set { id, expires_at, .. }) => format!("set {id} {expires_at}"),
-                Item::Event(e) | Item::End(e) => match e {
-                    Event::Unset { id, reason, .. } => format!("unset {id} {reason}"),
-                    other => format!("{other:?}"),
+                Item::Event(n, Event::Set { id, expires_at, .. }) => {
+                    format!("{n}: set {id} {expires_at}")
+                }
+                Item::Event(n, e) | Item::End(n, e) => match e {
+                    Event::Unset { id, reason, .. } => format!("{n}: unset {id} {reason}"),
+                    other => format!("{n}: {other:?}"),
                 },
-                Item::Lagged { missed, resync } => format!("lagged {missed} {resync}"),
+                Item::Rotated(n, _) => format!("{n}: rotated?"),
+                Item::Lagged {
+                    missed,
+                    resync,
+                    seq,
+                } => format!("{seq}: lagged {missed} {resync}"),
             });
         }
         out
@@ -486,7 +695,7 @@ mod tests {
 
     fn identified(streams: &Arc<SessionStreams>, actor: &str, id: &str) -> Registration {
         let r = streams.register(actor);
-        r.mailbox.identify(&set(id, actor, 100));
+        r.mailbox.identify(&set(id, actor, 100), 0);
         r
     }
 
@@ -496,18 +705,24 @@ mod tests {
         let mine = identified(&s, "p1", "A");
         let same_actor = identified(&s, "p1", "B");
         let other = identified(&s, "p2", "C");
-        s.dispatch(&set("A", "p1", 200));
-        s.dispatch(&set("B", "p1", 200));
-        s.dispatch(&set("C", "p2", 200));
-        s.dispatch(&unset("B", "p1", "replaced"));
-        s.dispatch(&unset("A", "p1", "banned"));
-        s.dispatch(&set("A", "p3", 300)); // reassigned to p3: another actor
-        assert_eq!(drain(&mine.mailbox), ["set A 200", "unset A banned"]);
+        dispatch_all(
+            &s,
+            1,
+            &[
+                set("A", "p1", 200),
+                set("B", "p1", 200),
+                set("C", "p2", 200),
+                unset("B", "p1", "replaced"),
+                unset("A", "p1", "banned"),
+                set("A", "p3", 300), // reassigned to p3: another actor
+            ],
+        );
+        assert_eq!(drain(&mine.mailbox), ["1: set A 200", "5: unset A banned"]);
         assert_eq!(
             drain(&same_actor.mailbox),
-            ["set B 200", "unset B replaced"]
+            ["2: set B 200", "4: unset B replaced"]
         );
-        assert_eq!(drain(&other.mailbox), ["set C 200"]);
+        assert_eq!(drain(&other.mailbox), ["3: set C 200"]);
         assert_eq!(s.len(), 3);
         drop((mine, same_actor, other));
         assert_eq!(s.len(), 0);
@@ -519,16 +734,16 @@ mod tests {
         let s = streams(2);
         let r = identified(&s, "p1", "A");
         for t in 1..=5 {
-            s.dispatch(&set("A", "p1", 100 + t));
+            s.dispatch(t, &set("A", "p1", 100 + t));
         }
-        s.dispatch(&unset("A", "p1", "loggedOut"));
+        s.dispatch(6, &unset("A", "p1", "loggedOut"));
         assert_eq!(
             drain(&r.mailbox),
             [
-                "set A 101",
-                "set A 102",
-                "lagged 3 false",
-                "unset A loggedOut"
+                "1: set A 101",
+                "2: set A 102",
+                "5: lagged 3 false",
+                "6: unset A loggedOut"
             ]
         );
     }
@@ -537,25 +752,31 @@ mod tests {
     fn after_a_lag_delivery_resumes_in_order() {
         let s = streams(1);
         let r = identified(&s, "p1", "A");
-        s.dispatch(&set("A", "p1", 101));
-        s.dispatch(&set("A", "p1", 102)); // missed
-        assert!(matches!(r.mailbox.take(), Some(Item::Event(_))));
+        s.dispatch(1, &set("A", "p1", 101));
+        s.dispatch(2, &set("A", "p1", 102)); // missed
+        assert!(matches!(r.mailbox.take(), Some(Item::Event(1, _))));
         // Room again, but the client has not heard of the miss: still missed.
-        s.dispatch(&set("A", "p1", 103));
-        assert_eq!(drain(&r.mailbox), ["lagged 2 false"]);
-        s.dispatch(&set("A", "p1", 104));
-        assert_eq!(drain(&r.mailbox), ["set A 104"]);
+        s.dispatch(3, &set("A", "p1", 103));
+        assert_eq!(drain(&r.mailbox), ["3: lagged 2 false"]);
+        s.dispatch(4, &set("A", "p1", 104));
+        assert_eq!(drain(&r.mailbox), ["4: set A 104"]);
     }
 
     #[test]
     fn a_set_that_changes_nothing_is_not_repeated() {
         let s = streams(8);
         let r = identified(&s, "p1", "A");
-        s.dispatch(&set("A", "p1", 100)); // the open's own state, late
-        s.dispatch(&set("A", "p1", 200));
-        s.dispatch(&set("A", "p1", 200)); // a restore that moved nothing
-        s.dispatch(&set("A", "p1", 300));
-        assert_eq!(drain(&r.mailbox), ["set A 200", "set A 300"]);
+        dispatch_all(
+            &s,
+            1,
+            &[
+                set("A", "p1", 100), // the open's own state, late
+                set("A", "p1", 200),
+                set("A", "p1", 200), // a restore that moved nothing
+                set("A", "p1", 300),
+            ],
+        );
+        assert_eq!(drain(&r.mailbox), ["2: set A 200", "4: set A 300"]);
     }
 
     #[test]
@@ -563,21 +784,73 @@ mod tests {
         let s = streams(4);
         let a = identified(&s, "p1", "A");
         let b = identified(&s, "p2", "B");
-        s.dispatch(&Event::Lagged { missed: 7 });
-        assert_eq!(drain(&a.mailbox), ["lagged 7 true"]);
-        assert_eq!(drain(&b.mailbox), ["lagged 7 true"]);
+        s.dispatch(9, &Event::Lagged { missed: 7 });
+        assert_eq!(drain(&a.mailbox), ["9: lagged 7 true"]);
+        assert_eq!(drain(&b.mailbox), ["9: lagged 7 true"]);
     }
 
     #[test]
     fn events_before_the_check_are_sorted_when_it_passes() {
         let s = streams(4);
         let r = s.register("p1");
-        s.dispatch(&unset("OLD", "p1", "replaced"));
-        s.dispatch(&set("A", "p1", 100)); // the register: as of the check
-        s.dispatch(&set("A", "p1", 150)); // a restore after the check's read
-        s.dispatch(&set("B", "p1", 150));
-        r.mailbox.identify(&set("A", "p1", 100));
-        s.dispatch(&unset("A", "p1", "expired"));
-        assert_eq!(drain(&r.mailbox), ["set A 150", "unset A expired"]);
+        dispatch_all(
+            &s,
+            1,
+            &[
+                set("X", "p1", 50), // told by the first event already
+                unset("OLD", "p1", "replaced"),
+                set("A", "p1", 100), // the register: as of the check
+                set("A", "p1", 150), // a restore after the check's read
+                set("B", "p1", 150),
+            ],
+        );
+        r.mailbox.identify(&set("A", "p1", 100), 1);
+        s.dispatch(1, &set("A", "p1", 175)); // told: dropped
+        s.dispatch(6, &unset("A", "p1", "expired"));
+        assert_eq!(drain(&r.mailbox), ["4: set A 150", "6: unset A expired"]);
+    }
+
+    #[test]
+    fn a_resumed_stream_replays_then_goes_on_each_event_once() {
+        let s = streams(2);
+        let r = s.register("p1");
+        // Heard live while the stream was opening: 4 and 5 (5 is also in
+        // the replay, which ends at the head read at open, 5).
+        dispatch_all(&s, 4, &[set("A", "p1", 400), set("B", "p1", 400)]);
+        s.dispatch(6, &set("A", "p1", 600));
+        let replay = vec![
+            (2, set("A", "p1", 200)),
+            (3, Event::Lagged { missed: 1 }),
+            (4, set("A", "p1", 400)),
+        ];
+        r.mailbox.resume("A", replay, 5);
+        s.dispatch(5, &set("A", "p1", 400)); // late: told already
+        s.dispatch(7, &unset("A", "p1", "loggedOut"));
+        // A replay is not held to the queue's capacity.
+        assert_eq!(
+            drain(&r.mailbox),
+            [
+                "2: set A 200",
+                "4: set A 400",
+                "6: set A 600",
+                "3: lagged 1 true",
+                "7: unset A loggedOut"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rotated_unset_waits_for_the_key_check_and_is_never_dropped() {
+        let s = streams(1);
+        let r = identified(&s, "p1", "A");
+        s.dispatch(1, &set("A", "p1", 200));
+        s.dispatch(2, &unset("A", "p1", "rotated"));
+        s.dispatch(3, &set("A", "p1", 200));
+        s.dispatch(4, &unset("A", "p1", "rotated"));
+        assert_eq!(
+            drain(&r.mailbox),
+            ["1: set A 200", "2: rotated?", "4: rotated?"]
+        );
+        assert!(!r.mailbox.has_end());
     }
 }

@@ -11,6 +11,7 @@ use sessiondb::{Config, Durability};
 use crate::cli::{DurabilityArg, ServeArgs};
 use crate::connections::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use crate::cors::CorsPolicy;
+use crate::history::HistoryLimits;
 use crate::location::{
     from_environment, from_flags, locate, Location, Named, RedisOptions, Source,
 };
@@ -42,6 +43,8 @@ struct FileSettings {
     cors_origin: Option<Vec<String>>,
     header_timeout: Option<String>,
     max_connections: Option<usize>,
+    event_history: Option<usize>,
+    event_history_age: Option<String>,
 }
 
 // ----- the serve settings -----
@@ -64,6 +67,8 @@ pub struct Settings {
     /// What a connection may hold.
     pub header_timeout: Duration,
     pub max_connections: usize,
+    /// How much event history streams can resume from.
+    pub event_history: HistoryLimits,
     /// Settings given but not used, to be logged as warnings.
     pub notes: Vec<String>,
 }
@@ -84,6 +89,7 @@ impl std::fmt::Debug for Settings {
             .field("cors_origins", &self.cors.origins())
             .field("header_timeout", &self.header_timeout)
             .field("max_connections", &self.max_connections)
+            .field("event_history", &self.event_history)
             .finish()
     }
 }
@@ -189,12 +195,34 @@ impl Settings {
                 problem: "must be at least 1".into(),
             });
         }
+        let event_history = HistoryLimits {
+            events: args
+                .event_history
+                .or(file.event_history)
+                .unwrap_or(HistoryLimits::default().events),
+            age: match args.event_history_age.or(file.event_history_age) {
+                None => HistoryLimits::default().age,
+                Some(code) => {
+                    sessiondb::parse_time_code(&code).map_err(|e| SettingsError::Invalid {
+                        setting: "event-history-age",
+                        problem: e.to_string(),
+                    })?
+                }
+            },
+        };
+        if event_history.events == 0 {
+            return Err(SettingsError::Invalid {
+                setting: "event-history",
+                problem: "must be at least 1".into(),
+            });
+        }
         let settings = Settings {
             store,
             notes,
             cors,
             header_timeout,
             max_connections,
+            event_history,
             listen: args
                 .listen
                 .or(file.listen)

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::auth::AdminPolicy;
 use crate::cors::CorsPolicy;
 use crate::events::Streams;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::session_events::SessionStreams;
 
@@ -19,6 +20,9 @@ pub struct AppState {
     pub admin: AdminPolicy,
     pub metrics: Arc<Metrics>,
     pub streams: Arc<Streams>,
+    /// Every event this process heard lately, numbered: where streams
+    /// resume from.
+    pub history: Arc<History>,
     /// The open `/v1/session/events` streams.
     pub session_streams: Arc<SessionStreams>,
     /// Which browser origins may call the session routes.

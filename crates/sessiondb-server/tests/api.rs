@@ -149,13 +149,14 @@ fn every_route_does_what_design_says() {
         r#"{"to":"p8"}"#,
     )
     .assert_error(404, "noSession");
-    // to the actor that holds it: refused, the session untouched
+    // to the actor that holds it: a conflict with the session's state (a
+    // valid request: the document allows the answer), the session untouched
     post(
         &server.url("/v1/actors/p9/reassign"),
         None,
         r#"{"to":"p9"}"#,
     )
-    .assert_error(400, "invalidActorId");
+    .assert_error(409, "reassignToSelf");
     let r = post(&server.url("/v1/session/isValid"), Some(&new_key), "");
     assert_eq!(r.json(), json!({"valid": true}));
 
@@ -460,7 +461,7 @@ fn bad_input_gets_the_json_error_shape() {
         None,
         r#"{"to":"p1"}"#,
     )
-    .assert_error(400, "invalidActorId");
+    .assert_error(409, "reassignToSelf");
 
     // other invalid values
     post(&sessions, None, r#"{"actorId":"p","language":"e n"}"#)

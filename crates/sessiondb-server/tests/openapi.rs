@@ -80,6 +80,7 @@ fn argument(name: &str) -> &'static str {
     match name {
         "actorId" => "p1",
         "name" => "gold",
+        "sessionId" => "AAAAAAAAAAAAAAAA",
         other => panic!("no test value for the path parameter {other}"),
     }
 }

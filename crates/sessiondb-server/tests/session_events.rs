@@ -7,15 +7,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use sessiondb::{Config, Data, ManualClock, SessionStore, UnsetReason};
-use sessiondb_server::{run_with, AdminPolicy, Options};
+use sessiondb::UnsetReason;
+use sessiondb_server::{AdminPolicy, Options};
 
 fn next(rx: &Receiver<Sse>) -> Sse {
     rx.recv_timeout(Duration::from_secs(20))
@@ -180,72 +178,6 @@ fn graceful_shutdown_ends_the_session_streams() {
 }
 
 // ----- in process, with a manual clock -----
-
-/// The server run in process on a store with a manual clock and no reaper
-/// thread (tests reap with `SessionStore::reap_expired`).
-struct InProcess {
-    runtime: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    store: SessionStore,
-    clock: Arc<ManualClock>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<sessiondb_server::AnyResult<()>>>,
-}
-
-impl InProcess {
-    fn start(dir: &std::path::Path, options: Options) -> InProcess {
-        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-        let store = open_with(
-            Config::new(dir.join("data"))
-                .clock(clock.clone())
-                .reaper_thread(false),
-        );
-        let (runtime, listener, addr) = loopback_runtime();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = runtime.spawn(run_with(listener, store.clone(), options, async move {
-            let _ = stopped.await;
-        }));
-        InProcess {
-            runtime,
-            addr,
-            store,
-            clock,
-            stop: Some(stop),
-            served: Some(served),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn register(&self, actor: &str) -> (Value, String) {
-        let s = self.store.register(actor, "en", Data::new()).unwrap();
-        let key = s.key().unwrap().to_owned();
-        (json!({"id": s.id(), "expiresAt": s.expires_at_ms()}), key)
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(served) = self.served.take() {
-            let outcome = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(60), served).await });
-            if !std::thread::panicking() {
-                let outcome = outcome
-                    .expect("run returned within 60 s")
-                    .expect("run task");
-                if let Err(e) = outcome {
-                    panic!("run failed: {e}");
-                }
-            }
-        }
-    }
-}
 
 #[test]
 fn expiry_reaches_the_stream_as_expired_and_an_expired_key_gets_401() {

@@ -1,7 +1,8 @@
 //! The admin routes, for game servers holding the admin token: MAGE's
 //! server side of the session module (register, resolve, `session.extend`,
-//! `session.expire`), the actor look-ups, reassign, and every session's
-//! events.
+//! `session.expire`), a new key for a session (rotate), the actor look-ups
+//! (an actor's sessions among them), ending one of an actor's sessions by
+//! its id, reassign, and every session's events.
 
 use std::collections::BTreeMap;
 
@@ -10,17 +11,17 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sessiondb::{Data, Reason, Session, SessionStore, UnsetReason};
+use sessiondb::{Data, Meta, Reason, Session, SessionStore, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, NotAdmin, NotAdminOrKeyRefused, StoreFailed};
-use super::schemas::{ActorId, Language, SessionData, UnsetReasonName};
-use super::wire::{no_content, session_response, SessionBody};
+use super::schemas::{ActorId, Language, SessionData, SessionId, SessionMeta, UnsetReasonName};
+use super::wire::{listed_session, no_content, session_response, ListedSession, SessionBody};
 use crate::auth::Admin;
 use crate::blocking::{blocking, outcome, run};
 use crate::error::{json_response, ApiError, ErrorBody, ErrorCode};
-use crate::events::stream as event_stream;
-use crate::extract::{Body, Param};
+use crate::events::{stream as event_stream, Following};
+use crate::extract::{Body, LastEventId, Param, Params};
 use crate::state::AppState;
 
 /// A new session for an actor.
@@ -35,14 +36,19 @@ pub struct RegisterRequest {
     /// The session's first data [default: none].
     #[schema(value_type = Option<SessionData>)]
     data: Option<BTreeMap<String, Box<RawValue>>>,
+    /// What the game server says of the session (device, platform,
+    /// address), shown with it wherever it is read [default: none].
+    #[schema(value_type = Option<SessionMeta>)]
+    meta: Option<BTreeMap<String, String>>,
 }
 
 /// MAGE's `register(actorId, language, meta)`.
 ///
-/// Creates a session for the actor and answers it with its full key, the
-/// one time the key is told (the store keeps only a digest). Above the
-/// actor's session cap (1 by default, as MAGE) the oldest session ends
-/// with `replaced`. Announces `session.set`.
+/// Creates a session for the actor, with the game server's `meta` if
+/// given, and answers it with its full key, the one time the key is told
+/// (the store keeps only a digest). Above the actor's session cap (1 by
+/// default, as MAGE) the oldest session ends with `replaced`. Announces
+/// `session.set`.
 #[utoipa::path(
     post,
     path = "/v1/sessions",
@@ -58,6 +64,10 @@ pub struct RegisterRequest {
                 ("resolve" = (operation_id = "resolve", request_body = json!({"sessionKey": "$response.body#/key"}))),
                 ("extend" = (operation_id = "extend", request_body = json!({"sessionKey": "$response.body#/key"}))),
                 ("expireSession" = (operation_id = "expireSession", request_body = json!({"sessionKey": "$response.body#/key"}))),
+                ("rotateSession" = (operation_id = "rotateSession", request_body = json!({"sessionKey": "$response.body#/key"}))),
+                ("expireOtherSessions" = (operation_id = "expireOtherSessions", parameters(("header.Authorization" = "Bearer {$response.body#/key}")))),
+                ("listActorSessions" = (operation_id = "listActorSessions", parameters(("actorId" = "$response.body#/actorId")))),
+                ("expireActorSession" = (operation_id = "expireActorSession", parameters(("actorId" = "$response.body#/actorId"), ("sessionId" = "$response.body#/id")))),
                 ("getData" = (operation_id = "getData", parameters(("header.Authorization" = "Bearer {$response.body#/key}")))),
                 ("putData" = (operation_id = "putData", parameters(("header.Authorization" = "Bearer {$response.body#/key}")))),
                 ("deleteData" = (operation_id = "deleteData", parameters(("header.Authorization" = "Bearer {$response.body#/key}")))),
@@ -83,11 +93,13 @@ pub async fn register(
     for (name, value) in req.data.unwrap_or_default() {
         data.insert_json(&name, value.get())?;
     }
+    let meta = Meta::from_pairs(req.meta.unwrap_or_default())?;
     let language = req
         .language
         .unwrap_or_else(|| sessiondb::DEFAULT_LANGUAGE.to_owned());
     let store = state.store.clone();
-    let session = run(move || store.register(&req.actor_id, &language, data)).await?;
+    let session =
+        run(move || store.register_with_meta(&req.actor_id, &language, data, meta)).await?;
     state.metrics.registered();
     session_response(StatusCode::CREATED, &session)
 }
@@ -151,6 +163,37 @@ pub async fn extend(
     body: Body,
 ) -> Result<Response, ApiError> {
     use_key(&state, &body, "extend", SessionStore::extend).await
+}
+
+/// A new key for a session (rotate).
+///
+/// Answers the session with its new `key` (the one time it is told): the
+/// old key stops working at once, and the session goes on under the new
+/// one with its id, data, metadata, language, creation time, expiry and
+/// deadline. Announces `session.unset` with reason `rotated` (the old
+/// key's holder drops it), then `session.set` for the same session id.
+/// Hand the new key to the game client (`setSessionKey`). For a change of
+/// privilege (a guest who logs in, say), as OWASP asks.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/rotate",
+    operation_id = "rotateSession",
+    tag = "game server",
+    request_body = SessionKeyRequest,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The session, with its new `key`.", body = SessionBody),
+        BodyRefused,
+        NotAdminOrKeyRefused,
+        StoreFailed,
+    )
+)]
+pub async fn rotate(
+    State(state): State<AppState>,
+    _: Admin,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use_key(&state, &body, "rotate", SessionStore::rotate).await
 }
 
 /// Runs `call` (a use of a key) with the key `body` names, counts its
@@ -243,6 +286,96 @@ pub async fn actor_session(
             ErrorCode::NoSession,
             "the actor has no live session",
         )),
+    }
+}
+
+/// An actor's live sessions.
+#[derive(Serialize, ToSchema)]
+pub struct ActorSessionsBody {
+    /// Newest first (by creation).
+    sessions: Vec<ListedSession>,
+}
+
+/// Lists an actor's sessions.
+///
+/// Every live session of the actor, newest first, each with its public id,
+/// language, creation and expiry times and the game server's metadata;
+/// never a key or a digest. Empty when the actor has none. With
+/// `--max-sessions-per-actor` above 1, what a player sees as "my devices".
+#[utoipa::path(
+    get,
+    path = "/v1/actors/{actorId}/sessions",
+    operation_id = "listActorSessions",
+    tag = "game server",
+    params(("actorId" = ActorId, Path, description = "The actor: 1 to 255 bytes, no control characters.")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The actor's live sessions, newest first.", body = ActorSessionsBody),
+        (status = 400, description = "`invalidActorId`.", body = ErrorBody),
+        NotAdmin,
+        StoreFailed,
+    )
+)]
+pub async fn actor_sessions(
+    State(state): State<AppState>,
+    _: Admin,
+    Param(actor_id): Param,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let sessions = run(move || store.actor_sessions(&actor_id)).await?;
+    let sessions = sessions.iter().map(listed_session).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &ActorSessionsBody { sessions },
+    ))
+}
+
+/// Ends one of an actor's sessions.
+///
+/// The session with this public id (as `listActorSessions` lists it) ends
+/// with the reason, and its holder hears `session.unset` with it: an admin
+/// ends one device's session without its key.
+#[utoipa::path(
+    post,
+    path = "/v1/actors/{actorId}/sessions/{sessionId}/expire",
+    operation_id = "expireActorSession",
+    tag = "game server",
+    params(
+        ("actorId" = ActorId, Path, description = "The actor: 1 to 255 bytes, no control characters."),
+        ("sessionId" = SessionId, Path, description = "The session's public id."),
+    ),
+    request_body(content = Option<ExpireRequest>, description = "The reason; an empty body means `expired`."),
+    security(("adminToken" = [])),
+    responses(
+        (status = 204, description = "The session ended."),
+        BodyRefused,
+        NotAdmin,
+        (status = 404, description = "`noSession`: the actor has no session of that id; `expired`: it has passed its expiry (the reaper ends it).", body = ErrorBody),
+        StoreFailed,
+    )
+)]
+pub async fn expire_actor_session(
+    State(state): State<AppState>,
+    _: Admin,
+    Params(actor_id, session_id): Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: Option<ExpireRequest> = body.json_or_default()?;
+    let reason = req.and_then(|r| r.reason);
+    let reason = UnsetReason::parse(reason.as_deref().unwrap_or("expired"))?;
+    let store = state.store.clone();
+    match blocking(move || store.expire_session(&actor_id, &session_id, reason)).await? {
+        Ok(()) => Ok(no_content()),
+        Err(sessiondb::Error::Invalid(reason)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::of_reason(reason),
+            if reason == Reason::Expired {
+                "the session has passed its expiry; the reaper ends it"
+            } else {
+                "the actor has no session of that id"
+            },
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -361,7 +494,7 @@ pub async fn expire_actor(
 /// The actor that takes the session over.
 #[derive(Deserialize, ToSchema)]
 pub struct ReassignRequest {
-    /// Not the actor in the path (that is refused with `400 invalidActorId`).
+    /// The actor in the path itself is answered `409 reassignToSelf`.
     #[schema(value_type = ActorId)]
     to: String,
 }
@@ -370,7 +503,9 @@ pub struct ReassignRequest {
 ///
 /// The actor's sessions end with `reassigned`; its newest goes on under
 /// `to` with a new key (in the answer), keeping its id and data, and
-/// `session.set` is announced for `to`.
+/// `session.set` is announced for `to`. A `to` equal to the path's actor
+/// changes nothing and is answered `409 reassignToSelf` (the session
+/// already belongs to that actor; `rotateSession` gives it a new key).
 #[utoipa::path(
     post,
     path = "/v1/actors/{actorId}/reassign",
@@ -384,6 +519,7 @@ pub struct ReassignRequest {
         BodyRefused,
         NotAdmin,
         (status = 404, description = "`noSession`: the actor has no live session.", body = ErrorBody),
+        (status = 409, description = "`reassignToSelf`: `to` is the path's actor, which holds the session already; nothing changed.", body = ErrorBody),
         StoreFailed,
     )
 )]
@@ -409,26 +545,44 @@ pub async fn reassign(
 /// Every session's events, as server-sent events.
 ///
 /// `session.set` and `session.unset` of every session, in commit order
-/// (on Redis, from every node); `session.lagged` with the number of events
-/// this stream missed when it fell behind. The data of each event is JSON:
-/// `SetEvent`, `UnsetEvent`, `LaggedEvent`. At most 64 streams at once.
+/// (on Redis, from every node), each with an SSE `id`; a new stream
+/// starts with an id-only message (its position). Reconnect with the last
+/// id (`Last-Event-ID`, or `lastEventId` in the query) to hear every event
+/// after it, once, in order, then the live ones; first `session.lagged`
+/// with how many the server no longer holds (its history is bounded:
+/// `--event-history`, `--event-history-age`), or `session.reset` for an id
+/// of another server process (a restart, another node). A stream that
+/// reads too slowly hears `session.lagged` with the number it missed. The
+/// data of each event is JSON: `SetEvent`, `UnsetEvent`, `LaggedEvent`,
+/// `ResetEvent`. At most 64 streams at once.
 #[utoipa::path(
     get,
     path = "/v1/events",
     operation_id = "events",
     tag = "game server",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event heard: the stream goes on after it."),
+        ("lastEventId" = Option<String>, Query, description = "As `Last-Event-ID`, for clients that cannot set headers (a browser's first `EventSource` connection); the header wins."),
+    ),
     security(("adminToken" = [])),
     responses(
-        (status = 200, description = "A stream of `session.set`, `session.unset` and `session.lagged` events.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of `session.set`, `session.unset`, `session.lagged` and `session.reset` events.", content_type = "text/event-stream", body = String),
         NotAdmin,
         (status = 503, description = "`tooManyStreams`: 64 streams are open.", body = ErrorBody),
     )
 )]
-pub async fn events(State(state): State<AppState>, _: Admin) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    _: Admin,
+    LastEventId(last): LastEventId,
+) -> Result<Response, ApiError> {
     event_stream(
-        &state.store,
-        &state.streams,
-        &state.metrics,
-        state.shutdown.clone(),
+        Following {
+            history: &state.history,
+            streams: &state.streams,
+            metrics: &state.metrics,
+            shutdown: state.shutdown.clone(),
+        },
+        last.as_deref(),
     )
 }

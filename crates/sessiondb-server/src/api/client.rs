@@ -1,22 +1,23 @@
 //! The routes a game client calls with its session key: MAGE's user
-//! commands (`isValid`, `restore`, `logout`), the session's data, and the
-//! session's own event stream.
+//! commands (`isValid`, `restore`, `logout`), ending the actor's other
+//! sessions, the session's data, and the session's own event stream.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sessiondb::Reason;
+use sessiondb::{Reason, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, KeyRefused, StoreFailed};
-use super::schemas::DataName;
+use super::schemas::{DataName, UnsetReasonName};
 use super::wire::{no_content, raw, session_response, KeyRequest, SessionBody};
 use crate::auth::bearer;
 use crate::blocking::{blocking, outcome};
 use crate::error::{json_response, ApiError, ErrorBody, ErrorCode};
-use crate::extract::{Body, Param, SessionKey};
+use crate::extract::{Body, LastEventId, Param, SessionKey};
+use crate::session_events::Opening;
 use crate::state::AppState;
 
 /// The key of `isValid`/`restore`: `sessionKey` in the body, else the
@@ -172,6 +173,58 @@ pub async fn logout(
     Ok(no_content())
 }
 
+/// Why the actor's other sessions end.
+#[derive(Deserialize, ToSchema, Default)]
+pub struct ExpireOthersRequest {
+    /// [default: `loggedOut`]
+    #[schema(value_type = Option<UnsetReasonName>)]
+    reason: Option<String>,
+}
+
+/// How many other sessions ended.
+#[derive(Serialize, ToSchema)]
+pub struct ExpiredOthersBody {
+    expired: usize,
+}
+
+/// Ends the actor's other sessions ("log out my other devices").
+///
+/// Every other session of the key's actor ends with the reason (default
+/// `loggedOut`), and each holder hears `session.unset` with it on its own
+/// stream; this key's session goes on, untouched. Sessions already past
+/// their expiry end with `expired` and are not counted.
+#[utoipa::path(
+    post,
+    path = "/v1/session/expireOthers",
+    operation_id = "expireOtherSessions",
+    tag = "game client",
+    request_body(content = Option<ExpireOthersRequest>, description = "The reason; an empty body means `loggedOut`."),
+    security(("sessionKey" = [])),
+    responses(
+        (status = 200, description = "How many live sessions ended.", body = ExpiredOthersBody),
+        BodyRefused,
+        KeyRefused,
+        StoreFailed,
+    )
+)]
+pub async fn expire_others(
+    State(state): State<AppState>,
+    SessionKey(key): SessionKey,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // No body, and a JSON `null`, both mean the default reason.
+    let req: Option<ExpireOthersRequest> = body.json_or_default()?;
+    let reason = req.and_then(|r| r.reason);
+    let reason = UnsetReason::parse(reason.as_deref().unwrap_or("loggedOut"))?;
+    let store = state.store.clone();
+    let done = blocking(move || store.expire_others(&key, reason)).await?;
+    state.metrics.resolved("expireOthers", outcome(&done));
+    Ok(json_response(
+        StatusCode::OK,
+        &ExpiredOthersBody { expired: done? },
+    ))
+}
+
 /// A data value.
 #[derive(Serialize, ToSchema)]
 pub struct ValueBody {
@@ -290,17 +343,29 @@ pub async fn delete_data(
 /// First the session's current state as `session.set` (opening the stream
 /// resolves the key, sliding its expiry), then a `session.set` for each
 /// change of it, and at last its `session.unset` with the reason, after
-/// which the stream ends. A client that reads too slowly hears
-/// `session.lagged` with the number of `session.set`s it missed. The data
-/// of each event is JSON: `SetEvent`, `UnsetEvent`, `LaggedEvent`.
+/// which the stream ends (`rotated` ends only the stream of the key rotated
+/// away). Every event has an SSE `id`: reconnect with the last one
+/// (`Last-Event-ID`, or `lastEventId` in the query) to hear the events
+/// missed meanwhile instead of the current state, once each, in order;
+/// first `session.lagged` (then the state) when the server no longer holds
+/// them all, or `session.reset` (then the state) for an id of another
+/// server process. A key that stopped working meanwhile still hears how its
+/// session ended, when the server holds that end; else `401`. A client
+/// that reads too slowly hears `session.lagged` with the number of
+/// `session.set`s it missed. The data of each event is JSON: `SetEvent`,
+/// `UnsetEvent`, `LaggedEvent`, `ResetEvent`.
 #[utoipa::path(
     get,
     path = "/v1/session/events",
     operation_id = "sessionEvents",
     tag = "game client",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event heard: the stream goes on after it."),
+        ("lastEventId" = Option<String>, Query, description = "As `Last-Event-ID`, for clients that cannot set headers; the header wins."),
+    ),
     security(("sessionKey" = [])),
     responses(
-        (status = 200, description = "A stream of `session.set`, `session.unset` and `session.lagged` events.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of `session.set`, `session.unset`, `session.lagged` and `session.reset` events.", content_type = "text/event-stream", body = String),
         KeyRefused,
         StoreFailed,
     )
@@ -308,13 +373,18 @@ pub async fn delete_data(
 pub async fn session_events(
     State(state): State<AppState>,
     SessionKey(key): SessionKey,
+    LastEventId(last): LastEventId,
 ) -> Result<Response, ApiError> {
     crate::session_events::open(
-        &state.store,
-        &state.session_streams,
-        &state.metrics,
-        state.shutdown.clone(),
+        Opening {
+            store: &state.store,
+            streams: &state.session_streams,
+            history: &state.history,
+            metrics: &state.metrics,
+            shutdown: state.shutdown.clone(),
+        },
         key,
+        last.as_deref(),
     )
     .await
 }

@@ -8,9 +8,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{IntoResponses, Modify, OpenApi};
 
-use super::schemas::DataName;
+use super::schemas::{DataName, SessionId};
 use crate::error::{ErrorBody, ErrorCode};
-use crate::events::{LaggedEvent, SetEvent, UnsetEvent};
+use crate::events::{LaggedEvent, ResetEvent, SetEvent, UnsetEvent};
 
 // The routes' tags ("game client", "game server", "service") and scheme
 // names are literals in their `#[utoipa::path]`s: the macro takes no
@@ -44,7 +44,16 @@ pub const SESSION_KEY: &str = "sessionKey";
             loopback clients only. They never answer web pages (`403 crossOrigin`)."),
         (name = "service", description = "Health, metrics and this document."),
     ),
-    components(schemas(ErrorBody, ErrorCode, DataName, SetEvent, UnsetEvent, LaggedEvent)),
+    components(schemas(
+        ErrorBody,
+        ErrorCode,
+        DataName,
+        SessionId,
+        SetEvent,
+        UnsetEvent,
+        LaggedEvent,
+        ResetEvent
+    )),
     modifiers(&Security),
 )]
 pub struct ApiDoc;
@@ -84,7 +93,8 @@ pub enum BodyRefused {
     /// `malformedJson` (the body is not JSON, or empty where JSON is
     /// needed), `badRequest` (JSON of the wrong shape), or a value the
     /// store refuses: `invalidActorId`, `invalidLanguage`,
-    /// `invalidDataName`, `invalidReason`.
+    /// `invalidDataName`, `invalidReason`, `invalidMeta`,
+    /// `invalidSessionId`.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// `payloadTooLarge` (the body is over 1 MiB) or `dataTooLarge` (the

@@ -39,8 +39,11 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::register))
         .routes(routes!(admin::resolve))
         .routes(routes!(admin::extend))
+        .routes(routes!(admin::rotate))
         .routes(routes!(admin::expire_session))
         .routes(routes!(admin::actor_session))
+        .routes(routes!(admin::actor_sessions))
+        .routes(routes!(admin::expire_actor_session))
         .routes(routes!(admin::addresses))
         .routes(routes!(admin::expire_actor))
         .routes(routes!(admin::reassign))
@@ -48,6 +51,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(client::is_valid))
         .routes(routes!(client::restore))
         .routes(routes!(client::logout))
+        .routes(routes!(client::expire_others))
         .routes(routes!(
             client::get_data,
             client::put_data,
@@ -121,6 +125,7 @@ mod tests {
 
     use super::*;
     use crate::auth::AdminPolicy;
+    use crate::history::{History, HistoryLimits};
     use crate::metrics::Metrics;
     use crate::session_events::SessionStreams;
 
@@ -150,6 +155,9 @@ mod tests {
             session_streams: Arc::new(SessionStreams::new(8, metrics.clone())),
             metrics,
             streams: Arc::default(),
+            history: Arc::new(
+                History::new(HistoryLimits::default(), Arc::new(sessiondb::SystemClock)).unwrap(),
+            ),
             cors: cors::CorsPolicy::default(),
             shutdown,
         };

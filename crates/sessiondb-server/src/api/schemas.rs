@@ -88,10 +88,49 @@ named_schema!(
         1,
         sessiondb::MAX_REASON_LEN,
         "^[A-Za-z0-9_.-]*$",
-        "Why a session ends: `expired`, `loggedOut`, `replaced`, `reassigned`, or the game's \
-         own (such as `banned`): 1 to 64 letters, digits, `_`, `.` or `-`.",
+        "Why a session ends: `expired`, `loggedOut`, `replaced`, `reassigned`, `rotated`, or \
+         the game's own (such as `banned`): 1 to 64 letters, digits, `_`, `.` or `-`.",
         "banned",
     )
+);
+
+named_schema!(
+    /// A public session id.
+    SessionId => string(
+        1,
+        sessiondb::MAX_SESSION_ID_LEN,
+        "^[A-Za-z0-9_-]*$",
+        "A public session id: 1 to 64 URL-safe characters (the store makes 16).",
+        "lPTFmL4-A96CT41N",
+    )
+);
+
+named_schema!(
+    /// A session's metadata from the game server.
+    SessionMeta => ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .property_names(Some(
+            string(
+                1,
+                sessiondb::MAX_META_NAME_LEN,
+                "^[A-Za-z0-9_.-]*$",
+                "A metadata name: 1 to 64 letters, digits, `_`, `.` or `-`.",
+                "device",
+            )
+            .build(),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .max_length(Some(sessiondb::MAX_META_VALUE_LEN))
+                .pattern(Some(NO_CONTROL))
+                .build(),
+        )))))
+        .max_properties(Some(sessiondb::MAX_META_ENTRIES))
+        .description(Some(
+            "What the game server says of a session at register (device, platform, address):              at most 16 names of 1 to 64 letters, digits, `_`, `.` or `-`, each to a string of              at most 256 bytes without control characters.",
+        ))
+        .examples([serde_json::json!({"device": "Pixel 8", "platform": "android"})])
 );
 
 named_schema!(

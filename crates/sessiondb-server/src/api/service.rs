@@ -76,7 +76,7 @@ pub async fn metrics(
     State(state): State<AppState>,
     _: MetricsReader,
 ) -> Result<Response, ApiError> {
-    let backlog = state.streams.backlog();
+    let backlog = state.streams.backlog(state.history.head());
     let (metrics, store) = (state.metrics.clone(), state.store.clone());
     let text = tokio::task::spawn_blocking(move || metrics.render(&store, backlog, now_ms()))
         .await

@@ -15,7 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 17] = [
+pub const ENV_NAMES: [&str; 19] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
     "SESSIONDB_REDIS_URL",
@@ -33,6 +33,8 @@ pub const ENV_NAMES: [&str; 17] = [
     "SESSIONDB_CORS_ORIGIN",
     "SESSIONDB_HEADER_TIMEOUT",
     "SESSIONDB_MAX_CONNECTIONS",
+    "SESSIONDB_EVENT_HISTORY",
+    "SESSIONDB_EVENT_HISTORY_AGE",
 ];
 
 /// A `sessiondb` command with a clean environment.
@@ -428,11 +430,13 @@ pub fn key_of(session: &Value) -> String {
 
 // ----- server-sent events -----
 
-/// One SSE event: its name and its data parsed as JSON.
+/// One SSE event: its name, its data parsed as JSON, and its id (`None`
+/// when it has no `id` field).
 #[derive(Debug, Clone)]
 pub struct Sse {
     pub event: String,
     pub data: Value,
+    pub id: Option<String>,
 }
 
 /// Opens `GET /v1/events`; events arrive on the returned channel. The
@@ -448,40 +452,169 @@ pub fn session_events(server: &Server, key: &str) -> (u16, std::sync::mpsc::Rece
 
 /// As `events`, for the events route at `url`.
 pub fn events_at(url: &str, bearer: Option<&str>) -> (u16, std::sync::mpsc::Receiver<Sse>) {
+    let stream = follow(url, bearer, None);
+    (stream.status, stream.events)
+}
+
+/// An open event stream, read by a thread of its own.
+pub struct Follow {
+    pub status: u16,
+    /// The events, in order (id-only messages are not events).
+    pub events: std::sync::mpsc::Receiver<Sse>,
+    /// The last id the stream gave, as a client keeps it (id-only messages
+    /// included): what it sends as `Last-Event-ID` when it reconnects.
+    pub last_id: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The answer's body, when it is not a stream (`status` not 200).
+    pub body: String,
+    /// Set when the server ended the stream (the reader reached its end).
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Follow {
+    /// The last id given, failing the test if none.
+    #[track_caller]
+    pub fn last_id(&self) -> String {
+        self.last_id
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the stream gave an id")
+    }
+
+    /// The next event, failing the test after `limit`.
+    #[track_caller]
+    pub fn next(&self, limit: Duration) -> Sse {
+        self.events
+            .recv_timeout(limit)
+            .unwrap_or_else(|e| panic!("no event within {limit:?}: {e}"))
+    }
+}
+
+/// Opens the events route at `url`, sending `last_event_id` as
+/// `Last-Event-ID` if given.
+pub fn follow(url: &str, bearer: Option<&str>, last_event_id: Option<&str>) -> Follow {
     let agent = agent(Duration::from_secs(120));
+    let mut builder = request("GET", url, bearer);
+    if let Some(id) = last_event_id {
+        builder = builder.header("Last-Event-ID", id);
+    }
     let resp = agent
-        .run(request("GET", url, bearer).body(()).expect("request"))
+        .run(builder.body(()).expect("request"))
         .expect("events request");
     let status = resp.status().as_u16();
     let (tx, rx) = std::sync::mpsc::channel();
+    let last_id = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if status != 200 {
+        let body = resp.into_body().read_to_string().unwrap_or_default();
+        return Follow {
+            status,
+            events: rx,
+            last_id,
+            body,
+            ended,
+        };
+    }
     let reader = resp.into_body().into_reader();
+    let (keep, done) = (last_id.clone(), ended.clone());
     std::thread::spawn(move || {
         let mut event = String::new();
         let mut data = String::new();
+        let mut id = None;
         for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { return };
+            let Ok(line) = line else { break };
             if line.is_empty() {
+                if let Some(id) = &id {
+                    *keep.lock().unwrap() = Some(String::clone(id));
+                }
                 if !event.is_empty() {
                     let parsed = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    if tx
-                        .send(Sse {
-                            event: std::mem::take(&mut event),
-                            data: parsed,
-                        })
-                        .is_err()
-                    {
-                        return;
+                    let sse = Sse {
+                        event: std::mem::take(&mut event),
+                        data: parsed,
+                        id: id.clone(),
+                    };
+                    if tx.send(sse).is_err() {
+                        break;
                     }
                 }
+                id = None;
                 data.clear();
             } else if let Some(v) = line.strip_prefix("event:") {
                 event = v.trim().to_owned();
             } else if let Some(v) = line.strip_prefix("data:") {
                 data.push_str(v.trim_start());
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_owned());
             }
         }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-    (status, rx)
+    Follow {
+        status,
+        events: rx,
+        last_id,
+        body: String::new(),
+        ended,
+    }
+}
+
+/// A TCP relay in front of a server, standing for the network (or a load
+/// balancer) between a client and it: [`Relay::cut`] closes every
+/// connection through it at once, as a server going away or a network
+/// failure would, while new connections go through again.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:<a free port> to `upstream` (`host:port`).
+    pub fn start(upstream: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (upstream, sockets) = (upstream.to_owned(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut kept = sockets.lock().unwrap();
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        kept.push(s);
+                    }
+                }
+                drop(kept);
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    pipe(c, server);
+                    pipe(s, client);
+                }
+            }
+        });
+        Relay { addr, open }
+    }
+
+    /// `path` on the relay.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Closes every connection made through the relay so far.
+    pub fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Reads a file, failing the test on error.
@@ -545,5 +678,97 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     while !check() {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ----- the server in process -----
+
+/// The server run in process on a store with a manual clock and no reaper
+/// thread (tests reap with `SessionStore::reap_expired`); the clock also
+/// ages the server's event history.
+pub struct InProcess {
+    pub runtime: tokio::runtime::Runtime,
+    pub addr: std::net::SocketAddr,
+    pub store: sessiondb::SessionStore,
+    pub clock: std::sync::Arc<sessiondb::ManualClock>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<sessiondb_server::AnyResult<()>>>,
+}
+
+impl InProcess {
+    pub fn start(dir: &Path, options: sessiondb_server::Options) -> InProcess {
+        InProcess::start_with(dir, options, |config| config)
+    }
+
+    /// As `start`, with the store's configuration adjusted by `tune`.
+    pub fn start_with(
+        dir: &Path,
+        options: sessiondb_server::Options,
+        tune: impl FnOnce(sessiondb::Config) -> sessiondb::Config,
+    ) -> InProcess {
+        let clock = std::sync::Arc::new(sessiondb::ManualClock::new(1_800_000_000_000));
+        let store = open_with(tune(
+            sessiondb::Config::new(dir.join("data"))
+                .clock(clock.clone())
+                .reaper_thread(false),
+        ));
+        let (runtime, listener, addr) = loopback_runtime();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = options.history_clock(clock.clone());
+        let served = runtime.spawn(sessiondb_server::run_with(
+            listener,
+            store.clone(),
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        InProcess {
+            runtime,
+            addr,
+            store,
+            clock,
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Registers `actor` on the store; the session (`id`, `expiresAt`) as
+    /// JSON, and its key.
+    pub fn register(&self, actor: &str) -> (Value, String) {
+        let s = self
+            .store
+            .register(actor, "en", sessiondb::Data::new())
+            .unwrap();
+        let key = s.key().unwrap().to_owned();
+        (
+            serde_json::json!({"id": s.id(), "expiresAt": s.expires_at_ms()}),
+            key,
+        )
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let outcome = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), served).await });
+            if !std::thread::panicking() {
+                let outcome = outcome
+                    .expect("run returned within 60 s")
+                    .expect("run task");
+                if let Err(e) = outcome {
+                    panic!("run failed: {e}");
+                }
+            }
+        }
     }
 }
