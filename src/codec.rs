@@ -451,8 +451,8 @@ mod tests {
         "02",                                                 // data: 2 entries
         "04 6e 61 6d 65 05 22 41 64 61 22",                   // "name" => "\"Ada\""
         "06 76 69 73 69 74 73 01 33",                         // "visits" => "3"
-        "fb 2c 01", // lead 300: filed_at = expires_at - 300
-        "01",       // meta: 1 entry
+        "fb 2c 01",                               // lead 300: filed_at = expires_at - 300
+        "01",                                     // meta: 1 entry
         "06 64 65 76 69 63 65 05 70 68 6f 6e 65", // "device" => "phone"
     ];
 
@@ -551,7 +551,11 @@ mod tests {
         let mut swapped = documented_bytes_with(last - 1, "02");
         swapped.truncate(swapped.len() - (META_BYTES - 1));
         for entry in ["01 62 00", "01 61 00"] {
-            swapped.extend(entry.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()));
+            swapped.extend(
+                entry
+                    .split_whitespace()
+                    .map(|b| u8::from_str_radix(b, 16).unwrap()),
+            );
         }
         assert!(decode(&swapped).unwrap_err().contains("canonical"));
     }

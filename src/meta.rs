@@ -102,7 +102,11 @@ impl Meta {
     pub(crate) fn check(&self) -> Result<()> {
         if self.0.len() > MAX_META_ENTRIES {
             return Err(Error::InvalidMeta {
-                name: self.0.keys().nth(MAX_META_ENTRIES).map_or_else(String::new, |n| clip(n)),
+                name: self
+                    .0
+                    .keys()
+                    .nth(MAX_META_ENTRIES)
+                    .map_or_else(String::new, |n| clip(n)),
                 problem: "more than 16 entries (MAX_META_ENTRIES)",
             });
         }

@@ -721,7 +721,9 @@ impl SessionStore {
                 Ok(Some(r)) if r.expires_at > now => records.push(r),
                 Ok(_) => {}
                 Err(Error::Corrupt { .. }) => {
-                    log::warn!("a session of actor {actor_id:?} does not decode; `check` reports it");
+                    log::warn!(
+                        "a session of actor {actor_id:?} does not decode; `check` reports it"
+                    );
                 }
                 Err(e) => return Err(e),
             }

@@ -346,9 +346,7 @@ impl Driver {
             }
             Op::ExpireOthers(k, why) => {
                 let (key, reason) = (self.key(*k), why.reason());
-                let got = self
-                    .store()?
-                    .expire_others(&key, unset_to_store(&reason));
+                let got = self.store()?.expire_others(&key, unset_to_store(&reason));
                 same(
                     "expire_others",
                     outcome(got, |n| n)?,
@@ -513,12 +511,9 @@ impl Driver {
                 return same("Meta::from_pairs", Err(error_of(e)?), want);
             }
         };
-        let got = self.store()?.register_with_meta(
-            actor.id(),
-            "en",
-            sessiondb::Data::new(),
-            store_meta,
-        );
+        let got =
+            self.store()?
+                .register_with_meta(actor.id(), "en", sessiondb::Data::new(), store_meta);
         let (id, secret) = match &got {
             Ok(s) => (s.id().to_owned(), secret_of(s.key())),
             Err(_) => (String::new(), String::new()),
@@ -529,10 +524,14 @@ impl Driver {
             self.keys.push(key);
             self.ids.push(id.clone());
         }
-        let want =
-            self.model
-                .register_with_meta(actor.id(), "en", Data::new(), meta, &id, &secret);
-        same("register_with_meta", outcome(got, |s| session_of(&s))?, want)
+        let want = self
+            .model
+            .register_with_meta(actor.id(), "en", Data::new(), meta, &id, &secret);
+        same(
+            "register_with_meta",
+            outcome(got, |s| session_of(&s))?,
+            want,
+        )
     }
 
     fn rotate(&mut self, k: Key) -> Result<(), Mismatch> {
