@@ -11,6 +11,7 @@
 //! engine must implement.
 
 pub(crate) mod gate;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod sled;
 
@@ -58,7 +59,8 @@ pub(crate) enum Precondition {
 }
 
 impl Precondition {
-    /// The actor whose shard holds what it names.
+    /// The actor whose shard holds what it names (for engines with shards).
+    #[cfg(feature = "redis")]
     pub fn actor_id(&self) -> &str {
         match self {
             Precondition::Record { actor_id, .. }
@@ -115,13 +117,18 @@ pub(crate) enum Change {
     },
     /// Drops intent `id` from `actor_id`'s shard.
     DropIntent { actor_id: String, id: String },
-    /// Notes in `actor_id`'s shard that intent `id` arrived there, for
-    /// longer than any intent can wait (`intent::ARRIVAL_KEPT_MS`).
-    Arrival { actor_id: String, id: String },
+    /// Notes in `actor_id`'s shard that intent `id` arrived there, kept
+    /// `keep_ms` (longer than any intent can wait).
+    Arrival {
+        actor_id: String,
+        id: String,
+        keep_ms: u64,
+    },
 }
 
 impl Change {
-    /// The actor whose shard it changes.
+    /// The actor whose shard it changes (for engines with shards).
+    #[cfg(feature = "redis")]
     pub fn actor_id(&self) -> &str {
         match self {
             Change::Insert { actor_id, .. }
@@ -449,6 +456,7 @@ pub(crate) fn open(
             let (engine, opened) = sled::SledEngine::open(path, config, events, poison)?;
             Ok((Arc::new(engine), opened))
         }
+        #[cfg(feature = "redis")]
         Location::Redis(target) => {
             let (engine, opened) = redis::RedisEngine::open(target, config, events, poison)?;
             Ok((Arc::new(engine), opened))

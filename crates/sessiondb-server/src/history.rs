@@ -20,24 +20,20 @@
 //! it ended (`session.unset` with its real reason, `banned` say), which only
 //! the key's holder can ask for.
 //!
-//! One thread (`sessiondb-event-log`, [`spawn_feeder`]) reads the server's
-//! store subscription, appends each event here and hands it, with its
-//! number, to the per-session streams; `/v1/events` streams read from here.
+//! One thread (`sessiondb-event-log`, `session_events::spawn_feeder`) reads
+//! the server's store subscription, appends each event here and hands it,
+//! with its number, to the per-session streams; `/v1/events` streams read
+//! from here.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use hmac::{Hmac, Mac};
 use sessiondb::{Clock, Event};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
-
-use crate::session_events::SessionStreams;
 
 /// How much history the server keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,38 +337,6 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
         *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
     Some(out)
-}
-
-/// Reads the server's store subscription until `stop` is set or the store
-/// closes: appends each event to `history`, then hands it, with its
-/// number, to the per-session streams. The thread is named
-/// `sessiondb-event-log`.
-pub fn spawn_feeder(
-    events: Receiver<Event>,
-    history: Arc<History>,
-    streams: Arc<SessionStreams>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sessiondb-event-log".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match events.recv_timeout(Duration::from_millis(200)) {
-                    Ok(event) => {
-                        if let Event::Lagged { missed } = &event {
-                            tracing::warn!(
-                                missed,
-                                "the server's event history fell behind the store; streams are told so"
-                            );
-                        }
-                        let seq = history.append(event.clone());
-                        streams.dispatch(seq, &event);
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        })
 }
 
 #[cfg(test)]

@@ -27,10 +27,10 @@ use crate::connections::{self, Limits};
 use crate::cors::CorsPolicy;
 use crate::error::{AnyResult, ApiError, ErrorCode};
 use crate::events::Streams;
-use crate::history::{spawn_feeder, History, HistoryLimits};
+use crate::history::{History, HistoryLimits};
 use crate::location::{open_store, Redactor};
 use crate::metrics::{spawn_event_counter, Metrics};
-use crate::session_events::{SessionStreams, STREAM_CAPACITY};
+use crate::session_events::{spawn_feeder, SessionStreams, STREAM_CAPACITY};
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -295,7 +295,7 @@ fn init_logging(filter: &str, redactor: Redactor) -> AnyResult<()> {
 pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
     let settings = Settings::resolve(args)?;
     // A Redis URL may carry a password: no message shows it.
-    let redactor = settings.store.redactor();
+    let redactor = Redactor::for_store(&settings.store);
     serve(settings, redactor.clone()).map_err(|e| redactor.error(e))
 }
 
@@ -325,13 +325,12 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     // From here on a signal stops the server gracefully, even one that
     // arrives while the store is still opening.
     let signalled = shutdown_signal()?;
-    let config = settings.store_config();
-    let location = settings.store.clone();
-    let store = tokio::task::spawn_blocking(move || open_store(&location, config)).await??;
+    let config = settings.store.clone();
+    let store = tokio::task::spawn_blocking(move || open_store(config)).await??;
     let report = store.recovery_report();
     tracing::info!(
-        engine = settings.store.engine(),
-        store = %settings.store,
+        engine = settings.store.location().engine(),
+        store = settings.store.describe(),
         created = report.created,
         clean_shutdown = report.clean_shutdown,
         recovered = ?report.check,
@@ -357,7 +356,7 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
         use std::io::Write as _;
         std::io::stdout().flush()?;
     }
-    tracing::info!(%address, durability = ?settings.durability, ttl = settings.ttl, "listening");
+    tracing::info!(%address, "listening");
 
     let options = Options::new(AdminPolicy::new(settings.admin_token.as_deref()))
         .cors(settings.cors.clone())

@@ -1,7 +1,7 @@
 //! `GET /v1/session/events`: one session's own events, for its game client.
 //!
 //! Built for thousands of open streams: the server holds ONE store
-//! subscription, read by the `sessiondb-event-log` thread (`history`), which
+//! subscription, read by the `sessiondb-event-log` thread ([`spawn_feeder`]), which
 //! numbers each event, keeps it in the history and hands it to the streams
 //! of its actor (keyed by actor id, then filtered by the session's public
 //! id). A stream is a small mailbox and an async task, no thread.
@@ -53,10 +53,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_util::Stream;
 use sessiondb::{Event, Reason, SessionStore, UnsetReason};
 use tokio::sync::{watch, Notify};
@@ -364,6 +368,38 @@ impl Drop for Registration {
         drop(by_actor);
         self.streams.metrics.session_streams().dec();
     }
+}
+
+/// Reads the server's store subscription until `stop` is set or the store
+/// closes: appends each event to `history`, then hands it, with its
+/// number, to the per-session streams. The thread is named
+/// `sessiondb-event-log`.
+pub fn spawn_feeder(
+    events: Receiver<Event>,
+    history: Arc<History>,
+    streams: Arc<SessionStreams>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sessiondb-event-log".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match events.recv_timeout(Duration::from_millis(200)) {
+                    Ok(event) => {
+                        if let Event::Lagged { missed } = &event {
+                            tracing::warn!(
+                                missed,
+                                "the server's event history fell behind the store; streams are told so"
+                            );
+                        }
+                        let seq = history.append(event.clone());
+                        streams.dispatch(seq, &event);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
 }
 
 /// What a session stream needs of the server.

@@ -16,7 +16,6 @@ use super::events::{self, Appended};
 use super::keys::{digest_hex, expiry_member, Keys};
 use crate::engine::{Change, Commit, Plan, Precondition};
 use crate::error::{Error, Result, StorageError};
-use crate::intent::ARRIVAL_KEPT_MS;
 use crate::key::{random_bytes, Digest};
 
 /// How long a committed plan's marker is kept for idempotent retries.
@@ -413,9 +412,13 @@ impl Program {
                 let i = self.key(k.intents(k.bucket(actor_id)));
                 self.op("Q", &[&i.to_string(), id]);
             }
-            Change::Arrival { actor_id, id } => {
+            Change::Arrival {
+                actor_id,
+                id,
+                keep_ms,
+            } => {
                 let a = self.key(k.arrival(k.bucket(actor_id), id));
-                self.op("V", &[&a.to_string(), &ARRIVAL_KEPT_MS.to_string()]);
+                self.op("V", &[&a.to_string(), &keep_ms.to_string()]);
             }
         }
     }

@@ -20,6 +20,8 @@
 
 mod commit;
 mod files;
+#[cfg(feature = "test-hooks")]
+pub(crate) mod hooks;
 pub(crate) mod layout;
 mod migrate;
 mod trees;

@@ -15,13 +15,14 @@ use sessiondb::{Data, Meta, Reason, Session, SessionStore, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, NotAdmin, NotAdminOrKeyRefused, StoreFailed};
-use super::schemas::{ActorId, Language, SessionData, SessionId, SessionMeta, UnsetReasonName};
-use super::wire::{listed_session, no_content, session_response, ListedSession, SessionBody};
+use super::wire::{no_content, session_response};
 use crate::auth::Admin;
 use crate::blocking::{blocking, outcome, run};
 use crate::error::{json_response, ApiError, ErrorBody, ErrorCode};
 use crate::events::{stream as event_stream, Following};
 use crate::extract::{Body, LastEventId, Param, Params};
+use crate::schemas::{ActorId, Language, SessionData, SessionId, SessionMeta, UnsetReasonName};
+use crate::session_json::{listed_session, ListedSession, SessionBody};
 use crate::state::AppState;
 
 /// A new session for an actor.

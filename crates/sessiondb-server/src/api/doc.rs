@@ -8,9 +8,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{IntoResponses, Modify, OpenApi};
 
-use super::schemas::{DataName, SessionId};
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{LaggedEvent, ResetEvent, SetEvent, UnsetEvent};
+use crate::schemas::{DataName, SessionId};
 
 // The routes' tags ("game client", "game server", "service") and scheme
 // names are literals in their `#[utoipa::path]`s: the macro takes no
