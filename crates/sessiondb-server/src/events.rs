@@ -1,9 +1,10 @@
 //! `GET /v1/events`: the store's events as server-sent events, read from
 //! the server's event history (`history`).
 //!
-//! Every event carries its SSE id. A new stream starts with an id-only
-//! message (no event: the SSE standard has the client keep the id), so
-//! that even a client that disconnects before any event can resume. A
+//! Every event carries its SSE id. A stream starts with an id-only message
+//! (no event: the SSE standard has the client keep the id): its position,
+//! so that even a client that disconnects before any event can resume, and
+//! a sign that it is connected. A
 //! client that reconnects with the last id it saw (`Last-Event-ID`, or
 //! `lastEventId` in the query) hears every event after it, once, in order,
 //! then the live ones; if the history no longer holds them all, first
@@ -214,7 +215,11 @@ pub fn stream(at: Following<'_>, last_event_id: Option<&str>) -> Result<Response
             prelude.push_back(SseEvent::default().id(history.id(head)));
             head
         }
-        Resume::After { seq, .. } => seq,
+        Resume::After { seq, .. } => {
+            // Its position again: the client hears at once that it is back.
+            prelude.push_back(SseEvent::default().id(history.id(seq)));
+            seq
+        }
         Resume::Unknown(reason) => {
             prelude.push_back(reset_sse(reason).id(history.id(head)));
             head

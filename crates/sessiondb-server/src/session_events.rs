@@ -11,7 +11,8 @@
 //!    (`actorId`, `id`, `language`, `expiresAt`), at once: the key was
 //!    valid when the stream opened (opening it resolves the key, which
 //!    slides the expiry like any use of the key). A stream that resumes
-//!    (`Last-Event-ID`, below) hears instead the events it missed.
+//!    (`Last-Event-ID`, below) hears instead an id-only message (its
+//!    position: it is connected) and the events it missed.
 //! 2. A `session.set` each time this session's state changes (a `restore`
 //!    that moved the expiry; one that changed nothing is not repeated), and
 //!    at last its `session.unset` with the reason, after which the stream
@@ -486,6 +487,8 @@ pub async fn open(
                 prelude.push_back(lagged_sse(after.missed).id(history.tagged_id(lost_upto, &tag)));
                 snapshot(&mut prelude);
             } else {
+                // Where it resumes from, at once: it is connected.
+                prelude.push_back(SseEvent::default().id(history.tagged_id(seq, &tag)));
                 let replay = after
                     .entries
                     .into_iter()

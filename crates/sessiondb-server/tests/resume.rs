@@ -388,3 +388,30 @@ fn a_rotation_ends_the_old_keys_stream_and_the_new_key_streams_on() {
         "the new key's stream goes on"
     );
 }
+
+#[test]
+fn a_stream_that_missed_nothing_says_where_it_is_and_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let p1 = register(&server, "p1");
+    let key = key_of(&p1);
+    let own = follow(&server.url("/v1/session/events"), Some(&key), None);
+    own.next(WAIT);
+    let admin = follow(&server.url("/v1/events"), None, None);
+    wait_until(WAIT, "the stream's position", || {
+        admin.last_id.lock().unwrap().is_some()
+    });
+    for (url, bearer, last) in [
+        ("/v1/events", None, admin.last_id()),
+        ("/v1/session/events", Some(key.as_str()), own.last_id()),
+    ] {
+        let again = follow(&server.url(url), bearer, Some(&last));
+        assert_eq!(again.status, 200, "{}", again.body);
+        // An id-only message first: connected, and at the same position.
+        wait_until(WAIT, "the resumed stream's position", || {
+            again.last_id.lock().unwrap().is_some()
+        });
+        assert_eq!(again.last_id(), last);
+        assert_quiet(&again);
+    }
+}

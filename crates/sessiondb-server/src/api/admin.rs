@@ -546,8 +546,8 @@ pub async fn reassign(
 /// Every session's events, as server-sent events.
 ///
 /// `session.set` and `session.unset` of every session, in commit order
-/// (on Redis, from every node), each with an SSE `id`; a new stream
-/// starts with an id-only message (its position). Reconnect with the last
+/// (on Redis, from every node), each with an SSE `id`; every stream starts
+/// with an id-only message (its position). Reconnect with the last
 /// id (`Last-Event-ID`, or `lastEventId` in the query) to hear every event
 /// after it, once, in order, then the live ones; first `session.lagged`
 /// with how many the server no longer holds (its history is bounded:

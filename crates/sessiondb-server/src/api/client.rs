@@ -346,8 +346,9 @@ pub async fn delete_data(
 /// change of it, and at last its `session.unset` with the reason, after
 /// which the stream ends (`rotated` ends only the stream of the key rotated
 /// away). Every event has an SSE `id`: reconnect with the last one
-/// (`Last-Event-ID`, or `lastEventId` in the query) to hear the events
-/// missed meanwhile instead of the current state, once each, in order;
+/// (`Last-Event-ID`, or `lastEventId` in the query) to hear, after an
+/// id-only message (its position), the events missed meanwhile instead of
+/// the current state, once each, in order;
 /// first `session.lagged` (then the state) when the server no longer holds
 /// them all, or `session.reset` (then the state) for an id of another
 /// server process. A key that stopped working meanwhile still hears how its
