@@ -3,7 +3,7 @@
 // user imports them. Never run; `tsc --noEmit` only.
 
 import { SessionClient, SessionError, createClient, type RestoredSession, type UnsetReason } from '@sessiondb/client';
-import { SessionStore, type ActorAddress, type Session } from '@sessiondb/client/server';
+import { SessionStore, type ActorAddress, type ListedSession, type Session } from '@sessiondb/client/server';
 
 async function gameClient(storage: Storage): Promise<void> {
   const client: SessionClient = createClient({ baseUrl: 'https://sessions.example.com', storage });
@@ -19,6 +19,9 @@ async function gameClient(storage: Storage): Promise<void> {
   client.restore('player-7:secret', (err) => {
     if (err instanceof SessionError) console.log(err.reason, err.status);
   });
+  client.on('session.reset', (_path, { reason }) => console.log(`resynchronise: ${reason}`));
+  const others: number = await client.expireOthers('loggedOut');
+  console.log(others);
   off();
   await client.logout();
   client.close();
@@ -27,7 +30,13 @@ async function gameClient(storage: Storage): Promise<void> {
 async function gameServer(token: string): Promise<void> {
   const store = new SessionStore({ url: 'http://127.0.0.1:7420', adminToken: token, timeout: 5000 });
   store.on('session.unset', (_path, { actorId, reason }) => console.log(actorId, reason));
-  const session: Session = await store.register('player-7', 'en', { level: 1 });
+  const session: Session = await store.register('player-7', 'en', { level: 1 }, { device: 'phone' });
+  const device: string | undefined = session.meta.device;
+  const rotated: Session = await session.rotate();
+  const listed: ListedSession[] = await store.listActorSessions('player-7');
+  await store.expireActorSession('player-7', listed[0]?.id ?? '', 'stolen');
+  const others: number = await rotated.expireOthers();
+  store.on('session.reset', (_path, { reason }) => console.log(reason, device, others));
   const same: Session = await store.resolve(session.key ?? '');
   await same.setData('level', 2);
   const level = await same.getData<number>('level');

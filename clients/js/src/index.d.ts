@@ -1,7 +1,10 @@
 // Types of sessiondb's JavaScript client (src/index.js).
 
-/** MAGE's reasons a session ends with; a game may add its own, such as `banned`. */
-export type UnsetReason = 'expired' | 'loggedOut' | 'replaced' | 'reassigned' | (string & {});
+/**
+ * MAGE's reasons a session ends with, and `rotated` (its key was replaced
+ * by a new one); a game may add its own, such as `banned`.
+ */
+export type UnsetReason = 'expired' | 'loggedOut' | 'replaced' | 'reassigned' | 'rotated' | (string & {});
 
 /** MAGE's reasons a session key is refused. */
 export type KeyReason = 'invalidSessionKey' | 'noSession' | 'keyMismatch' | 'badVersion' | 'expired';
@@ -23,7 +26,7 @@ export type ErrorReason =
   | 'unavailable'
   | (string & {});
 
-export declare const UNSET_REASONS: readonly ['expired', 'loggedOut', 'replaced', 'reassigned'];
+export declare const UNSET_REASONS: readonly ['expired', 'loggedOut', 'replaced', 'reassigned', 'rotated'];
 export declare const KEY_REASONS: readonly KeyReason[];
 export declare const EVENTS: readonly EventName[];
 
@@ -66,12 +69,25 @@ export interface RestoredSession extends SessionInfo {
   revision: number;
 }
 
-export type EventName = 'session.set' | 'session.unset' | 'session.lagged' | 'stream.open' | 'stream.retry';
+export type EventName =
+  | 'session.set'
+  | 'session.unset'
+  | 'session.lagged'
+  | 'session.reset'
+  | 'stream.open'
+  | 'stream.retry';
+
+/**
+ * Why a reconnected stream could not replay what it missed: `otherServer`
+ * (another server process: a restart, or another node), `unknownId`.
+ */
+export type ResetReason = 'otherServer' | 'unknownId' | (string & {});
 
 export interface EventPayloads {
   'session.set': SessionInfo;
   'session.unset': UnsetReason;
   'session.lagged': { missed: number };
+  'session.reset': { reason: ResetReason };
   'stream.open': { key: string };
   'stream.retry': { attempt: number; delay: number; error: SessionError | null };
 }
@@ -130,6 +146,9 @@ export declare class SessionClient {
   setSessionKey(sessionKey: string, callback?: Callback): Promise<void>;
   /** Ends the session: `session.unset` with `loggedOut`. */
   logout(callback?: Callback): Promise<void>;
+  /** Ends the player's other sessions [reason default: `loggedOut`]; resolves with how many. */
+  expireOthers(reason?: UnsetReason, callback?: Callback<number>): Promise<number>;
+  expireOthers(callback: Callback<number>): Promise<number>;
   /** The data value `name`, or undefined when the session has none. */
   getData<T extends Json = Json>(name: string, callback?: Callback<T | undefined>): Promise<T | undefined>;
   /** Sets the data value `name`; `undefined` deletes it (MAGE). */
@@ -147,9 +166,12 @@ export declare class SessionClient {
 /** `new SessionClient(options)`. */
 export declare function createClient(options: ClientOptions): SessionClient;
 
-/** Reads server-sent events from text chunks. */
+/** Reads server-sent events from text chunks, keeping the last event id. */
 export declare class SseParser {
-  push(chunk: string): { event: string; data: string }[];
+  /** The last event id of the stream so far, or null. */
+  lastEventId: string | null;
+  /** The messages completed: events, and id-only messages as `{event: '', data: '', id}`. */
+  push(chunk: string): { event: string; data: string; id: string | null }[];
 }
 
 /** The delay before reconnection `attempt` (0-based). */

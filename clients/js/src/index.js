@@ -10,7 +10,9 @@
 // While the client holds a key it follows that session's events
 // (`GET /v1/session/events`, read with fetch streaming so that the key
 // stays in the Authorization header), reconnecting with capped, jittered
-// exponential backoff until the session ends.
+// exponential backoff until the session ends. Each reconnection sends the
+// last event id heard (`Last-Event-ID`), so the events missed while away
+// arrive, once each, in order.
 //
 // Game servers in Node: `@sessiondb/client/server` (src/server.js).
 
@@ -154,6 +156,23 @@ export class SessionClient {
     });
   }
 
+  /**
+   * Ends every other session of this player ("log out my other devices")
+   * with `reason` [default: `loggedOut`]; this one goes on. Resolves with
+   * how many ended; their clients hear `session.unset` with the reason.
+   */
+  expireOthers(reason, callback) {
+    if (typeof reason === 'function' && callback === undefined) {
+      return this.expireOthers(undefined, reason);
+    }
+    return call(callback, async () => {
+      const key = this.#requireKey();
+      const body = reason === undefined ? undefined : JSON.stringify({ reason });
+      const answer = await this.#withKey(key, 'POST', '/v1/session/expireOthers', body);
+      return answer.expired;
+    });
+  }
+
   /** Ends the session (MAGE's `logout`): `session.unset` with `loggedOut`. */
   logout(callback) {
     return call(callback, async () => {
@@ -211,9 +230,13 @@ export class SessionClient {
    * Calls `handler(path, payload)` on each `name` event, as MAGE's
    * eventManager does: `session.set` with the session (`key`, `id`,
    * `actorId`, `language`, `expiresAt`, and `data` after a restore),
-   * `session.unset` with the reason, `session.lagged` with `{missed}`,
-   * `stream.open` with `{key}` and `stream.retry` with
-   * `{attempt, delay, error}`. Returns a function that removes the handler.
+   * `session.unset` with the reason (`rotated`: the game server gave the
+   * session a new key; use the one it hands over with `setSessionKey`),
+   * `session.lagged` with `{missed}` and `session.reset` with `{reason}`
+   * (events the server could not replay after a reconnection: the state
+   * follows as `session.set`), `stream.open` with `{key}` and
+   * `stream.retry` with `{attempt, delay, error}`. Returns a function that
+   * removes the handler.
    */
   on(name, handler) {
     return this.#handlers.on(name, handler);
@@ -320,8 +343,8 @@ export class SessionClient {
   /** Follows the session's own events until it ends or the client stops. */
   #follow(key) {
     this.#follower = new Follower(this.#conn, '/v1/session/events', key, {
-      // The server's first event is the session's state: the stream is
-      // open once it arrives.
+      // The server's first message is the session's state, or (resuming)
+      // its position: the stream is open once it arrives.
       openOn: 'event',
       open: () => this.#emit('stream.open', { key }),
       event: (name, payload) => {
@@ -332,6 +355,8 @@ export class SessionClient {
           return 'end';
         } else if (name === 'session.lagged') {
           this.#emit('session.lagged', { missed: payload.missed });
+        } else if (name === 'session.reset') {
+          this.#emit('session.reset', { reason: payload.reason });
         }
         return undefined;
       },

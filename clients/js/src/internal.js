@@ -5,8 +5,12 @@
 // point of the package: import from `@sessiondb/client` or
 // `@sessiondb/client/server`.
 
-/** MAGE's reasons a session ends with (a game may add its own, such as `banned`). */
-export const UNSET_REASONS = Object.freeze(['expired', 'loggedOut', 'replaced', 'reassigned']);
+/**
+ * MAGE's reasons a session ends with, and `rotated` (the key was replaced
+ * by a new one: the session goes on under it). A game may add its own,
+ * such as `banned`.
+ */
+export const UNSET_REASONS = Object.freeze(['expired', 'loggedOut', 'replaced', 'reassigned', 'rotated']);
 
 /** MAGE's reasons a session key is refused. */
 export const KEY_REASONS = Object.freeze([
@@ -77,16 +81,28 @@ export function call(callback, fn) {
   return promise;
 }
 
-/** Reads server-sent events from text chunks. */
+/**
+ * Reads server-sent events from text chunks, keeping the last event id as
+ * the SSE standard does (`lastEventId`): an `id` field sets it (one with a
+ * NUL is ignored), and it holds until the next one, across events.
+ */
 export class SseParser {
   #buffer = '';
   #event = '';
   #data = [];
+  #id = null;
+  #sawId = false;
+
+  /** The last event id of the stream so far, or null. */
+  lastEventId = null;
 
   /**
-   * Feeds a chunk of the stream; returns the events it completed.
+   * Feeds a chunk of the stream; returns the messages it completed: each
+   * event with its name, data and the last event id at that point, and an
+   * id-only message (no data, no name: the server saying where the stream
+   * is) as `{event: '', data: '', id}`.
    * @param {string} chunk
-   * @returns {{event: string, data: string}[]}
+   * @returns {{event: string, data: string, id: string|null}[]}
    */
   push(chunk) {
     this.#buffer += chunk;
@@ -103,11 +119,15 @@ export class SseParser {
       const line = this.#buffer.slice(0, match.index);
       this.#buffer = this.#buffer.slice(match.index + match[0].length);
       if (line === '') {
+        this.lastEventId = this.#id;
         if (this.#data.length > 0 || this.#event !== '') {
-          out.push({ event: this.#event || 'message', data: this.#data.join('\n') });
+          out.push({ event: this.#event || 'message', data: this.#data.join('\n'), id: this.#id });
+        } else if (this.#sawId) {
+          out.push({ event: '', data: '', id: this.#id });
         }
         this.#event = '';
         this.#data = [];
+        this.#sawId = false;
         continue;
       }
       if (line.startsWith(':')) {
@@ -123,6 +143,9 @@ export class SseParser {
         this.#event = value;
       } else if (field === 'data') {
         this.#data.push(value);
+      } else if (field === 'id' && !value.includes('\u0000')) {
+        this.#id = value;
+        this.#sawId = true;
       }
     }
     return out;
@@ -165,6 +188,7 @@ export const EVENTS = Object.freeze([
   'session.set',
   'session.unset',
   'session.lagged',
+  'session.reset',
   'stream.open',
   'stream.retry',
 ]);
@@ -299,14 +323,18 @@ export function connection(options, urlName) {
 /**
  * Follows a stream of server-sent events, reconnecting with capped,
  * jittered exponential backoff until stopped or until a handler says the
- * stream has ended.
+ * stream has ended. Every reconnection sends the last event id it heard as
+ * `Last-Event-ID`, so the server goes on after it: the events missed while
+ * away arrive, once each, in order (or `session.lagged` / `session.reset`
+ * says what could not be).
  *
  * `handlers`:
  * - `event(name, payload)`: each event, its data parsed as JSON; return
  *   `'end'` to stop following.
- * - `open()`: the stream is connected: on its first event (`openOn:
- *   'event'`), or as soon as the server answers (`openOn: 'response'`).
- *   The backoff starts again from its first delay.
+ * - `open()`: the stream is connected: on its first message (`openOn:
+ *   'event'`: an event, or the id-only message that tells a resumed
+ *   stream's position), or as soon as the server answers (`openOn:
+ *   'response'`). The backoff starts again from its first delay.
  * - `refused(error)`: the server answered with an error; return `'end'`
  *   to stop following, else it counts as a failed try.
  * - `retry({attempt, delay, error})`: the stream broke or could not
@@ -322,6 +350,7 @@ export class Follower {
   #stopped = false;
   #controller = null;
   #wake = null;
+  #lastEventId = null;
 
   /**
    * Starts following `path` on `conn` (from `connection`), with `bearer`
@@ -338,6 +367,11 @@ export class Follower {
         throw error;
       });
     });
+  }
+
+  /** The last event id heard, which the next connection sends; or null. */
+  get lastEventId() {
+    return this.#lastEventId;
   }
 
   /** Stops following (the connection is closed at once). */
@@ -390,6 +424,9 @@ export class Follower {
       if (this.#bearer !== undefined) {
         headers.Authorization = `Bearer ${headerValue(this.#bearer)}`;
       }
+      if (this.#lastEventId !== null) {
+        headers['Last-Event-ID'] = headerValue(this.#lastEventId);
+      }
       response = await fetch(`${baseUrl}${this.#path}`, {
         headers,
         signal: this.#controller.signal,
@@ -435,19 +472,26 @@ export class Follower {
         if (chunk.done) {
           return 'closed';
         }
-        for (const { event, data } of parser.push(decoder.decode(chunk.value, { stream: true }))) {
+        for (const { event, data, id } of parser.push(decoder.decode(chunk.value, { stream: true }))) {
           if (this.#stopped) {
             return 'ended';
+          }
+          if (id !== null) {
+            this.#lastEventId = id;
+          }
+          if (!open) {
+            open = true;
+            opened();
+          }
+          if (event === '') {
+            // An id-only message: where the stream is; nothing to tell.
+            continue;
           }
           let payload;
           try {
             payload = JSON.parse(data);
           } catch {
             continue;
-          }
-          if (!open) {
-            open = true;
-            opened();
           }
           if (this.#handlers.event(event, payload) === 'end') {
             return 'ended';

@@ -12,7 +12,9 @@
 // `callback(err, result)`; errors are `SessionError`s carrying MAGE's
 // reasons (`noSession`, `keyMismatch`, ...). `on('session.set' |
 // 'session.unset', handler)` follows every session's events
-// (`GET /v1/events`), reconnecting with backoff as the game client does.
+// (`GET /v1/events`), reconnecting with backoff as the game client does
+// and resuming after the last event heard (`Last-Event-ID`), so a
+// revocation made while the stream was down is still heard.
 
 import {
   EVENTS,
@@ -29,7 +31,7 @@ import {
 
 export { EVENTS, KEY_REASONS, SessionError, UNSET_REASONS } from './internal.js';
 
-const SESSION_EVENTS = ['session.set', 'session.unset', 'session.lagged'];
+const SESSION_EVENTS = ['session.set', 'session.unset', 'session.lagged', 'session.reset'];
 
 function checkActorId(actorId, what = 'actorId') {
   if (typeof actorId !== 'string' || actorId.length === 0) {
@@ -46,8 +48,9 @@ const path = {
 /**
  * A session as MAGE's server side sees it: `key` (when the caller may see
  * it), `id`, `actorId`, `language`, `createdAt`, `expiresAt`, `revision`,
- * `data` (as read), and `nodeId`, `version`, `deadline` when set; with the
- * seed's `Session` calls.
+ * `data` (as read), `meta` (what the game server gave at register), and
+ * `nodeId`, `version`, `deadline` when set; with the seed's `Session`
+ * calls, `rotate` and `expireOthers`.
  */
 export class Session {
   #store;
@@ -126,6 +129,40 @@ export class Session {
     });
   }
 
+  /**
+   * A new key for this session (on a change of privilege, as OWASP asks):
+   * the old key stops working at once, and this object takes the new one
+   * (`key`), to hand to the game client (`setSessionKey`); the session's
+   * id, data and expiry are kept. Its old key's holder hears
+   * `session.unset` with `rotated`. Resolves with this session.
+   */
+  rotate(callback) {
+    return call(callback, async () => {
+      const body = await request(this.#store, 'POST', '/v1/sessions/rotate', {
+        bearer: this.#store.adminToken,
+        json: { sessionKey: this.#key() },
+      });
+      Object.assign(this, body);
+      return this;
+    });
+  }
+
+  /**
+   * Ends every other session of this session's actor ("log out the other
+   * devices") with `reason` [default: `loggedOut`]; resolves with how many
+   * ended. This one goes on.
+   */
+  expireOthers(reason, callback) {
+    if (typeof reason === 'function' && callback === undefined) {
+      return this.expireOthers(undefined, reason);
+    }
+    return call(callback, async () => {
+      const json = reason === undefined ? {} : { reason };
+      const body = await request(this.#store, 'POST', '/v1/session/expireOthers', { bearer: this.#key(), json });
+      return body.expired;
+    });
+  }
+
   /** MAGE's `session.extend()`: a new expiry from now, written; resolves with this session. */
   extend(callback) {
     return call(callback, async () => {
@@ -142,7 +179,8 @@ export class Session {
 /**
  * A game server's handle on a sessiondb server: MAGE's `register`,
  * `resolve`, `getActorSession`, `getActorAddresses`, `reassign`, the
- * admin's `expireActor`, and every session's events.
+ * admin's `expireActor`, an actor's sessions (`listActorSessions`,
+ * `expireActorSession`), and every session's events.
  */
 export class SessionStore {
   #conn;
@@ -186,14 +224,20 @@ export class SessionStore {
   /**
    * MAGE's `register(actorId, language, meta)`: a new session for the
    * actor, with its `key` to hand to the game client (the one time it is
-   * told). `language` defaults to `en`, `data` to none.
+   * told). `language` defaults to `en`, `data` to none; `meta` is what the
+   * game server says of the session (device, platform, address: at most
+   * 16 names of `[A-Za-z0-9_.-]`, each to a string of at most 256 bytes),
+   * shown wherever the session is read and in `listActorSessions`.
    */
-  register(actorId, language, data, callback) {
+  register(actorId, language, data, meta, callback) {
     if (typeof language === 'function') {
-      return this.register(actorId, undefined, undefined, language);
+      return this.register(actorId, undefined, undefined, undefined, language);
     }
     if (typeof data === 'function') {
-      return this.register(actorId, language, undefined, data);
+      return this.register(actorId, language, undefined, undefined, data);
+    }
+    if (typeof meta === 'function') {
+      return this.register(actorId, language, data, undefined, meta);
     }
     return call(callback, async () => {
       const json = { actorId: checkActorId(actorId) };
@@ -202,6 +246,9 @@ export class SessionStore {
       }
       if (data !== undefined && data !== null) {
         json.data = data;
+      }
+      if (meta !== undefined && meta !== null) {
+        json.meta = meta;
       }
       return this.#session(await this.#admin('POST', '/v1/sessions', json));
     });
@@ -231,6 +278,37 @@ export class SessionStore {
         }
         throw error;
       }
+    });
+  }
+
+  /**
+   * Every live session of the actor, newest first: `{id, actorId,
+   * language, createdAt, expiresAt, meta}` (and `deadline`, `nodeId`,
+   * `version` when set), never a key. An empty array when it has none.
+   */
+  listActorSessions(actorId, callback) {
+    return call(callback, async () => {
+      const body = await this.#admin('GET', path.actor(actorId, 'sessions'));
+      return body.sessions;
+    });
+  }
+
+  /**
+   * Ends the actor's session whose public id is `sessionId` (as
+   * `listActorSessions` gives it) with `reason` [default: `expired`]; its
+   * client hears `session.unset` with the reason. Rejects with `noSession`
+   * when the actor has no such session.
+   */
+  expireActorSession(actorId, sessionId, reason, callback) {
+    if (typeof reason === 'function' && callback === undefined) {
+      return this.expireActorSession(actorId, sessionId, undefined, reason);
+    }
+    return call(callback, async () => {
+      if (typeof sessionId !== 'string' || sessionId.length === 0) {
+        throw new SessionError('invalidSessionId', 'sessionId must be a non-empty string');
+      }
+      const json = reason === undefined ? {} : { reason };
+      await this.#admin('POST', path.actor(actorId, `sessions/${encodeURIComponent(sessionId)}/expire`), json);
     });
   }
 
@@ -281,11 +359,15 @@ export class SessionStore {
    * eventManager does: `session.set` `{actorId, id, language, expiresAt}`,
    * `session.unset` `{actorId, id, reason}` and `session.lagged`
    * `{missed}` for every session on the server (every node's, on Redis),
-   * `stream.open` `{}` and `stream.retry` `{attempt, delay, error}`. The
-   * first handler of a session event starts following the server's event
-   * stream. Events while the stream is disconnected are not replayed:
-   * after a `stream.retry`, resynchronise with `getActorSession`. Returns
-   * a function that removes the handler.
+   * `session.reset` `{reason}`, `stream.open` `{}` and `stream.retry`
+   * `{attempt, delay, error}`. The first handler of a session event starts
+   * following the server's event stream. Events while the stream is
+   * disconnected are replayed when it reconnects (it sends the last id it
+   * heard), once each, in order; only when the server no longer holds them
+   * (`session.lagged`: too many or too old) or cannot tell (`session.reset`:
+   * another server process, after a restart or on another node) resynchronise,
+   * with `getActorSession` or `listActorSessions`. Returns a function that
+   * removes the handler.
    */
   on(name, handler) {
     const off = this.#handlers.on(name, handler);

@@ -64,6 +64,30 @@ describe('MAGE calls', { timeout: TEST_TIMEOUT }, () => {
     await c.isValid(registered.key);
   });
 
+  it('expireOthers ends the player\'s other sessions, which hear why; this one goes on', async () => {
+    const server2 = await startServer({ args: ['--max-sessions-per-actor', '3'] });
+    try {
+      const other = await server2.admin.register('dora');
+      const mine = await server2.admin.register('dora');
+      const elsewhere = new SessionClient({ baseUrl: server2.url, reconnect: FAST });
+      clients.push(elsewhere);
+      const heard = new Recorder(elsewhere);
+      await elsewhere.setSessionKey(other.key);
+      await heard.take('stream.open');
+      const c = new SessionClient({ baseUrl: server2.url, follow: false });
+      await c.setSessionKey(mine.key);
+      assert.equal(await c.expireOthers(), 1);
+      assert.equal(await heard.take('session.unset'), 'loggedOut');
+      assert.equal(elsewhere.getKey(), null);
+      assert.equal(await c.expireOthers('kicked'), 0);
+      await c.isValid(mine.key);
+      await rejectsWith(c.expireOthers('has space'), 'invalidReason');
+      await rejectsWith(new SessionClient({ baseUrl: server2.url }).expireOthers(), 'invalidSessionKey');
+    } finally {
+      await server2.stop();
+    }
+  });
+
   it('isValid and restore refuse keys with MAGE\'s reasons, and restore drops a refused stored key', async () => {
     const alice = await server.admin.register('bob');
     const c = client();

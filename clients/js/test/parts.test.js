@@ -20,9 +20,9 @@ describe('SseParser', { timeout: 10_000 }, () => {
       assert.deepEqual(
         events,
         [
-          { event: 'session.set', data: '{"id":"A"}' },
-          { event: 'session.lagged', data: '{"missed":3}' },
-          { event: 'session.unset', data: '{"reason":\n"banned"}' },
+          { event: 'session.set', data: '{"id":"A"}', id: null },
+          { event: 'session.lagged', data: '{"missed":3}', id: null },
+          { event: 'session.unset', data: '{"reason":\n"banned"}', id: null },
         ],
         `chunks of ${size}`,
       );
@@ -32,7 +32,30 @@ describe('SseParser', { timeout: 10_000 }, () => {
   it('keeps an unfinished event until its blank line', () => {
     const parser = new SseParser();
     assert.deepEqual(parser.push('event: session.set\ndata: {}\n'), []);
-    assert.deepEqual(parser.push('\n'), [{ event: 'session.set', data: '{}' }]);
+    assert.deepEqual(parser.push('\n'), [{ event: 'session.set', data: '{}', id: null }]);
+  });
+
+  it('keeps the last event id as the SSE standard does, id-only messages included', () => {
+    const parser = new SseParser();
+    assert.equal(parser.lastEventId, null);
+    const out = parser.push(
+      'id: e-0\n\n' + // an id-only message: the stream's position
+        'id: e-1\nevent: session.set\ndata: {}\n\n' +
+        'event: session.lagged\ndata: {}\n\n' + // no id: the last one holds
+        'id: bad\u0000id\nevent: session.unset\ndata: {}\n\n', // a NUL: ignored
+    );
+    assert.deepEqual(out, [
+      { event: '', data: '', id: 'e-0' },
+      { event: 'session.set', data: '{}', id: 'e-1' },
+      { event: 'session.lagged', data: '{}', id: 'e-1' },
+      { event: 'session.unset', data: '{}', id: 'e-1' },
+    ]);
+    assert.equal(parser.lastEventId, 'e-1');
+    // An id is kept only once its message is complete.
+    assert.deepEqual(parser.push('id: e-2\n'), []);
+    assert.equal(parser.lastEventId, 'e-1');
+    assert.deepEqual(parser.push('\n'), [{ event: '', data: '', id: 'e-2' }]);
+    assert.equal(parser.lastEventId, 'e-2');
   });
 });
 
@@ -54,6 +77,6 @@ describe('backoffDelay', { timeout: 10_000 }, () => {
 });
 
 it('exports MAGE\'s reason strings', { timeout: 10_000 }, () => {
-  assert.deepEqual([...UNSET_REASONS], ['expired', 'loggedOut', 'replaced', 'reassigned']);
+  assert.deepEqual([...UNSET_REASONS], ['expired', 'loggedOut', 'replaced', 'reassigned', 'rotated']);
   assert.deepEqual([...KEY_REASONS], ['invalidSessionKey', 'noSession', 'keyMismatch', 'badVersion', 'expired']);
 });

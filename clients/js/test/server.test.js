@@ -132,6 +132,45 @@ function serverSuite(name, start, skip = false) {
       await rejectsWith(store.getActorSession(''), 'invalidActorId');
     });
 
+    it('an actor\'s sessions: meta, listActorSessions, expireActorSession, expireOthers, rotate', async (t) => {
+      // A server whose players may hold three sessions.
+      const own = await start({ args: ['--max-sessions-per-actor', '3'] });
+      t.after(() => own.stop());
+      const store = new SessionStore({ url: own.url, adminToken: ADMIN_TOKEN });
+      const phone = await store.register('p-many', 'en', { gold: 1 }, { device: 'phone' });
+      assert.deepEqual(phone.meta, { device: 'phone' });
+      const tablet = await store.register('p-many', 'de', undefined, { device: 'tablet' });
+      const listed = await store.listActorSessions('p-many');
+      assert.deepEqual(
+        listed.map((s) => [s.id, s.language, s.meta.device, s.key]),
+        [
+          [tablet.id, 'de', 'tablet', undefined],
+          [phone.id, 'en', 'phone', undefined],
+        ],
+      );
+      assert.deepEqual(await store.listActorSessions('p-nobody'), []);
+      await store.expireActorSession('p-many', tablet.id, 'stolen');
+      await rejectsWith(store.resolve(tablet.key), 'keyMismatch');
+      await rejectsWith(store.expireActorSession('p-many', tablet.id), 'noSession');
+      await rejectsWith(store.expireActorSession('p-many', 'not an id!'), 'invalidSessionId');
+      await rejectsWith(store.expireActorSession('p-many', ''), 'invalidSessionId');
+      await rejectsWith(store.register('p-many', 'en', {}, { 'bad name': 'x' }), 'invalidMeta');
+
+      const laptop = await store.register('p-many', 'en', {}, { device: 'laptop' });
+      assert.equal(await laptop.expireOthers('loggedOut'), 1);
+      await rejectsWith(store.resolve(phone.key), 'keyMismatch');
+      assert.equal(await laptop.expireOthers(), 0);
+
+      const oldKey = laptop.key;
+      assert.equal(await laptop.rotate(), laptop);
+      assert.notEqual(laptop.key, oldKey);
+      assert.deepEqual(laptop.meta, { device: 'laptop' });
+      await rejectsWith(store.resolve(oldKey), 'keyMismatch');
+      assert.equal((await store.resolve(laptop.key)).id, laptop.id);
+      // A reassign to the actor that holds the session changes nothing.
+      await rejectsWith(store.reassign('p-many', 'p-many'), 'reassignToSelf');
+    });
+
     it('on(session.set / session.unset) hears every session\'s changes', async () => {
       const heard = [];
       const opened = new Promise((resolve) => store.on('stream.open', resolve));
@@ -174,11 +213,11 @@ function serverSuite(name, start, skip = false) {
   });
 }
 
-serverSuite('the game server\'s client (embedded store)', () => startServer());
+serverSuite('the game server\'s client (embedded store)', (options) => startServer(options));
 
 serverSuite(
   'the game server\'s client (Redis engine)',
-  () => startServerOnRedis(),
+  (options) => startServerOnRedis(options),
   redisMissing() && 'redis-server is not installed (apt-get install redis-server)',
 );
 

@@ -12,6 +12,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after } from 'node:test';
@@ -173,8 +174,62 @@ export function adminApi(url) {
   return {
     /** Logs `actorId` in; resolves with the session, `key` included. */
     register: (actorId, extra = {}) => call('POST', '/v1/sessions', { actorId, ...extra }),
+    expireSession: (key, reason) => call('POST', '/v1/sessions/expire', { sessionKey: key, reason }),
     expire: (actorId, reason) => call('POST', `/v1/actors/${encodeURIComponent(actorId)}/expire`, reason ? { reason } : {}),
     reassign: (from, to) => call('POST', `/v1/actors/${encodeURIComponent(from)}/reassign`, { to }),
+  };
+}
+
+/**
+ * A TCP relay in front of a server, standing for the network (or a load
+ * balancer) between client and server: `cut()` closes every connection
+ * through it at once, as a server going away or a network failure would,
+ * while new connections go through again.
+ */
+export async function startRelay(serverUrl) {
+  const target = new URL(serverUrl);
+  const sockets = new Set();
+  let holding = false;
+  const relay = net.createServer((client) => {
+    if (holding) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ]) {
+      sockets.add(a);
+      a.on('error', () => b.destroy());
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+      a.pipe(b);
+    }
+  });
+  await new Promise((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${relay.address().port}`,
+    /**
+     * Closes every connection made through the relay so far; with `hold`,
+     * refuses new ones too until `release()`.
+     */
+    cut({ hold = false } = {}) {
+      holding = hold;
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+    },
+    /** Lets connections through again after `cut({ hold: true })`. */
+    release() {
+      holding = false;
+    },
+    async stop() {
+      this.cut();
+      await new Promise((resolve) => relay.close(resolve));
+    },
   };
 }
 
