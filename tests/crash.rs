@@ -22,6 +22,11 @@
 //! - periodic durability: the operations lost are a suffix, and the age of
 //!   the oldest lost one is reported (the loss window).
 //!
+//! The child registers, sets data, logs out, expires, rotates keys and
+//! reassigns. A rotation moves a session to a new record, and commits whole
+//! on sled (one transaction): a kill leaves the session under its old key
+//! or its new one, never both, so an actor is never seen over its cap.
+//!
 //! The same runs on the Redis engine (mode `redis`, a server of the test's
 //! own, and mode `cluster`, a Redis Cluster of three primaries and three
 //! replicas): there the killed process is a game-server node, and since the
@@ -187,11 +192,12 @@ fn child_thread(
     for seq in 0u64.. {
         let a = rng.below(ACTORS_PER_THREAD as u64) as usize;
         let b = (a + 1 + rng.below(ACTORS_PER_THREAD as u64 - 1) as usize) % ACTORS_PER_THREAD;
-        let op = match (rng.below(10), &keys[a]) {
+        let op = match (rng.below(11), &keys[a]) {
             (0..=2, _) | (_, None) => "register",
             (3..=6, Some(_)) => "set",
             (7, Some(_)) => "logout",
             (8, Some(_)) => "expire",
+            (9, Some(_)) => "rotate",
             _ => "reassign",
         };
         say(out, &format!("B {t} {seq} {op} {} {}", actor(a), actor(b)));
@@ -200,6 +206,7 @@ fn child_thread(
             "register" => store.register(&actor(a), "en", Data::new()).map(Some),
             "set" => store.set_data(&key, "n", &seq).map(|()| None),
             "logout" => store.logout(&key).map(|()| None),
+            "rotate" => store.rotate(&key).map(Some),
             "expire" => store
                 .expire(&key, UnsetReason::Other("kicked".into()))
                 .map(|()| None),
@@ -211,7 +218,9 @@ fn child_thread(
                     format!(" {} {}", s.id(), s.expires_at_ms())
                 });
                 match op {
-                    "register" => keys[a] = session.and_then(|s| s.key().map(str::to_owned)),
+                    "register" | "rotate" => {
+                        keys[a] = session.and_then(|s| s.key().map(str::to_owned));
+                    }
                     "reassign" => {
                         keys[b] = session.and_then(|s| s.key().map(str::to_owned));
                         keys[a] = None;
@@ -290,6 +299,9 @@ fn apply(state: &mut State, step: &Step) {
         "logout" | "expire" => {
             state.insert(step.a.clone(), None);
         }
+        // The same session under a new key: its id, data and expiry kept,
+        // whether the kill came before or after the rotation.
+        "rotate" => {}
         _ => {
             let moved = state.insert(step.a.clone(), None).flatten();
             if let Some(mut m) = moved {
