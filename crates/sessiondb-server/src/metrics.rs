@@ -59,6 +59,7 @@ pub struct Metrics {
     reaper_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     event_streams: Gauge,
     event_backlog: Gauge,
+    event_history: Gauge,
     events_missed: Counter,
     session_streams: Gauge,
     session_events_dropped: Counter,
@@ -85,6 +86,7 @@ impl Metrics {
             reaper_lag: Gauge::default(),
             event_streams: Gauge::default(),
             event_backlog: Gauge::default(),
+            event_history: Gauge::default(),
             events_missed: Counter::default(),
             session_streams: Gauge::default(),
             session_events_dropped: Counter::default(),
@@ -126,8 +128,13 @@ impl Metrics {
         );
         registry.register(
             "event_backlog",
-            "Events queued for /v1/events streams and not yet sent",
+            "Events in the server's history that open /v1/events streams have not sent yet",
             m.event_backlog.clone(),
+        );
+        registry.register(
+            "event_history",
+            "Events the server keeps for streams that resume with Last-Event-ID (--event-history, --event-history-age)",
+            m.event_history.clone(),
         );
         registry.register(
             "events_dropped",
@@ -272,6 +279,12 @@ impl Metrics {
             _ => "custom",
         };
         self.ends.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// How many events the server's history holds now.
+    pub fn history_size(&self, events: usize) {
+        self.event_history
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
     /// Reads the store's figures and renders every metric. Blocks on the

@@ -581,6 +581,10 @@ fn events_arrive_in_order_as_server_sent_events() {
     }
     let metrics = get(&server.url("/metrics"), None).body;
     assert!(metrics.contains("sessiondb_event_streams 2"), "{metrics}");
+    // Every event is in the server's history, and both streams sent them all.
+    let kept = format!("sessiondb_event_history {}", expected.len());
+    assert!(metrics.contains(&kept), "{metrics}");
+    assert!(metrics.contains("sessiondb_event_backlog 0"), "{metrics}");
     drop(rx2);
     // Shutdown ends open streams, so it is not held up by them.
     assert_eq!(server.terminate().code(), Some(0));

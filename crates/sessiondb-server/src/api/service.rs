@@ -77,6 +77,7 @@ pub async fn metrics(
     _: MetricsReader,
 ) -> Result<Response, ApiError> {
     let backlog = state.streams.backlog(state.history.head());
+    state.metrics.history_size(state.history.len());
     let (metrics, store) = (state.metrics.clone(), state.store.clone());
     let text = tokio::task::spawn_blocking(move || metrics.render(&store, backlog, now_ms()))
         .await
