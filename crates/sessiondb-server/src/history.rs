@@ -165,11 +165,6 @@ impl History {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// This process's epoch.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
     /// The id of position `seq`.
     pub fn id(&self, seq: u64) -> String {
         format!("{}-{seq}", self.epoch)
