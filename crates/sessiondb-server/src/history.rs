@@ -293,6 +293,12 @@ impl History {
     /// Up to `limit` events after position `seq`, and how many events after
     /// it the history no longer holds.
     pub fn after(&self, seq: u64, limit: usize) -> After {
+        self.select(seq, limit, |_| true)
+    }
+
+    /// As [`History::after`], keeping only the events `wanted` picks (one
+    /// session's, say), so that a resume copies no other event.
+    pub fn select(&self, seq: u64, limit: usize, wanted: impl Fn(&Event) -> bool) -> After {
         let mut ring = self.lock();
         self.prune(&mut ring);
         let first = ring.entries.front().map_or(ring.head + 1, |e| e.seq);
@@ -304,6 +310,7 @@ impl History {
                 .entries
                 .iter()
                 .skip(skip)
+                .filter(|e| wanted(&e.event))
                 .take(limit)
                 .cloned()
                 .collect(),
@@ -375,6 +382,17 @@ mod tests {
         assert_eq!(after.entries[0].event, unset(3));
         assert_eq!(seqs(&h.after(0, 2)), [1, 2]);
         assert!(h.after(5, 10).entries.is_empty());
+    }
+
+    #[test]
+    fn a_selection_copies_only_the_events_wanted_and_still_counts_the_missed() {
+        let (h, _) = history(3, 600);
+        for n in 1..=6 {
+            h.append(unset(n));
+        }
+        let fifth = |e: &Event| matches!(e, Event::Unset { id, .. } if id == "S5");
+        let after = h.select(1, 10, fifth);
+        assert_eq!((after.missed, seqs(&after)), (2, vec![5]));
     }
 
     #[test]

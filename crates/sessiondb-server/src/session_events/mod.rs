@@ -149,7 +149,14 @@ pub async fn open(
             snapshot(&mut prelude);
         }
         Resume::After { seq, .. } => {
-            let after = history.after(seq, usize::MAX);
+            // This session's events (and the log's own gaps) only.
+            let mine = |e: &Event| match e {
+                Event::Set { id, actor_id, .. } | Event::Unset { id, actor_id, .. } => {
+                    id == session.id() && actor_id == session.actor_id()
+                }
+                _ => true,
+            };
+            let after = history.select(seq, usize::MAX, mine);
             if after.missed > 0 {
                 let lost_upto = seq + after.missed;
                 prelude.push_back(lagged_sse(after.missed).id(history.tagged_id(lost_upto, &tag)));
@@ -197,7 +204,12 @@ fn ended_while_away(
     seq: u64,
     tag: &str,
 ) -> Option<Vec<SseEvent>> {
-    let after = history.after(seq, usize::MAX);
+    // The key's actor's events (and the log's own gaps) only.
+    let of_actor = |e: &Event| match e {
+        Event::Set { actor_id: a, .. } | Event::Unset { actor_id: a, .. } => a == actor_id,
+        _ => true,
+    };
+    let after = history.select(seq, usize::MAX, of_actor);
     let (end, session_id) = after.entries.iter().find_map(|e| match &e.event {
         Event::Unset {
             id, actor_id: a, ..
