@@ -113,7 +113,7 @@ impl Metrics {
         );
         registry.register(
             "expiries",
-            "Sessions ended, by unset reason (custom reasons counted as `custom`)",
+            "Sessions (or, for `rotated`, session keys) ended, by unset reason (custom reasons counted as `custom`)",
             m.ends.clone(),
         );
         registry.register(
@@ -276,6 +276,7 @@ impl Metrics {
             UnsetReason::LoggedOut => "loggedOut",
             UnsetReason::Replaced => "replaced",
             UnsetReason::Reassigned => "reassigned",
+            UnsetReason::Rotated => "rotated",
             _ => "custom",
         };
         self.ends.get_or_create(&ReasonLabels { reason }).inc();

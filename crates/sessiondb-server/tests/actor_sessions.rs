@@ -130,6 +130,13 @@ fn rotate_answers_a_new_key_and_the_old_one_stops_at_once() {
     let r = get(&server.url("/v1/session/data/gold"), Some(&new_key));
     assert_eq!(r.json(), json!({"value": 7}));
 
+    // Counted by reason, as every end of a key is.
+    wait_until(WAIT, "the rotation counted", || {
+        get(&server.url("/metrics"), None)
+            .body
+            .contains(r#"sessiondb_expiries_total{reason="rotated"} 1"#)
+    });
+
     // Refused keys, as every admin route that takes one.
     let rotate = server.url("/v1/sessions/rotate");
     post(&rotate, None, &json!({ "sessionKey": old_key }).to_string())
