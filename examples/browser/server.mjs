@@ -92,7 +92,8 @@ async function readJson(req) {
 /**
  * Starts the demo. Options: `port` (0 picks one), `sessiondbUrl` and
  * `adminToken` for a running sessiondb (else one is started), `bin`,
- * `dataDir`. Resolves with `{url, sessiondbUrl, adminToken, stop()}`.
+ * `dataDir`. Resolves with `{url, sessiondbUrl, adminToken, pointPagesAt(url),
+ * stop()}`.
  */
 export async function startDemo(options = {}) {
   const host = '127.0.0.1';
@@ -108,7 +109,7 @@ export async function startDemo(options = {}) {
         return send(res, 200, readFileSync(file), type);
       }
       if (req.method === 'GET' && url.pathname === '/config.json') {
-        return send(res, 200, { sessiondbUrl: state.sessiondbUrl });
+        return send(res, 200, { sessiondbUrl: state.pageSessiondbUrl ?? state.sessiondbUrl });
       }
       if (req.method === 'POST' && url.pathname === '/login') {
         // A real game would check a password or a platform token here.
@@ -169,6 +170,13 @@ export async function startDemo(options = {}) {
     sessiondbUrl: state.sessiondbUrl,
     adminToken: state.adminToken,
     sessiondbLog: () => sessiondb?.log() ?? '',
+    /**
+     * Pages loaded from now on reach sessiondb at `url` instead (a test's
+     * relay in front of it, to cut their connections).
+     */
+    pointPagesAt(url) {
+      state.pageSessiondbUrl = url;
+    },
     async stop() {
       server.closeAllConnections?.();
       await new Promise((resolve) => server.close(resolve));

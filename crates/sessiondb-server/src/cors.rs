@@ -30,8 +30,10 @@ use crate::error::{ApiError, ErrorCode};
 
 /// The methods the session routes use, allowed in preflights.
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE";
-/// The request headers the session routes read.
-const ALLOW_HEADERS: &str = "Authorization, Content-Type";
+/// The request headers the session routes read. `Last-Event-ID` is not
+/// CORS-safelisted: a page's client that resumes its session's event
+/// stream sends it, and the preflight must allow it.
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Last-Event-ID";
 /// Response headers a page may read besides the CORS-safelisted ones.
 const EXPOSE_HEADERS: &str = "WWW-Authenticate, Retry-After";
 /// How long a browser may cache a preflight's answer, in seconds.

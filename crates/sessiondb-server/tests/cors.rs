@@ -66,6 +66,7 @@ fn an_allowed_origin_calls_the_session_routes() {
         ("/v1/session/data/gold", "GET"),
         ("/v1/session/data/gold", "DELETE"),
         ("/v1/session/events", "GET"),
+        ("/v1/session/expireOthers", "POST"),
     ] {
         let r = preflight(&server, path, GAME, method);
         assert_eq!(r.status, 204, "{path}: {}", r.body);
@@ -75,6 +76,8 @@ fn an_allowed_origin_calls_the_session_routes() {
         let headers = r.header("access-control-allow-headers").unwrap();
         assert!(headers.contains("Authorization"), "{headers}");
         assert!(headers.contains("Content-Type"), "{headers}");
+        // What a resuming event stream sends.
+        assert!(headers.contains("Last-Event-ID"), "{headers}");
         assert!(r.header("access-control-max-age").is_some());
     }
 

@@ -1,7 +1,8 @@
 // The demo in a real browser: Debian's chromium, headless, driven by
 // puppeteer-core (no browser download). Logs in, reloads and is still
-// logged in, is banned through the admin API and sees the reason, logs in
-// again and logs out. The page calls sessiondb cross-origin, so CORS is
+// logged in, goes offline, is banned through the admin API meanwhile and,
+// back online, sees the reason (its stream resumed), logs in again and
+// logs out. The page calls sessiondb cross-origin, so CORS is
 // exercised for real. Saves a screenshot to target/artifacts/.
 //
 // Needs the sessiondb binary (`cargo build -p sessiondb-server`, or
@@ -11,6 +12,7 @@
 
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -68,8 +70,56 @@ async function visible(page, selector) {
   return page.$eval(selector, (e) => !e.hidden);
 }
 
+/**
+ * A TCP relay in front of `target` (a URL), standing for the page's
+ * network: `cut({hold: true})` closes its connections and refuses new ones
+ * until `release()`.
+ */
+async function startRelay(target) {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set();
+  let holding = false;
+  const relay = net.createServer((client) => {
+    if (holding) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(Number(port), hostname);
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ]) {
+      sockets.add(a);
+      a.on('error', () => b.destroy());
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+      a.pipe(b);
+    }
+  });
+  await new Promise((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${relay.address().port}`,
+    cut({ hold = false } = {}) {
+      holding = hold;
+      sockets.forEach((s) => s.destroy());
+    },
+    release() {
+      holding = false;
+    },
+    close() {
+      sockets.forEach((s) => s.destroy());
+      relay.close();
+    },
+  };
+}
+
 test('the demo keeps a session across reloads and shows why it ended', { skip, timeout: 120_000 }, async () => {
   const demo = await startDemo();
+  // The page reaches sessiondb through a relay the test can cut.
+  const relay = await startRelay(demo.sessiondbUrl);
+  demo.pointPagesAt(relay.url);
   const browser = await puppeteer.launch({
     executablePath: chromium,
     headless: true,
@@ -82,14 +132,17 @@ test('the demo keeps a session across reloads and shows why it ended', { skip, t
     page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
     page.on('console', (message) => {
       // The refused admin call below is expected to log its refusal.
-      const refusal = /\/v1\/sessions'.*CORS|net::ERR_FAILED/.test(message.text());
+      // So are the failed tries while the relay holds the page off.
+      const refusal = /\/v1\/sessions'.*CORS|net::ERR_(FAILED|CONNECTION_(RESET|REFUSED|CLOSED)|EMPTY_RESPONSE|INCOMPLETE_CHUNKED_ENCODING)/.test(
+        message.text(),
+      );
       if (message.type() === 'error' && !refusal) {
         problems.push(`console: ${message.text()}`);
       }
     });
     const calls = [];
     page.on('request', (request) => {
-      if (request.url().startsWith(demo.sessiondbUrl)) {
+      if (request.url().startsWith(relay.url)) {
         calls.push(`${request.method()} ${new URL(request.url()).pathname}`);
       }
     });
@@ -117,13 +170,24 @@ test('the demo keeps a session across reloads and shows why it ended', { skip, t
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'browser-demo-logged-in.png') });
 
-    // The game bans alice through the admin API: the page hears why.
+    // The page's connection drops (the relay cuts it), and the game bans alice through the
+    // admin API meanwhile. Back online, the client resumes its stream
+    // (sending Last-Event-ID, which the CORS preflight allows) and hears
+    // why, not just that the key stopped working.
+    relay.cut({ hold: true });
+    await waitForText(page, '#stream-state', 'reconnecting');
     const banned = await fetch(`${demo.sessiondbUrl}/v1/actors/alice/expire`, {
       method: 'POST',
       headers: { Authorization: `Bearer ${demo.adminToken}`, 'Content-Type': 'application/json' },
       body: JSON.stringify({ reason: 'banned' }),
     });
     assert.equal(banned.status, 200);
+    const resumed = page.waitForRequest(
+      (r) => r.url().endsWith('/v1/session/events') && r.headers()['last-event-id'] !== undefined,
+      { timeout: 20_000 },
+    );
+    relay.release();
+    await resumed;
     await waitForText(page, '#reason', 'banned');
     await waitForText(page, '#status', 'Logged out');
     assert.ok(await visible(page, '#ended'));
@@ -176,6 +240,7 @@ test('the demo keeps a session across reloads and shows why it ended', { skip, t
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
+    relay.close();
     await demo.stop();
   }
 });
