@@ -147,10 +147,11 @@ impl SessionStore {
         Self::start(config, false).map(|(store, _)| store)
     }
 
-    /// As [`SessionStore::open`], with a subscription made before the reaper
-    /// starts. The reaper's first pass ends the sessions that expired while
-    /// the store was closed; only a subscription made this way hears their
-    /// `session.unset` events.
+    /// As [`SessionStore::open`], with a subscription made before the check
+    /// after an unclean shutdown and the reaper start. The reaper's first
+    /// pass ends the sessions that expired while the store was closed, and
+    /// the check the sessions a crash left over their actor's cap; only a
+    /// subscription made this way surely hears their `session.unset` events.
     ///
     /// # Errors
     /// As [`SessionStore::open`].
@@ -189,6 +190,11 @@ impl SessionStore {
             closing: AtomicBool::new(false),
             recovery: Arc::new(Recovering::new(recovery)),
         });
+        // Subscribed before the check starts: the sessions it ends over
+        // their actor's cap are announced, and a subscriber made by
+        // `open_subscribed` must hear them (the check may end them before
+        // `start` returns).
+        let events = subscribe.then(|| shared.events.subscribe());
         if checking && config.check_in_background {
             let (recovery, shared) = (handle.recovery.clone(), shared.clone());
             let checker = worker::spawn("checker", shared.poison.clone(), move || {
@@ -211,7 +217,6 @@ impl SessionStore {
             config.describe(),
             handle.recovery.report()
         );
-        let events = subscribe.then(|| shared.events.subscribe());
         // Reassigns across shards that a stopped node left half-way.
         match roll_forward::stuck(&shared, shared.now(), None) {
             Ok(0) => {}

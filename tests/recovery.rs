@@ -26,8 +26,20 @@ fn expiry_key(at: u64, actor: &str, digest_byte: u8) -> Vec<u8> {
 }
 
 /// Opens the store directory with sled itself and hands `f` the trees.
+/// sled releases its lock on a directory asynchronously after a close in
+/// the same process, so a held lock is retried for a while, as
+/// `SessionStore::open` does.
 fn with_raw(dir: &Path, f: impl FnOnce(&sled::Db)) {
-    let db = sled::Config::new().path(dir).open().expect("raw open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("raw open: {e:?}"),
+        }
+    };
     f(&db);
     db.flush().expect("raw flush");
 }
