@@ -17,7 +17,7 @@ pub(crate) mod sled;
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, Location};
 use crate::error::Result;
@@ -126,6 +126,17 @@ pub(crate) enum Change {
     },
 }
 
+impl Plan {
+    /// The plan's preconditions alone: what an operation that failed
+    /// relied on.
+    pub fn preconditions_only(self) -> Plan {
+        Plan {
+            preconditions: self.preconditions,
+            ..Plan::default()
+        }
+    }
+}
+
 impl Change {
     /// The actor whose shard it changes (for engines with shards).
     #[cfg(feature = "redis")]
@@ -202,54 +213,37 @@ pub(crate) enum Commit {
     Conflict,
 }
 
-/// A submitted task; [`Engine::wait`] gives its outcome. The engine
-/// answers it through the [`Answer`] made with it.
-pub(crate) struct Ticket(Receiver<Result<Commit>>);
+/// A submitted task; [`Engine::wait`] gives its outcome: answered on
+/// submission (an engine that commits on the caller's thread), or later
+/// through the [`Answer`] made with it (the sled write group).
+pub(crate) enum Ticket {
+    Answered(Result<Commit>),
+    Pending(Receiver<Result<Commit>>),
+}
 
 /// Where an engine gives a submitted task's outcome. Dropped unanswered (a
-/// panic in the engine), its ticket reads as [`Polled::Abandoned`].
+/// panic in the engine), its ticket's channel is disconnected.
 pub(crate) struct Answer(Sender<Result<Commit>>);
-
-/// What a ticket holds so far.
-pub(crate) enum Polled {
-    Pending,
-    Ready(Result<Commit>),
-    /// The engine dropped the task unanswered.
-    Abandoned,
-}
 
 impl Ticket {
     /// A ticket still to be answered, and where to answer it.
     pub fn pending() -> (Answer, Ticket) {
         let (answer, ticket) = crossbeam_channel::bounded(1);
-        (Answer(answer), Ticket(ticket))
+        (Answer(answer), Ticket::Pending(ticket))
     }
 
     /// A ticket answered already: the task was committed on submission.
     pub fn answered(outcome: Result<Commit>) -> Ticket {
-        let (answer, ticket) = Ticket::pending();
-        answer.give(outcome);
-        ticket
-    }
-
-    /// The outcome, if the engine has given it, without waiting.
-    pub fn poll(&self) -> Polled {
-        match self.0.try_recv() {
-            Ok(outcome) => Polled::Ready(outcome),
-            Err(TryRecvError::Empty) => Polled::Pending,
-            Err(TryRecvError::Disconnected) => Polled::Abandoned,
-        }
-    }
-
-    /// Whether the outcome is there to take.
-    pub fn is_answered(&self) -> bool {
-        !self.0.is_empty()
+        Ticket::Answered(outcome)
     }
 
     /// Waits for the outcome; `None` if the engine dropped the task
     /// unanswered.
     pub fn take(self) -> Option<Result<Commit>> {
-        self.0.recv().ok()
+        match self {
+            Ticket::Answered(outcome) => Some(outcome),
+            Ticket::Pending(rx) => rx.recv().ok(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod measure;
 mod plan;
 mod report;
 mod rss;
+mod server_cpu;
 mod shape;
 mod systems;
 
@@ -213,6 +214,7 @@ fn compare(
     bulk::run(&mut ctx)?;
     churn::run(&mut ctx)?;
     follow::run(&mut ctx)?;
+    server_cpu::run(&mut ctx)?;
 
     let table = report::table(&ctx.rows);
     let targets = report::targets_text(&report::targets(&ctx));

@@ -28,6 +28,8 @@ pub fn sorted(rows: &[Row]) -> Vec<Row> {
 fn base_system(workload: &str) -> &'static str {
     if workload.starts_with("durable") {
         "sessiondb_immediate"
+    } else if workload.starts_with("cpu_") {
+        "sessiondb_redis"
     } else {
         "sessiondb"
     }

@@ -6,20 +6,16 @@
 //! on, so the durability wait is pipelined after the script on the same
 //! connection (one round trip for both).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::{Connection, Value};
 
 use super::conn::{Nodes, Pool};
-use super::events::{self, Appended};
+use super::events::{self, parse_id, Appended};
 use super::keys::{digest_hex, expiry_member, Keys};
 use crate::engine::{Change, Commit, Plan, Precondition};
 use crate::error::{Error, Result, StorageError};
-use crate::key::{random_bytes, Digest};
-
-/// How long a committed plan's marker is kept for idempotent retries.
-const MARKER_TTL_MS: u64 = 60_000;
+use crate::key::random_bytes;
 
 /// How a commit is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +30,12 @@ pub(crate) enum Sync {
     AlwaysFsync,
 }
 
-/// What a committed plan left: its outcome and where its events went.
+/// What a committed plan left: its outcome and where its events went (none
+/// when it had none, or when a call sent again found the first one had
+/// committed: the reader publishes those).
 pub(crate) struct Committed {
     pub outcome: Commit,
-    pub appended: Vec<Appended>,
+    pub appended: Option<Appended>,
 }
 
 /// Runs plans as script calls.
@@ -63,52 +61,87 @@ impl Committer {
 
     /// Commits `plan` as one script call on its bucket's primary, with its
     /// durability wait. A call whose answer was lost (a dropped connection,
-    /// a failover) is sent again with the same marker, so it applies at
-    /// most once; a durability wait that times out is an error saying the
-    /// change may have committed.
-    pub fn commit(&self, nodes: &Nodes, keys: &Keys, plan: &Plan) -> Result<Committed> {
-        if plan.changes.is_empty() && plan.events.is_empty() && plan.preconditions.is_empty() {
+    /// a failover) is sent again saying so, and finds whether the first one
+    /// committed, so it applies at most once; a durability wait that times
+    /// out is an error saying the change may have committed. A plan that
+    /// changes nothing is sent only when `verify` (its preconditions rest
+    /// on what this node knew rather than read: they are checked).
+    pub fn commit(
+        &self,
+        nodes: &Nodes,
+        keys: &Keys,
+        plan: &Plan,
+        verify: bool,
+    ) -> Result<Committed> {
+        let writes = !plan.changes.is_empty() || !plan.events.is_empty();
+        let checks = verify && !plan.preconditions.is_empty();
+        if !writes && !checks {
             return Ok(Committed {
                 outcome: Commit::Done,
-                appended: Vec::new(),
+                appended: None,
             });
         }
-        let program = Program::build(keys, plan, &self.origin, self.retention)?;
+        let mut program = Program::build(
+            keys,
+            plan,
+            &self.origin,
+            self.retention,
+            self.timeout * 2 + Duration::from_secs(1),
+        )?;
         let slot = keys.slot(program.bucket);
+        let mut sent = false;
         let (reply, durable) = nodes.run(slot, "committing a change", |pool, con| {
-            self.call(pool, con, &program)
+            if std::mem::replace(&mut sent, true) {
+                program.retried();
+            }
+            self.call(pool, con, &program, writes)
         })?;
         durable?;
-        let outcome = match reply.first().map(String::as_str) {
-            Some("conflict") => Commit::Conflict,
-            Some("ok" | "done") => Commit::Done,
-            _ => {
-                return Err(Error::Storage(StorageError::new(
-                    "committing a change",
-                    format!("unexpected reply from the commit script: {reply:?}"),
-                )))
+        let appended = match reply.as_slice() {
+            [ok, id, last] if ok == "ok" => {
+                let appended = parse_id(id)
+                    .zip(last.parse().ok())
+                    .map(|(id, sequence)| Appended {
+                        bucket: program.bucket,
+                        id,
+                        sequence,
+                        count: program.events,
+                    });
+                if appended.is_none() {
+                    return Err(unexpected(&reply));
+                }
+                appended
             }
+            [ok] if ok == "ok" || ok == "done" => None,
+            [conflict] if conflict == "conflict" => {
+                return Ok(Committed {
+                    outcome: Commit::Conflict,
+                    appended: None,
+                })
+            }
+            _ => return Err(unexpected(&reply)),
         };
-        let appended = if reply.first().map(String::as_str) == Some("ok") {
-            reply[1..]
-                .chunks(4)
-                .filter_map(|group| Appended::parse(keys, group))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Committed { outcome, appended })
+        Ok(Committed {
+            outcome: Commit::Done,
+            appended,
+        })
     }
 
-    /// The script call and its durability wait, pipelined on `con`; the
-    /// script's reply, and whether the wait confirmed it.
+    /// The script call and, for a plan that writes, its durability wait,
+    /// pipelined on `con`; the script's reply, and whether the wait
+    /// confirmed it.
     fn call(
         &self,
         pool: &Pool,
         con: &mut Connection,
         program: &Program,
+        writes: bool,
     ) -> redis::RedisResult<(Vec<String>, Result<()>)> {
-        let wait = self.wait_command(pool, con)?;
+        let wait = if writes {
+            self.wait_command(pool, con)?
+        } else {
+            None
+        };
         let mut sent = self.pipeline(program, true, wait.as_ref()).query(con);
         if matches!(&sent, Err(e) if e.code() == Some("NOSCRIPT")) {
             // The server lost its script cache (a restart, a failover, a
@@ -242,6 +275,14 @@ impl Wait {
     }
 }
 
+/// The commit script answered what it never answers.
+fn unexpected(reply: &[String]) -> Error {
+    Error::Storage(StorageError::new(
+        "committing a change",
+        format!("unexpected reply from the commit script: {reply:?}"),
+    ))
+}
+
 /// A change whose durability was not confirmed: it may have committed.
 fn unconfirmed(why: &str) -> Error {
     Error::Unavailable {
@@ -255,47 +296,91 @@ fn unconfirmed(why: &str) -> Error {
     }
 }
 
-/// The script's keys (each once) and arguments for one plan, and the one
-/// bucket every key is in.
-#[derive(Default)]
+/// The script's keys and arguments for one plan, and the one bucket every
+/// key is in.
 pub(crate) struct Program {
     pub bucket: u32,
+    /// How many events it appends.
+    pub events: u64,
     keys: Vec<String>,
-    index: HashMap<String, usize>,
     args: Vec<Vec<u8>>,
 }
 
+/// Where ARGV says whether the call is sent again (`commit.lua`).
+const RETRY_ARG: usize = 1;
+
 impl Program {
     /// The program for `plan`. A plan must stay in one bucket (every key in
-    /// one hash slot); the session logic cuts its batches so.
-    pub fn build(k: &Keys, plan: &Plan, origin: &str, retention: u64) -> Result<Program> {
-        let mut p = Program {
-            bucket: plan_bucket(k, plan)?,
-            ..Program::default()
+    /// one hash slot); the session logic cuts its batches so. `marker_ttl`:
+    /// how long the commit's id is kept where it has no session hash to
+    /// live in (a call is sent again only within its deadline).
+    pub fn build(
+        k: &Keys,
+        plan: &Plan,
+        origin: &str,
+        retention: u64,
+        marker_ttl: Duration,
+    ) -> Result<Program> {
+        let bucket = plan_bucket(k, plan)?;
+        let id = crate::key::hex(&random_bytes::<12>()?);
+        // Where the commit's id is left for a call sent again: in the first
+        // session hash the plan writes, else in a key of its own.
+        let first_written = plan.changes.iter().find_map(|c| match c {
+            Change::Insert {
+                digest, actor_id, ..
+            }
+            | Change::Update {
+                digest, actor_id, ..
+            } => Some(k.session(actor_id, digest)),
+            _ => None,
+        });
+        let (marker, mode) = match first_written {
+            Some(key) => (key, "h"),
+            None if plan.changes.is_empty() => (k.done(bucket, &id), "-"),
+            None => (k.done(bucket, &id), "k"),
         };
-        let id = random_bytes::<12>()?;
-        let marker = p.key(k.done(p.bucket, &crate::key::hex(&id)));
-        p.args = vec![
-            marker.to_string().into_bytes(),
-            MARKER_TTL_MS.to_string().into_bytes(),
-            retention.to_string().into_bytes(),
-            origin.as_bytes().to_vec(),
-        ];
+        let mut p = Program {
+            bucket,
+            events: 0,
+            keys: vec![marker],
+            args: Vec::new(),
+        };
+        p.push(&id);
+        p.push("0");
+        p.push(mode);
+        p.push(&marker_ttl.as_millis().max(1).to_string());
         for c in &plan.preconditions {
             p.precondition(k, c);
         }
         for c in &plan.changes {
             p.change(k, c);
         }
-        for event in &plan.events {
-            if let Some((actor, json)) = events::encode(event) {
-                let b = k.bucket(actor);
-                let (x, q) = (p.key(k.stream(b)), p.key(k.sequence(b)));
-                p.op("E", &[&x.to_string(), &q.to_string(), &k.channel(b)]);
-                p.args.push(json.into_bytes());
-            }
+        let events: Vec<String> = plan
+            .events
+            .iter()
+            .filter_map(|e| events::encode(e).map(|(_, json)| json))
+            .collect();
+        if !events.is_empty() {
+            p.events = events.len() as u64;
+            p.push("E");
+            p.keys.push(k.stream(bucket));
+            p.keys.push(k.sequence(bucket));
+            p.push(&k.channel(bucket));
+            p.push(origin);
+            p.push(&retention.to_string());
+            p.push(&events.len().to_string());
+            p.push(&events.join("\n"));
         }
         Ok(p)
+    }
+
+    /// Marks the program as sent again after its answer was lost.
+    fn retried(&mut self) {
+        self.args[RETRY_ARG] = b"1".to_vec();
+    }
+
+    fn push(&mut self, arg: &str) {
+        self.args.push(arg.as_bytes().to_vec());
     }
 
     fn precondition(&mut self, k: &Keys, c: &Precondition) {
@@ -305,15 +390,16 @@ impl Program {
                 digest,
                 revision,
             } => {
-                let s = self.key(k.session(actor_id, digest));
-                let revision = revision.map(|r| r.to_string()).unwrap_or_default();
-                self.op("R", &[&s.to_string(), &revision]);
+                self.keys.push(k.session(actor_id, digest));
+                self.push("R");
+                self.push(&revision.map(|r| r.to_string()).unwrap_or_default());
             }
             Precondition::Actor { actor_id, sessions } => {
-                let a = self.key(k.actor(actor_id));
-                self.op("A", &[&a.to_string(), &sessions.len().to_string()]);
+                self.keys.push(k.actor(actor_id));
+                self.push("A");
+                self.push(&sessions.len().to_string());
                 for d in sessions {
-                    self.args.push(digest_hex(d).into_bytes());
+                    self.push(&digest_hex(d));
                 }
             }
             Precondition::Arrival {
@@ -321,9 +407,9 @@ impl Program {
                 id,
                 present,
             } => {
-                let a = self.key(k.arrival(k.bucket(actor_id), id));
-                let present = if *present { "1" } else { "0" };
-                self.op("T", &[&a.to_string(), present]);
+                self.keys.push(k.arrival(k.bucket(actor_id), id));
+                self.push("T");
+                self.push(if *present { "1" } else { "0" });
             }
         }
     }
@@ -337,124 +423,80 @@ impl Program {
                 revision,
                 record,
             } => {
-                let (s, e, a, n) = self.session_keys(k, actor_id, digest);
-                self.op(
-                    "I",
-                    &[
-                        &s.to_string(),
-                        &e.to_string(),
-                        &a.to_string(),
-                        &n.to_string(),
-                        &expiry_member(digest, actor_id),
-                        &digest_hex(digest),
-                        &filed_at.to_string(),
-                        &revision.to_string(),
-                    ],
-                );
+                let b = k.bucket(actor_id);
+                self.keys.push(k.session(actor_id, digest));
+                self.keys.push(k.expiries(b));
+                self.keys.push(k.actor(actor_id));
+                self.push("I");
+                self.push(&expiry_member(digest, actor_id));
+                self.push(&digest_hex(digest));
+                self.push(&filed_at.to_string());
+                self.push(&revision.to_string());
                 self.args.push(record.clone());
             }
             Change::Update {
                 digest,
                 actor_id,
+                filed_at_was,
                 filed_at,
                 revision,
                 record,
-                ..
             } => {
-                let (s, e) = (
-                    self.key(k.session(actor_id, digest)),
-                    self.key(k.expiries(k.bucket(actor_id))),
-                );
-                self.op(
-                    "U",
-                    &[
-                        &s.to_string(),
-                        &e.to_string(),
-                        &expiry_member(digest, actor_id),
-                        &filed_at.to_string(),
-                        &revision.to_string(),
-                    ],
-                );
+                self.keys.push(k.session(actor_id, digest));
+                self.keys.push(k.expiries(k.bucket(actor_id)));
+                self.push("U");
+                self.push(&expiry_member(digest, actor_id));
+                // An entry that stays where it is is not written again.
+                if filed_at == filed_at_was {
+                    self.push("");
+                } else {
+                    self.push(&filed_at.to_string());
+                }
+                self.push(&revision.to_string());
                 self.args.push(record.clone());
             }
             Change::Delete {
                 digest, actor_id, ..
             } => {
-                let (s, e, a, n) = self.session_keys(k, actor_id, digest);
-                self.op(
-                    "D",
-                    &[
-                        &s.to_string(),
-                        &e.to_string(),
-                        &a.to_string(),
-                        &n.to_string(),
-                        &expiry_member(digest, actor_id),
-                        &digest_hex(digest),
-                    ],
-                );
+                self.keys.push(k.session(actor_id, digest));
+                self.keys.push(k.expiries(k.bucket(actor_id)));
+                self.keys.push(k.actor(actor_id));
+                self.push("D");
+                self.push(&expiry_member(digest, actor_id));
+                self.push(&digest_hex(digest));
             }
             Change::DropExpiry {
                 digest, actor_id, ..
             } => {
-                let e = self.key(k.expiries(k.bucket(actor_id)));
-                self.op("X", &[&e.to_string(), &expiry_member(digest, actor_id)]);
+                self.keys.push(k.expiries(k.bucket(actor_id)));
+                self.push("X");
+                self.push(&expiry_member(digest, actor_id));
             }
             Change::PutIntent {
                 actor_id,
                 id,
                 value,
             } => {
-                let i = self.key(k.intents(k.bucket(actor_id)));
-                self.op("P", &[&i.to_string(), id]);
+                self.keys.push(k.intents(k.bucket(actor_id)));
+                self.push("P");
+                self.push(id);
                 self.args.push(value.clone());
             }
             Change::DropIntent { actor_id, id } => {
-                let i = self.key(k.intents(k.bucket(actor_id)));
-                self.op("Q", &[&i.to_string(), id]);
+                self.keys.push(k.intents(k.bucket(actor_id)));
+                self.push("Q");
+                self.push(id);
             }
             Change::Arrival {
                 actor_id,
                 id,
                 keep_ms,
             } => {
-                let a = self.key(k.arrival(k.bucket(actor_id), id));
-                self.op("V", &[&a.to_string(), &keep_ms.to_string()]);
+                self.keys.push(k.arrival(k.bucket(actor_id), id));
+                self.push("V");
+                self.push(&keep_ms.to_string());
             }
         }
-    }
-
-    /// The 1-based index of `key` in KEYS.
-    fn key(&mut self, key: String) -> usize {
-        if let Some(&i) = self.index.get(&key) {
-            return i;
-        }
-        self.keys.push(key.clone());
-        let i = self.keys.len();
-        self.index.insert(key, i);
-        i
-    }
-
-    /// The indexes of a session's record, its bucket's expiry index, its
-    /// actor's set and its bucket's count.
-    fn session_keys(
-        &mut self,
-        k: &Keys,
-        actor_id: &str,
-        digest: &Digest,
-    ) -> (usize, usize, usize, usize) {
-        let b = k.bucket(actor_id);
-        (
-            self.key(k.session(actor_id, digest)),
-            self.key(k.expiries(b)),
-            self.key(k.actor(actor_id)),
-            self.key(k.count(b)),
-        )
-    }
-
-    fn op(&mut self, code: &str, operands: &[&str]) {
-        self.args.push(code.as_bytes().to_vec());
-        self.args
-            .extend(operands.iter().map(|o| o.as_bytes().to_vec()));
     }
 }
 

@@ -181,8 +181,9 @@ pub(crate) fn meta(nodes: &Nodes, prefix: &str, wanted: Option<u32>) -> Result<M
         });
     }
     if format < REDIS_FORMAT {
-        // Its entries hold format 3's invariants as they are. Nodes of an
-        // older build refuse the store from their next open.
+        // Its entries hold format 3's invariants as they are (and streams
+        // of one-event entries naming the one before them still read).
+        // Nodes of an older build refuse the store from their next open.
         nodes.run(
             keys::slot(key.as_bytes()),
             "upgrading the store's meta",
@@ -217,6 +218,14 @@ pub(crate) fn meta(nodes: &Nodes, prefix: &str, wanted: Option<u32>) -> Result<M
             problem: format!("{name:?} is not a tag scheme this build knows"),
         })?,
     };
+    if format < 5 {
+        // The count keys of formats before 5: the expiry indexes count now.
+        let keys = Keys::new(prefix, buckets, tags);
+        let all: Vec<(u32, u16)> = (0..buckets).map(|b| (b, keys.slot(b))).collect();
+        nodes.across(&all, 1, "deleting the old session counts", |pipe, b| {
+            pipe.cmd("DEL").arg(keys.old_count(b));
+        })?;
+    }
     Ok(Meta {
         created,
         buckets,

@@ -19,15 +19,14 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, ConnectionAddr, ConnectionInfo, RedisError};
 
+use crate::backoff::Backoff;
 use crate::config::{connection_info, RedisSettings, RedisTarget};
 use crate::error::{Error, Result, StorageError};
 
 /// How many idle connections a pool keeps.
 const IDLE: usize = 64;
-/// The first pause before a call is retried; it doubles up to
-/// [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(10);
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// The pause before a call is retried: 10 ms doubling up to 200 ms.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
 /// The topology is asked again at most this often.
 const REFRESH_EVERY: Duration = Duration::from_millis(50);
 
@@ -454,7 +453,7 @@ impl Nodes {
         mut f: impl FnMut(&Pool, &mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let mut pause = FIRST_PAUSE;
+        let mut retries = 0;
         let mut ask: Option<Arc<Pool>> = None;
         loop {
             let outcome = match ask.take() {
@@ -467,8 +466,8 @@ impl Nodes {
                     Err(e) if Instant::now() >= deadline => return Err(e),
                     Err(_) => {
                         self.refresh();
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(MAX_PAUSE);
+                        retries += 1;
+                        std::thread::sleep(RETRY.pause(retries));
                         continue;
                     }
                 },
@@ -485,10 +484,12 @@ impl Nodes {
                 Trouble::Ask(addr) if !late => ask = self.pool_at(&addr),
                 Trouble::Down if !late => {
                     self.refresh();
+                    retries += 1;
                     std::thread::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                        RETRY
+                            .pause(retries)
+                            .min(deadline.saturating_duration_since(Instant::now())),
                     );
-                    pause = (pause * 2).min(MAX_PAUSE);
                 }
                 _ => return Err(failed(context)(e)),
             }
@@ -508,7 +509,7 @@ impl Nodes {
         let mut out: Vec<Option<Vec<redis::Value>>> = vec![None; buckets.len()];
         let mut left: Vec<usize> = (0..buckets.len()).collect();
         let deadline = Instant::now() + self.timeout;
-        let mut pause = FIRST_PAUSE;
+        let mut retries = 0;
         while !left.is_empty() {
             // Group what is left by the primary that serves it now.
             let primaries = self.primaries();
@@ -570,8 +571,12 @@ impl Nodes {
                 });
             }
             self.refresh_now();
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(MAX_PAUSE);
+            retries += 1;
+            std::thread::sleep(
+                RETRY
+                    .pause(retries)
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
         Ok(buckets
             .iter()

@@ -23,6 +23,7 @@ use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, Value};
 
 use super::{format_id, Entry, EntryId, Mark, Offered, Progress};
+use crate::backoff::Backoff;
 use crate::engine::redis::conn::{Nodes, Pool, Primary};
 use crate::engine::redis::keys::Keys;
 use crate::error::{Error, Result};
@@ -37,18 +38,10 @@ const PENDING_WAIT: Duration = Duration::from_millis(1);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Most entries one stream read returns.
 const READ_COUNT: usize = 512;
-/// The first pause before subscribing again after a failure; it doubles
-/// with each failure in a row, up to `MOST_RETRY_PAUSE`, so a server that
-/// is down (a failover takes seconds) is not asked a hundred times a second.
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(20);
-const MOST_RETRY_PAUSE: Duration = Duration::from_millis(320);
-
-/// The pause before the next attempt after `failures` failures in a row.
-fn retry_pause(failures: u32) -> Duration {
-    FIRST_RETRY_PAUSE
-        .saturating_mul(1 << failures.saturating_sub(1).min(8))
-        .min(MOST_RETRY_PAUSE)
-}
+/// The pause before subscribing again after failures in a row: 20 ms
+/// doubling up to 320 ms, so a server that is down (a failover takes
+/// seconds) is not asked a hundred times a second.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(320));
 
 /// What the reader needs of the engine.
 #[derive(Clone)]
@@ -202,7 +195,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
         }
         let mut last_refresh = Instant::now();
         // Until the next attempt: longer after each failure in a row.
-        let mut pause_for = FIRST_RETRY_PAUSE;
+        let mut pause_for = RETRY.pause(1);
         let started = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -220,7 +213,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
                     if *failures > 1 {
                         log::debug!("event subscriber stopped again: {why}");
                     }
-                    pause_for = retry_pause(*failures);
+                    pause_for = RETRY.pause(*failures);
                     break;
                 }
                 Err(RecvTimeoutError::Timeout) if started.elapsed() >= HEARTBEAT => {
@@ -569,17 +562,5 @@ fn recv(con: &mut Connection) -> redis::RedisResult<Option<Value>> {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_timeout() => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_subscriber_failing_in_a_row_waits_longer_each_time_up_to_a_bound() {
-        let pauses: Vec<u128> = (1..=8).map(|n| retry_pause(n).as_millis()).collect();
-        assert_eq!(pauses, [20, 40, 80, 160, 320, 320, 320, 320]);
-        assert_eq!(retry_pause(u32::MAX), MOST_RETRY_PAUSE);
     }
 }
