@@ -173,7 +173,7 @@ impl SessionStore {
             clock: config.clock.clone(),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
-            reap_batch: config.reap_batch,
+            reap_batch: config.reap_batch_or_default(),
             key_length: config.key_length,
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),

@@ -224,7 +224,7 @@ pub struct Config {
     pub(crate) app_version: Option<String>,
     pub(crate) node_id: Option<String>,
     pub(crate) reap_interval: Duration,
-    pub(crate) reap_batch: usize,
+    pub(crate) reap_batch: Option<usize>,
     pub(crate) reaper_thread: bool,
     pub(crate) check_in_background: bool,
     pub(crate) durability: Durability,
@@ -341,7 +341,7 @@ impl Config {
             app_version: None,
             node_id: None,
             reap_interval: Duration::from_secs(1),
-            reap_batch: 64,
+            reap_batch: None,
             reaper_thread: true,
             check_in_background: true,
             durability: Durability::default(),
@@ -519,13 +519,23 @@ impl Config {
         self
     }
 
-    /// Most sessions the reaper deletes in one transaction; foreground
-    /// writes are interleaved between batches. Default 64. sled blocks every
-    /// read while a transaction runs, so this bounds how long a resolve can
-    /// wait behind the reaper (about 1 ms at the default).
+    /// Most sessions the reaper ends in one change; foreground writes are
+    /// interleaved between batches. Default 64 on the embedded engine (a
+    /// batch's writes hold its actors' turns), 512 on Redis (one script
+    /// call per batch, which the server runs alone: about 2 ms at the
+    /// default).
     pub fn reap_batch(mut self, batch: usize) -> Self {
-        self.reap_batch = batch;
+        self.reap_batch = Some(batch);
         self
+    }
+
+    /// The reap batch in use: the one set, else the engine's default.
+    pub(crate) fn reap_batch_or_default(&self) -> usize {
+        self.reap_batch.unwrap_or(match self.location {
+            Location::Directory(_) => 64,
+            #[cfg(feature = "redis")]
+            Location::Redis(_) => 512,
+        })
     }
 
     /// Whether `open` starts the background reaper thread. Default true.
@@ -643,11 +653,8 @@ impl Config {
         if self.reap_interval.is_zero() {
             return Err(bad("reap_interval", "must be above zero".into()));
         }
-        if self.reap_batch == 0 || self.reap_batch > 100_000 {
-            return Err(bad(
-                "reap_batch",
-                format!("{} must be 1..=100000", self.reap_batch),
-            ));
+        if let Some(batch) = self.reap_batch.filter(|b| *b == 0 || *b > 100_000) {
+            return Err(bad("reap_batch", format!("{batch} must be 1..=100000")));
         }
         if let Durability::Periodic(i) = self.durability {
             if i.is_zero() || i > Duration::from_secs(3600) {

@@ -362,11 +362,20 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     ) -> Result<bool>;
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
-    /// Up to `limit` expiry entries at or before `now`; an actor's entries
-    /// earliest first (sled: all entries earliest first).
+    /// Up to `limit` expiry entries at or before `now` that this process is
+    /// to reap (an engine shared by several processes divides its shards
+    /// between them); an actor's entries earliest first (sled: all entries
+    /// earliest first).
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>>;
-    /// The earliest expiry entry's time.
+    /// When this process's reaper should look again: the earliest expiry
+    /// entry it is to reap.
     fn next_expiry(&self) -> Result<Option<u64>>;
+    /// Told after each reaper pass, once its batches are committed (an
+    /// engine shared by several processes tells the others what is due
+    /// next). Nothing by default.
+    fn reaped(&self) -> Result<()> {
+        Ok(())
+    }
     /// How many sessions are stored.
     fn session_count(&self) -> Result<Count>;
     /// The shard an actor's sessions live in. A plan commits within one
@@ -375,8 +384,10 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     fn shard(&self, _actor_id: &str) -> u32 {
         0
     }
-    /// Every intent stored (a change across shards under way), encoded.
-    /// An engine with one shard stores none.
+    /// The intents (changes across shards under way, encoded) this process
+    /// is to look at: every one stored, or on an engine shared by several
+    /// processes those of its shards it has not yet seen finished. An
+    /// engine with one shard stores none.
     fn intents(&self) -> Result<Vec<Vec<u8>>> {
         Ok(Vec::new())
     }

@@ -9,6 +9,7 @@ mod churn;
 mod clock;
 mod compare;
 mod follow;
+mod idle;
 mod measure;
 mod plan;
 mod report;
@@ -215,6 +216,7 @@ fn compare(
     churn::run(&mut ctx)?;
     follow::run(&mut ctx)?;
     server_cpu::run(&mut ctx)?;
+    idle::run(&mut ctx)?;
 
     let table = report::table(&ctx.rows);
     let targets = report::targets_text(&report::targets(&ctx));

@@ -22,6 +22,7 @@ pub const WORKLOADS: &[&str] = &[
     "cpu_register",
     "cpu_set_data",
     "cpu_extend",
+    "idle_cost",
 ];
 
 /// The systems, in the order the table shows them.

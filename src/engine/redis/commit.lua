@@ -18,8 +18,12 @@
 --   D  skey ekey akey member digest
 --                                delete a session and its entries
 --   X  ekey           member     drop an expiry entry
---   P  ikey           id value   store intent `id`
---   Q  ikey           id         drop intent `id`
+--   P  ikey           channel id value
+--                                store intent `id`, and say so on the channel
+--                                ("i\nid")
+--   Q  ikey           channel id drop intent `id`, and say so ("j\nid")
+--   F                 channel at say that an entry was filed at `at` without
+--                                an event ("f\nat")
 --   V  akey           ms         note an arrival, kept for ms
 --   E  xkey qkey      channel origin retention k events
 --                                the plan's k events (JSON lines): numbered
@@ -119,13 +123,18 @@ while a <= n do
     k = k + 1
     a = a + 2
   elseif op == 'P' then
-    redis.call('HSET', KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    redis.call('HSET', KEYS[k], ARGV[a + 2], ARGV[a + 3])
+    redis.call('SPUBLISH', ARGV[a + 1], 'i\n' .. ARGV[a + 2])
+    k = k + 1
+    a = a + 4
+  elseif op == 'Q' then
+    redis.call('HDEL', KEYS[k], ARGV[a + 2])
+    redis.call('SPUBLISH', ARGV[a + 1], 'j\n' .. ARGV[a + 2])
     k = k + 1
     a = a + 3
-  elseif op == 'Q' then
-    redis.call('HDEL', KEYS[k], ARGV[a + 1])
-    k = k + 1
-    a = a + 2
+  elseif op == 'F' then
+    redis.call('SPUBLISH', ARGV[a + 1], 'f\n' .. ARGV[a + 2])
+    a = a + 3
   elseif op == 'V' then
     redis.call('SET', KEYS[k], '1', 'PX', ARGV[a + 1])
     k = k + 1

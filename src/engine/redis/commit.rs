@@ -360,6 +360,17 @@ impl Program {
             .iter()
             .filter_map(|e| events::encode(e).map(|(_, json)| json))
             .collect();
+        // Entries filed without an event (an import): the reapers hear of
+        // them by a hint (`reaping`).
+        let silent = plan.changes.iter().filter_map(|c| match c {
+            Change::Insert { filed_at, .. } => Some(*filed_at),
+            _ => None,
+        });
+        if let Some(earliest) = silent.min().filter(|_| events.is_empty()) {
+            p.push("F");
+            p.push(&k.channel(bucket));
+            p.push(&earliest.to_string());
+        }
         if !events.is_empty() {
             p.events = events.len() as u64;
             p.push("E");
@@ -477,14 +488,18 @@ impl Program {
                 id,
                 value,
             } => {
-                self.keys.push(k.intents(k.bucket(actor_id)));
+                let b = k.bucket(actor_id);
+                self.keys.push(k.intents(b));
                 self.push("P");
+                self.push(&k.channel(b));
                 self.push(id);
                 self.args.push(value.clone());
             }
             Change::DropIntent { actor_id, id } => {
-                self.keys.push(k.intents(k.bucket(actor_id)));
+                let b = k.bucket(actor_id);
+                self.keys.push(k.intents(b));
                 self.push("Q");
+                self.push(&k.channel(b));
                 self.push(id);
             }
             Change::Arrival {

@@ -22,6 +22,9 @@
 //! | `P{b}:ar:<id>` | string | the note that intent `<id>` arrived (7 days) |
 //! | `P{b}:done:<id>` | string | the id of a commit that wrote no session hash (twice the call's timeout, plus a second), for a call sent again |
 //! | `P{b}:alive` | string | the last health probe's write (10 s) |
+//! | `P{0}:nodes` | hash | the store's nodes: origin → when it joined (`reaping`) |
+//! | `P{0}:m` | shard channel | nodes joining and leaving |
+//! | `P{0}:here:<origin>` | shard channel | a node's presence: it listens while it is alive |
 //!
 //! No key carries a Redis TTL but the done markers, the arrival notes and
 //! the probe: expiry is sessiondb's. A bucket's session count is its expiry
@@ -238,6 +241,22 @@ impl Keys {
 
     pub fn alive(&self, bucket: u32) -> String {
         self.tagged(bucket, "alive")
+    }
+
+    /// The nodes of the store (origin → when it joined), in bucket 0.
+    pub fn members(&self) -> String {
+        self.tagged(0, "nodes")
+    }
+
+    /// Where nodes say that they join or leave, in bucket 0's slot.
+    pub fn members_channel(&self) -> String {
+        self.tagged(0, "m")
+    }
+
+    /// The channel a node listens on while it is alive, in bucket 0's slot:
+    /// `PUBSUB SHARDNUMSUB` tells whether it still does.
+    pub fn presence(&self, origin: &str) -> String {
+        self.tagged(0, &format!("here:{origin}"))
     }
 
     /// The glob matching every session hash of every bucket.

@@ -18,6 +18,7 @@
 //! - `commit`: a plan as a script program, with its durability wait;
 //! - `events`: the streams and shard channels every node follows;
 //! - `known`: what this node last read or wrote, which plans start from;
+//! - `reaping`: which node reaps which bucket, and when;
 //! - `upkeep`: scans and guarded repair;
 //! - `keys`: the key layout and the buckets' hash tags.
 
@@ -27,9 +28,11 @@ mod events;
 mod keys;
 mod known;
 mod open;
+mod reaping;
 mod upkeep;
 
 use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,6 +42,7 @@ use self::conn::Nodes;
 use self::events::{Progress, Reader};
 use self::keys::{parse_expiry_member, Keys};
 use self::known::{Actor, Knowledge};
+use self::reaping::Schedule;
 use crate::config::{Config, RedisTarget};
 use crate::engine::gate::{Gate, Turns};
 use crate::engine::{
@@ -61,8 +65,10 @@ pub(crate) struct RedisEngine {
     events: Arc<EventHub>,
     gate: Arc<Gate>,
     turns: Turns,
-    /// The bucket this node's reaper starts from.
-    reap_start: u32,
+    /// Which buckets this node reaps, and when (shared with the reader).
+    schedule: Arc<Schedule>,
+    /// The buckets the reaper's current pass looked at.
+    scanned: Mutex<BTreeSet<u32>>,
     commits: AtomicU64,
     plans: AtomicU64,
     syncs: AtomicU64,
@@ -82,11 +88,22 @@ impl RedisEngine {
         let keys = Keys::new(&settings.prefix, meta.buckets, meta.tags);
         let origin = crate::key::hex(&random_bytes::<8>()?);
         let progress = Arc::new(Progress::new(origin.clone(), settings.timeout));
+        // Another node's overdue bucket is asked after once the reap
+        // interval has passed (at most a second): an expiry is announced
+        // within the interval plus a second of its time, a node's death
+        // included.
+        let grace = config.reap_interval.min(std::time::Duration::from_secs(1));
+        let schedule = Arc::new(Schedule::new(
+            origin.clone(),
+            meta.buckets,
+            crate::config::millis(grace).max(1),
+        ));
         let reader = Reader::start(
             nodes.clone(),
             keys.clone(),
             events.clone(),
             progress.clone(),
+            schedule.clone(),
             poison,
         )?;
         let engine = RedisEngine {
@@ -97,14 +114,18 @@ impl RedisEngine {
             progress,
             events,
             nodes,
-            reap_start: u32::from_le_bytes(random_bytes::<4>()?) % meta.buckets,
             keys,
+            schedule,
+            scanned: Mutex::new(BTreeSet::new()),
             gate: Arc::new(Gate::default()),
             turns: Turns::default(),
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         };
+        let all: Vec<u32> = (0..meta.buckets).collect();
+        reaping::read_earliest(&engine.nodes, &engine.keys, &engine.schedule, &all)?;
+        reaping::join(&engine.nodes, &engine.keys, &engine.schedule)?;
         // Every change is one atomic script, so a node's crash never leaves
         // the store inconsistent: there is no unclean shutdown to recover.
         // (A reassign across buckets cut short is an intent, which the
@@ -172,16 +193,25 @@ impl RedisEngine {
             match c {
                 Change::Insert {
                     digest,
+                    actor_id,
+                    filed_at,
                     revision,
                     record,
-                    ..
                 }
                 | Change::Update {
                     digest,
+                    actor_id,
+                    filed_at,
                     revision,
                     record,
                     ..
-                } => self.known.wrote(*digest, *revision, record),
+                } => {
+                    self.known.wrote(*digest, *revision, record);
+                    // The reaper of this node hears of its own entries at
+                    // once (the other nodes' by their events and hints).
+                    let bucket = self.keys.bucket(actor_id);
+                    self.schedule.hint(bucket, reaping::Hint::Filed(*filed_at));
+                }
                 Change::Delete { digest, .. } => self.known.forget_record(digest),
                 _ => {}
             }
@@ -372,16 +402,35 @@ impl Engine for RedisEngine {
         Ok(sessions)
     }
 
+    /// The due entries of the buckets this node reaps (see `reaping`):
+    /// its own that are due, and another node's overdue ones when that node
+    /// stopped listening (or, listening, let them wait ten graces).
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>> {
-        // Bucket by bucket, from a bucket of this node's own: nodes reaping at
-        // once mostly claim different sessions instead of racing for the
-        // same earliest ones (each stays exactly-once either way).
-        let mut buckets = self.all_buckets();
-        let start = self.reap_start as usize % buckets.len().max(1);
-        buckets.rotate_left(start);
+        let plan = self.schedule.due(now);
+        let mut buckets: BTreeSet<u32> = plan.owned.into_iter().collect();
+        if !plan.overdue.is_empty() {
+            let owners: BTreeSet<String> = plan.overdue.iter().map(|(_, o)| o.clone()).collect();
+            let owners: Vec<String> = owners.into_iter().collect();
+            let dead = reaping::gone(&self.nodes, &self.keys, &owners)?;
+            reaping::strike(&self.nodes, &self.keys, &self.schedule, &dead)?;
+            let me = self.schedule.me();
+            for (b, _) in &plan.overdue {
+                if self.schedule.owner(*b) == me || self.schedule.long_overdue(*b, now) {
+                    buckets.insert(*b);
+                }
+            }
+        }
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.scanned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(buckets.iter().copied());
+        let asked: Vec<(u32, u16)> = buckets.iter().map(|&b| (b, self.keys.slot(b))).collect();
         let replies = self
             .nodes
-            .across(&buckets, 1, "scanning expiries", |pipe, b| {
+            .across(&asked, 1, "scanning expiries", |pipe, b| {
                 pipe.cmd("ZRANGE")
                     .arg(self.keys.expiries(b))
                     .arg("-inf")
@@ -414,26 +463,26 @@ impl Engine for RedisEngine {
         Ok(due)
     }
 
+    /// From what the node knows: no command.
     fn next_expiry(&self) -> Result<Option<u64>> {
-        let replies = self.nodes.across(
-            &self.all_buckets(),
-            1,
-            "reading the earliest expiry",
-            |pipe, b| {
-                pipe.cmd("ZRANGE")
-                    .arg(self.keys.expiries(b))
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES");
-            },
-        )?;
-        Ok(replies
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .filter_map(|v| redis::from_redis_value::<Vec<(Vec<u8>, f64)>>(v).ok())
-            .flatten()
-            .map(|(_, score)| score as u64)
-            .min())
+        Ok(self.schedule.next_wake())
+    }
+
+    /// Tells the other nodes what is due next in each bucket the pass
+    /// looked at.
+    fn reaped(&self) -> Result<()> {
+        let scanned: Vec<u32> = std::mem::take(
+            &mut *self
+                .scanned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if scanned.is_empty() {
+            return Ok(());
+        }
+        reaping::announce_next(&self.nodes, &self.keys, &self.schedule, &scanned)
     }
 
     fn session_count(&self) -> Result<Count> {
@@ -463,12 +512,18 @@ impl Engine for RedisEngine {
         self.keys.bucket(actor_id)
     }
 
+    /// The intents of this node's buckets that were announced and not
+    /// yet dropped (every one of its buckets' at open and after a lost
+    /// subscription).
     fn intents(&self) -> Result<Vec<Vec<u8>>> {
-        let replies = self
-            .nodes
-            .across(&self.all_buckets(), 1, "reading intents", |pipe, b| {
-                pipe.cmd("HVALS").arg(self.keys.intents(b));
-            })?;
+        let buckets = self.schedule.intent_buckets();
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<(u32, u16)> = buckets.iter().map(|&b| (b, self.keys.slot(b))).collect();
+        let replies = self.nodes.across(&asked, 1, "reading intents", |pipe, b| {
+            pipe.cmd("HVALS").arg(self.keys.intents(b));
+        })?;
         Ok(replies
             .into_iter()
             .flat_map(|(_, v)| v)
@@ -559,7 +614,12 @@ impl Engine for RedisEngine {
 
     fn close(&self, _clean: bool) -> Result<()> {
         // No shutdown marker: a node's crash cannot leave the store
-        // half-changed. Stop following the streams.
+        // half-changed. Leave the nodes (the others take this one's buckets
+        // at once; a node that cannot say so is found gone when its buckets
+        // fall due), and stop following the streams.
+        if let Err(e) = reaping::leave(&self.nodes, &self.keys, &self.schedule) {
+            log::warn!("closing: could not tell the other nodes: {e}");
+        }
         let reader = self
             .reader
             .lock()

@@ -379,6 +379,15 @@ impl Nodes {
         matches!(self.topology, Topology::Cluster(_))
     }
 
+    /// Whether the primaries change without their clients being told (a
+    /// Sentinel failover demotes a primary that may keep its clients): the
+    /// topology must then be asked for now and then. A cluster's clients
+    /// hear of it (`MOVED`, a dropped subscription, a connection that
+    /// fails).
+    pub fn changes_silently(&self) -> bool {
+        matches!(self.topology, Topology::Sentinel(_))
+    }
+
     /// How many times the topology has changed since open.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
