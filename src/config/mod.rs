@@ -34,7 +34,11 @@ pub enum Durability {
     /// A call returns only after its write is on disk (sled flush plus an
     /// fsync of the database file; concurrent writers share one flush). On
     /// Redis: `WAITAOF` where the server has it, else a server running
-    /// `appendfsync always`; `open` refuses any other server.
+    /// `appendfsync always`; `open` refuses any other server. Whenever the
+    /// primary has a replica attached (in sync or still in its initial
+    /// sync), the call also waits until one replica has the write; a wait
+    /// that times out fails with [`Error::Unavailable`] (the change may have
+    /// committed), never acknowledged on the primary alone.
     Immediate,
 }
 
@@ -192,6 +196,7 @@ pub(crate) struct RedisSettings {
     pub buckets: Option<u32>,
     pub timeout: Duration,
     pub event_retention: u64,
+    pub min_replicas: u32,
 }
 
 /// How the store is set up. Build it with [`Config::new`] (the embedded
@@ -331,6 +336,7 @@ impl Config {
                 buckets: None,
                 timeout: Duration::from_secs(2),
                 event_retention: 100_000,
+                min_replicas: 0,
             },
             ttl: Duration::from_secs(600),
             ttl_code: None,
@@ -451,6 +457,29 @@ impl Config {
     /// it missed. Default 100,000; at least 1.
     pub fn event_retention(mut self, events: u64) -> Self {
         self.redis.event_retention = events;
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// Redis engine: refuse writes while a primary has fewer than `replicas`
+    /// replicas attached (online, or still in their initial sync), in
+    /// either durability: such a write fails with [`Error::Unavailable`]
+    /// saying how many are attached and how many are required, and is not
+    /// written; reads go on. Default 0 (writes go on without a replica).
+    ///
+    /// The count comes from the primary's `INFO replication`: asked again
+    /// before each write while too few are attached, and trusted for up to
+    /// 5 s while enough are (a replica that left within that time is noticed
+    /// by a write with `Durability::Immediate` as a wait that times out).
+    /// With [`Durability::Immediate`] a write waits for one replica's
+    /// acknowledgement whenever any is attached, whatever this says; 1 here
+    /// adds that a write is never taken with no replica at all. On a
+    /// cluster it holds for each bucket's primary. `open` refuses a value
+    /// above 0 for a store in a directory, and logs a warning for each
+    /// primary with fewer replicas attached.
+    pub fn min_replicas(mut self, replicas: u32) -> Self {
+        self.redis.min_replicas = replicas;
         self
     }
 
@@ -733,6 +762,16 @@ impl Config {
         }
         if self.redis.event_retention == 0 {
             return Err(bad("event_retention", "must be at least 1".into()));
+        }
+        if self.redis.min_replicas > 0 && matches!(self.location, Location::Directory(_)) {
+            return Err(bad(
+                "min_replicas",
+                format!(
+                    "{} replicas required, but a store in a directory has no replicas: \
+                     min_replicas counts the replicas of a Redis / Valkey primary",
+                    self.redis.min_replicas
+                ),
+            ));
         }
         Ok(())
     }

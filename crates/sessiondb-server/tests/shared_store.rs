@@ -102,6 +102,72 @@ fn health_and_writes_are_unavailable_while_the_server_is_a_replica() {
     register(&server, "p3");
 }
 
+/// `--min-replicas` (or `SESSIONDB_MIN_REPLICAS`, or `min_replicas` in the
+/// config file): while the primary has fewer replicas attached, writes
+/// answer 503 with `Retry-After`, saying how many are attached and how many
+/// are required, `/healthz` answers 503, and reads go on. A data directory,
+/// which has no replicas, refuses the setting before the server listens.
+#[test]
+fn min_replicas_refuses_writes_while_too_few_replicas_are_attached() {
+    let Some(redis) = redis("min_replicas_refuses_writes") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sessiondb.toml");
+    std::fs::write(&config, "min_replicas = 1\n").unwrap();
+    let config = config.to_str().unwrap();
+    let refused = |server: &Server| {
+        let r = post(&server.url("/v1/sessions"), None, r#"{"actorId":"p1"}"#);
+        r.assert_error(503, "unavailable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.contains("has no replica attached and min_replicas requires 1"),
+            "{message}"
+        );
+        get(&server.url("/healthz"), None).assert_error(503, "unavailable");
+        let read = get(&server.url("/v1/actors/p1/session"), None);
+        assert_eq!(read.status, 404, "reads go on: {}", read.body);
+    };
+    let server = Server::start_redis(dir.path(), &redis.url, &["--min-replicas", "1"]);
+    refused(&server);
+    assert_eq!(server.terminate().code(), Some(0));
+    let server = Server::start_redis_with(dir.path(), &redis.url, &[], |cmd| {
+        cmd.env("SESSIONDB_MIN_REPLICAS", "1");
+    });
+    refused(&server);
+    assert_eq!(server.terminate().code(), Some(0));
+    let server = Server::start_redis(dir.path(), &redis.url, &["--config", config]);
+    refused(&server);
+    assert_eq!(server.terminate().code(), Some(0));
+    // The flag over the file.
+    let server = Server::start_redis(
+        dir.path(),
+        &redis.url,
+        &["--config", config, "--min-replicas", "0"],
+    );
+    register(&server, "p1");
+    assert_eq!(get(&server.url("/healthz"), None).status, 200);
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let data = dir.path().join("data");
+    let out = tool(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--min-replicas",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("min_replicas"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// On a Redis Cluster: serve takes its seeds from flags, and every tool
 /// from its flags or the environment (comma-separated); the tools scan
 /// every primary; a store moves from the cluster to a data directory.

@@ -5,12 +5,21 @@
 //! `WAITAOF` and `WAIT` cover only the writes of the connection they run
 //! on, so the durability wait is pipelined after the script on the same
 //! connection (one round trip for both).
+//!
+//! With `Durability::Immediate` a write is never acknowledged on the
+//! primary alone while a replica is attached to it, in sync or still in its
+//! initial sync: the wait asks for one replica's acknowledgement, and a
+//! wait that times out is `Error::Unavailable` ("may have committed").
+//! Neither `WAIT` nor `WAITAOF` counts a replica before its initial sync is
+//! done (measured on Redis 7.0 and Valkey 8.1; `docs/redis.md`), so while a
+//! new replica syncs such writes fail. `min_replicas` refuses writes, in
+//! either durability, while fewer replicas are attached.
 
 use std::time::Duration;
 
 use redis::{Connection, Value};
 
-use super::conn::{Nodes, Pool};
+use super::conn::{replicas_attached, Nodes, Pool};
 use super::events::{self, parse_id, Appended};
 use super::keys::{digest_hex, expiry_member, Keys};
 use crate::engine::{Change, Commit, Plan, Precondition};
@@ -23,10 +32,11 @@ pub(crate) enum Sync {
     /// The server's own fsync policy (`Durability::Periodic`).
     Server,
     /// `WAITAOF 1 r` after each commit: fsynced on the primary, and on `r`
-    /// replicas (one where the primary has replicas in sync).
+    /// replicas (one where the primary has any attached).
     WaitAof,
     /// The servers run `appendfsync always`, so a reply means fsynced on the
-    /// primary; `WAIT 1` after each commit where it has replicas in sync.
+    /// primary; `WAIT 1` after each commit where it has any replica
+    /// attached.
     AlwaysFsync,
 }
 
@@ -42,6 +52,8 @@ pub(crate) struct Committed {
 pub(crate) struct Committer {
     script: redis::Script,
     pub sync: Sync,
+    /// Writes are refused while a primary has fewer replicas attached.
+    min_replicas: u32,
     retention: u64,
     /// Tags this node's events in the streams.
     origin: String,
@@ -49,10 +61,17 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub fn new(sync: Sync, retention: u64, origin: String, timeout: Duration) -> Self {
+    pub fn new(
+        sync: Sync,
+        min_replicas: u32,
+        retention: u64,
+        origin: String,
+        timeout: Duration,
+    ) -> Self {
         Committer {
             script: redis::Script::new(include_str!("commit.lua")),
             sync,
+            min_replicas,
             retention,
             origin,
             timeout,
@@ -138,7 +157,10 @@ impl Committer {
         writes: bool,
     ) -> redis::RedisResult<(Vec<String>, Result<()>)> {
         let wait = if writes {
-            self.wait_command(pool, con)?
+            match self.wait_command(pool, con)? {
+                Ok(wait) => wait,
+                Err(refused) => return Ok((Vec::new(), Err(refused))),
+            }
         } else {
             None
         };
@@ -154,10 +176,9 @@ impl Committer {
             Some(v) => redis::from_redis_value(v)?,
             None => Vec::new(),
         };
-        let durable = match (&wait, replies.next()) {
-            (None, _) => Ok(()),
-            (Some(w), Some(answer)) => w.confirmed(answer, self.timeout),
-            (Some(_), None) => Err(unconfirmed("the server sent no answer to the wait")),
+        let durable = match &wait {
+            None => Ok(()),
+            Some(w) => w.finish(pool, con, &mut replies, self.timeout)?,
         };
         Ok((reply, durable))
     }
@@ -174,23 +195,54 @@ impl Committer {
             call.arg(a.as_slice());
         }
         if let Some(wait) = wait {
-            pipe.add_command(wait.command(self.timeout));
+            wait.add_to(&mut pipe, self.timeout);
         }
         pipe
     }
 
-    /// The durability wait a commit on `pool`'s server needs, if any.
-    fn wait_command(&self, pool: &Pool, con: &mut Connection) -> redis::RedisResult<Option<Wait>> {
-        Ok(match self.sync {
-            Sync::Server => None,
-            Sync::WaitAof => Some(Wait::Aof {
-                replicas: pool.replicas(con)?.min(1),
-            }),
-            Sync::AlwaysFsync => match pool.replicas(con)?.min(1) {
-                0 => None,
-                replicas => Some(Wait::Replicas { replicas }),
-            },
-        })
+    /// Whether a write on `pool`'s server may go ahead: `Ok` with the count
+    /// of attached replicas if it is known to be one or more, or an
+    /// `Unavailable` error while fewer than `min_replicas` are attached.
+    /// Counts them on `con` (one round trip) only when `min_replicas` is set
+    /// and the count kept is missing or too low: a write refused goes on
+    /// being refused until the server itself says enough are attached.
+    pub fn admit(
+        &self,
+        pool: &Pool,
+        con: &mut Connection,
+    ) -> redis::RedisResult<Result<Option<u32>>> {
+        let known = pool.replicas();
+        if self.min_replicas == 0 || known.is_some_and(|n| n >= self.min_replicas) {
+            return Ok(Ok(known));
+        }
+        let attached = pool.ask_replicas(con)?;
+        if attached < self.min_replicas {
+            return Ok(Err(too_few(pool.addr(), attached, self.min_replicas)));
+        }
+        Ok(Ok(Some(attached)))
+    }
+
+    /// The durability wait a commit on `pool`'s server needs, if any; or
+    /// why it must not be written (too few replicas attached).
+    fn wait_command(
+        &self,
+        pool: &Pool,
+        con: &mut Connection,
+    ) -> redis::RedisResult<Result<Option<Wait>>> {
+        let attached = match self.admit(pool, con)? {
+            Ok(attached) => attached,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let how = match self.sync {
+            Sync::Server => return Ok(Ok(None)),
+            Sync::WaitAof => How::Aof,
+            Sync::AlwaysFsync => How::Replicas,
+        };
+        Ok(Ok(Some(Wait {
+            how,
+            replicas: attached.map_or(0, |n| n.min(1)),
+            recount: attached.is_none(),
+        })))
     }
 
     /// Makes every change committed on `pool`'s server before now durable
@@ -203,7 +255,10 @@ impl Committer {
         con: &mut Connection,
         probe: &str,
     ) -> redis::RedisResult<Result<()>> {
-        let wait = self.wait_command(pool, con)?;
+        let wait = match self.wait_command(pool, con)? {
+            Ok(wait) => wait,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(probe)
@@ -215,58 +270,139 @@ impl Committer {
             pipe.query::<()>(con)?;
             return Ok(Ok(()));
         };
-        pipe.add_command(wait.command(self.timeout));
-        let answer: Vec<Value> = pipe.query(con)?;
-        Ok(match answer.into_iter().next() {
-            Some(a) => wait.confirmed(a, self.timeout),
-            None => Err(unconfirmed("the server sent no answer to the wait")),
-        })
+        wait.add_to(&mut pipe, self.timeout);
+        let answers: Vec<Value> = pipe.query(con)?;
+        wait.finish(pool, con, &mut answers.into_iter(), self.timeout)
     }
 }
 
-/// A durability wait after a write.
-enum Wait {
+/// How a wait confirms a write.
+#[derive(Clone, Copy)]
+enum How {
     /// `WAITAOF 1 replicas`.
-    Aof { replicas: u32 },
+    Aof,
     /// `WAIT replicas` (the primary fsyncs every write itself).
-    Replicas { replicas: u32 },
+    Replicas,
+}
+
+/// A durability wait after a write.
+struct Wait {
+    how: How,
+    /// How many replicas must acknowledge the write: one if any is known to
+    /// be attached, else none.
+    replicas: u32,
+    /// No replica was known to be attached: the server is asked after the
+    /// write (in the same round trip), and a replica found attached then is
+    /// waited for before the write is acknowledged. A replica that attaches
+    /// later gets a copy made after the write.
+    recount: bool,
 }
 
 impl Wait {
-    /// The command, with a timeout inside the connection's read timeout.
+    /// Adds the wait's commands to `pipe`, after the write: the wait (none
+    /// for `WAIT 0`, since the primary fsyncs every write itself), then
+    /// `INFO replication` if the replicas are to be counted again.
+    fn add_to(&self, pipe: &mut redis::Pipeline, timeout: Duration) {
+        if self.waits() {
+            pipe.add_command(self.command(timeout));
+        }
+        if self.recount {
+            pipe.cmd("INFO").arg("replication");
+        }
+    }
+
+    fn waits(&self) -> bool {
+        matches!(self.how, How::Aof) || self.replicas > 0
+    }
+
+    /// The wait, with a timeout inside the connection's read timeout.
     fn command(&self, timeout: Duration) -> redis::Cmd {
         let ms = u64::try_from(timeout.as_millis() * 3 / 4)
             .unwrap_or(u64::MAX)
             .max(1);
-        match self {
-            Wait::Aof { replicas } => {
+        match self.how {
+            How::Aof => {
                 let mut c = redis::cmd("WAITAOF");
-                c.arg(1).arg(*replicas).arg(ms);
+                c.arg(1).arg(self.replicas).arg(ms);
                 c
             }
-            Wait::Replicas { replicas } => {
+            How::Replicas => {
                 let mut c = redis::cmd("WAIT");
-                c.arg(*replicas).arg(ms);
+                c.arg(self.replicas).arg(ms);
                 c
             }
         }
     }
 
+    /// Reads the answers to [`Wait::add_to`]'s commands: whether the write
+    /// is durable. A replica the count after the write found attached is
+    /// waited for now, on `con` (a wait covers every earlier write of its
+    /// connection). A wait that timed out forgets `pool`'s count of
+    /// replicas: one may have left.
+    fn finish(
+        &self,
+        pool: &Pool,
+        con: &mut Connection,
+        answers: &mut impl Iterator<Item = Value>,
+        timeout: Duration,
+    ) -> redis::RedisResult<Result<()>> {
+        if self.waits() {
+            let confirmed = match answers.next() {
+                Some(answer) => self.confirmed(answer, timeout),
+                None => Err(unconfirmed("the server sent no answer to the wait")),
+            };
+            if let Err(e) = confirmed {
+                pool.forget_replicas();
+                return Ok(Err(e));
+            }
+        }
+        if !self.recount {
+            return Ok(Ok(()));
+        }
+        let Some(info) = answers.next() else {
+            return Ok(Err(unconfirmed(
+                "the server did not say whether a replica is attached",
+            )));
+        };
+        let attached = replicas_attached(&redis::from_redis_value::<String>(info)?);
+        pool.note_replicas(attached);
+        if attached == 0 {
+            return Ok(Ok(()));
+        }
+        let again = Wait {
+            how: self.how,
+            replicas: 1,
+            recount: false,
+        };
+        let answer: Value = again.command(timeout).query(con)?;
+        let confirmed = again.confirmed(answer, timeout);
+        if confirmed.is_err() {
+            pool.forget_replicas();
+        }
+        Ok(confirmed)
+    }
+
     fn confirmed(&self, answer: Value, timeout: Duration) -> Result<()> {
-        let ok = match self {
-            Wait::Aof { replicas } => redis::from_redis_value::<(u32, u32)>(answer)
-                .is_ok_and(|(local, acked)| local >= 1 && acked >= *replicas),
-            Wait::Replicas { replicas } => {
-                redis::from_redis_value::<u32>(answer).is_ok_and(|acked| acked >= *replicas)
+        let ok = match self.how {
+            How::Aof => redis::from_redis_value::<(u32, u32)>(answer)
+                .is_ok_and(|(local, acked)| local >= 1 && acked >= self.replicas),
+            How::Replicas => {
+                redis::from_redis_value::<u32>(answer).is_ok_and(|acked| acked >= self.replicas)
             }
         };
         if ok {
             Ok(())
         } else {
-            let what = match self {
-                Wait::Aof { replicas: 0 } => "fsynced by the server",
-                Wait::Aof { .. } => "fsynced by the server and received by a replica",
-                Wait::Replicas { .. } => "received by a replica",
+            let what = match (self.how, self.replicas) {
+                (How::Aof, 0) => "fsynced by the server",
+                (How::Aof, _) => {
+                    "fsynced by the server and received by a replica (a replica still in its \
+                     initial sync acknowledges nothing until the sync is done)"
+                }
+                (How::Replicas, _) => {
+                    "received by a replica (a replica still in its initial sync acknowledges \
+                     nothing until the sync is done)"
+                }
             };
             Err(unconfirmed(&format!(
                 "it was not {what} within {timeout:?}"
@@ -281,6 +417,25 @@ fn unexpected(reply: &[String]) -> Error {
         "committing a change",
         format!("unexpected reply from the commit script: {reply:?}"),
     ))
+}
+
+/// A write refused: fewer replicas are attached to the primary than
+/// `min_replicas` requires.
+fn too_few(addr: &str, attached: u32, required: u32) -> Error {
+    let attached = match attached {
+        0 => "no replica".to_owned(),
+        1 => "1 replica".to_owned(),
+        n => format!("{n} replicas"),
+    };
+    Error::Unavailable {
+        source: StorageError::new(
+            "checking the primary's replicas",
+            format!(
+                "the primary at {addr} has {attached} attached and min_replicas requires \
+                 {required}: writes are refused until enough replicas attach (reads go on)"
+            ),
+        ),
+    }
 }
 
 /// A change whose durability was not confirmed: it may have committed.

@@ -83,7 +83,7 @@ impl RedisEngine {
     ) -> Result<(RedisEngine, Opened)> {
         let settings = &config.redis;
         let nodes = Arc::new(Nodes::open(target, settings)?);
-        let sync = open::check_servers(&nodes, config.durability)?;
+        let sync = open::check_servers(&nodes, config.durability, settings.min_replicas)?;
         let meta = open::meta(&nodes, &settings.prefix, settings.buckets)?;
         let keys = Keys::new(&settings.prefix, meta.buckets, meta.tags);
         let origin = crate::key::hex(&random_bytes::<8>()?);
@@ -107,7 +107,13 @@ impl RedisEngine {
             poison,
         )?;
         let engine = RedisEngine {
-            committer: Committer::new(sync, settings.event_retention, origin, settings.timeout),
+            committer: Committer::new(
+                sync,
+                settings.min_replicas,
+                settings.event_retention,
+                origin,
+                settings.timeout,
+            ),
             repair_script: redis::Script::new(include_str!("repair.lua")),
             known: Knowledge::new(config.cache_capacity),
             reader: Mutex::new(Some(reader)),
@@ -586,20 +592,25 @@ impl Engine for RedisEngine {
 
     /// Whether every primary takes writes now: one write of a probe key on
     /// each (a replica, a server still loading, a cluster without a quorum
-    /// or out of memory fail it).
+    /// or out of memory fail it), unless it has fewer replicas attached than
+    /// `min_replicas` (then the store refuses writes).
     fn ping(&self) -> Result<()> {
         for b in self.bucket_per_primary() {
             let probe = self.keys.alive(b);
             let origin = self.progress.origin();
             self.nodes
-                .run(self.keys.slot(b), "writing to the server", |_, con| {
+                .run(self.keys.slot(b), "writing to the server", |pool, con| {
+                    if let Err(refused) = self.committer.admit(pool, con)? {
+                        return Ok(Err(refused));
+                    }
                     redis::cmd("SET")
                         .arg(&probe)
                         .arg(origin)
                         .arg("PX")
                         .arg(10_000)
                         .query::<()>(con)
-                })?;
+                        .map(Ok)
+                })??;
         }
         Ok(())
     }

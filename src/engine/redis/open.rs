@@ -38,14 +38,31 @@ enum Fsync {
 }
 
 /// Checks that every primary offers what the store needs, and returns how
-/// commits are made durable.
-pub(crate) fn check_servers(nodes: &Nodes, durability: Durability) -> Result<Sync> {
+/// commits are made durable. A primary with fewer replicas attached than
+/// `min_replicas` is no reason to refuse the store (reads go on, and
+/// writes once a replica attaches): it is logged.
+pub(crate) fn check_servers(
+    nodes: &Nodes,
+    durability: Durability,
+    min_replicas: u32,
+) -> Result<Sync> {
     let mut found = Vec::new();
     for primary in nodes.primaries() {
         let pool = primary.pool.clone();
-        let fsync = pool
-            .with(|con| check_server(con, nodes.is_cluster(), pool.addr()))
-            .map_err(failed("reading the server's settings"))??;
+        let (fsync, attached) = pool
+            .with(|con| {
+                let fsync = check_server(con, nodes.is_cluster(), pool.addr())?;
+                Ok((fsync, pool.ask_replicas(con)?))
+            })
+            .map_err(failed("reading the server's settings"))?;
+        let fsync = fsync?;
+        if attached < min_replicas {
+            log::warn!(
+                "the primary at {} has {attached} replica(s) attached and min_replicas requires \
+                 {min_replicas}: writes are refused until enough replicas attach",
+                pool.addr()
+            );
+        }
         found.push((pool.addr().to_owned(), fsync));
     }
     if durability != Durability::Immediate {
