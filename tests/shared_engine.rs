@@ -307,22 +307,25 @@ fn a_reader_behind_the_stream_retention_hears_lagged_with_the_exact_count() {
     // reach this node (as while its subscription was down): by the time it
     // reads the stream, only the last 5 are left.
     let mut raw = server.connection();
-    let (stream, counter) = (
+    let (stream, head) = (
         only_key(&mut raw, "sessiondb{*}:x"),
-        only_key(&mut raw, "sessiondb{*}:xn"),
+        only_key(&mut raw, "sessiondb{*}:xh"),
     );
     let burst = r#"
         for i = 1, 40 do
-          local n = redis.call('INCR', KEYS[2])
+          local h = redis.call('HMGET', KEYS[2], 'n', 'p')
+          local n = tonumber(h[1]) + 1
           local e = '{"t":"unset","id":"burst' .. i .. '","actorId":"p0","reason":"expired"}'
-          redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*', 'n', n, 'k', 1, 'o', 'elsewhere', 'e', e)
+          local id = redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*',
+            'n', n, 'k', 1, 'p', h[2], 'o', 'elsewhere', 'e', e)
+          redis.call('HSET', KEYS[2], 'n', n, 'p', id)
         end
         return 1"#;
     let _: i64 = redis::cmd("EVAL")
         .arg(burst)
         .arg(2)
         .arg(&stream)
-        .arg(&counter)
+        .arg(&head)
         .query(&mut raw)
         .unwrap();
     // The next change's message does not follow what this node heard: it
@@ -1057,11 +1060,11 @@ fn entries_a_failover_lost_are_reported_as_lagged() {
     }
     hear(&heard, |h| h.len() == 5);
     // The failover, as the nodes see it: the new primary's stream ends two
-    // entries earlier, and its counter with it.
+    // entries earlier, and its head with it.
     let mut raw = server.connection();
-    let (stream, counter) = (
+    let (stream, head) = (
         only_key(&mut raw, "sessiondb{*}:x"),
-        only_key(&mut raw, "sessiondb{*}:xn"),
+        only_key(&mut raw, "sessiondb{*}:xh"),
     );
     let lost: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&stream)
@@ -1078,9 +1081,20 @@ fn entries_a_failover_lost_are_reported_as_lagged() {
             .query(&mut raw)
             .unwrap();
     }
-    let _: () = redis::cmd("SET")
-        .arg(&counter)
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut raw)
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&head)
+        .arg("n")
         .arg(3)
+        .arg("p")
+        .arg(&last.ids[0].id)
         .query(&mut raw)
         .unwrap();
     let next = a.register("p5", "en", Data::new()).unwrap();

@@ -25,10 +25,12 @@
 --   F                 channel at say that an entry was filed at `at` without
 --                                an event ("f\nat")
 --   V  akey           ms         note an arrival, kept for ms
---   E  xkey qkey      channel origin retention k events
+--   E  xkey hkey      channel origin retention k events
 --                                the plan's k events (JSON lines): numbered
---                                by counter qkey, appended to stream xkey as
---                                one entry, published on the shard channel
+--                                on from the head hkey (fields n, the last
+--                                number, and p, the last entry), appended to
+--                                stream xkey as one entry naming the one
+--                                before it, published on the shard channel
 --
 -- ARGV[1] is the commit's id. ARGV[2] is '1' when the call is sent again
 -- after its answer was lost: if the id is found where the first call left
@@ -38,13 +40,14 @@
 -- key KEYS[1] kept ARGV[4] ms (a plan that writes no session hash), '-'
 -- nowhere (a plan that writes nothing).
 --
--- Returns {'ok', id, n} for a plan with events (its stream entry and the
--- number of its last event), {'ok'} for one without, {'conflict'} when a
--- precondition does not hold, or {'done'}.
+-- Returns {'ok', id, n, p} for a plan with events (its stream entry, the
+-- number of its last event and the entry before it), {'ok'} for one
+-- without, {'conflict'} when a precondition does not hold, or {'done'}.
 --
--- A stream entry holds n (the number of its last event), k (how many), o
--- (the origin node) and e (the events, one JSON per line); the channel
--- message is the same as "n\nk\nid\no\ne".
+-- A stream entry holds n (the number of its last event), k (how many), p
+-- (the entry before it: numbers start again after a failover lost them,
+-- entry ids do not), o (the origin node) and e (the events, one JSON per
+-- line); the channel message is the same as "n\nk\np\nid\no\ne".
 
 local id = ARGV[1]
 local marker = KEYS[1]
@@ -141,12 +144,15 @@ while a <= n do
     a = a + 2
   elseif op == 'E' then
     local count = ARGV[a + 4]
-    local last = redis.call('INCRBY', KEYS[k + 1], count)
+    local head = redis.call('HMGET', KEYS[k + 1], 'n', 'p')
+    local last = (tonumber(head[1]) or 0) + tonumber(count)
+    local prev = head[2] or '0-0'
     local entry = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a + 3], '*',
-      'n', last, 'k', count, 'o', ARGV[a + 2], 'e', ARGV[a + 5])
-    redis.call('SPUBLISH', ARGV[a + 1],
-      last .. '\n' .. count .. '\n' .. entry .. '\n' .. ARGV[a + 2] .. '\n' .. ARGV[a + 5])
-    out = {'ok', entry, last}
+      'n', last, 'k', count, 'p', prev, 'o', ARGV[a + 2], 'e', ARGV[a + 5])
+    redis.call('HSET', KEYS[k + 1], 'n', last, 'p', entry)
+    redis.call('SPUBLISH', ARGV[a + 1], last .. '\n' .. count .. '\n' .. prev .. '\n'
+      .. entry .. '\n' .. ARGV[a + 2] .. '\n' .. ARGV[a + 5])
+    out = {'ok', entry, tostring(last), prev}
     k = k + 2
     a = a + 6
   else

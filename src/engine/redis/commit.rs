@@ -117,15 +117,16 @@ impl Committer {
         })?;
         durable?;
         let appended = match reply.as_slice() {
-            [ok, id, last] if ok == "ok" => {
-                let appended = parse_id(id)
-                    .zip(last.parse().ok())
-                    .map(|(id, sequence)| Appended {
+            [ok, id, last, prev] if ok == "ok" => {
+                let appended = parse_id(id).zip(parse_id(prev)).zip(last.parse().ok()).map(
+                    |((id, prev), sequence)| Appended {
                         bucket: program.bucket,
                         id,
+                        prev,
                         sequence,
                         count: program.events,
-                    });
+                    },
+                );
                 if appended.is_none() {
                     return Err(unexpected(&reply));
                 }
@@ -530,7 +531,7 @@ impl Program {
             p.events = events.len() as u64;
             p.push("E");
             p.keys.push(k.stream(bucket));
-            p.keys.push(k.sequence(bucket));
+            p.keys.push(k.head(bucket));
             p.push(&k.channel(bucket));
             p.push(origin);
             p.push(&retention.to_string());

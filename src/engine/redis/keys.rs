@@ -14,8 +14,8 @@
 //! | `P{b}:s:<digest hex>` | hash | `r`: the encoded record (`codec`), `v`: its revision, `m`: the id of the last commit that wrote it (a call sent again looks for it) |
 //! | `P{b}:e` | sorted set | member `<digest hex>:<actor id>`, score: expiry (ms) |
 //! | `P{b}:a:<actor id>` | set | the digests (hex) of the actor's sessions |
-//! | `P{b}:x` | stream | the bucket's events, an entry per commit: fields `n` (the number of its last event), `k` (how many), `o` (origin node), `e` (one JSON per line); trimmed to about `Config::event_retention` entries |
-//! | `P{b}:xn` | string | the bucket's last event number |
+//! | `P{b}:x` | stream | the bucket's events, an entry per commit: fields `n` (the number of its last event), `k` (how many), `p` (the entry before), `o` (origin node), `e` (one JSON per line); trimmed to about `Config::event_retention` entries |
+//! | `P{b}:xh` | hash | the events' head: `n` (the last event's number), `p` (the last entry's id) |
 //! | `P{b}:c` | shard channel | each entry as it is appended (`events`) |
 //! | `P{b}:q` | hash | digest hex → bytes of records moved aside by repair |
 //! | `P{b}:i` | hash | intent id → a reassign across buckets under way (`intent`) |
@@ -43,9 +43,10 @@ use crate::key::{hex, Digest, DIGEST_LEN};
 /// its entries already hold the invariants, its tags stay numbers, and an
 /// entry without `p` is read as following the entry before it. Format 5:
 /// a stream entry holds a commit's events (`k` of them, numbered up to
-/// `n`, no `p`), the count keys `P{b}:n` are gone (the expiry indexes
+/// `n`), the head `P{b}:xh` holds the last number and entry id (in place
+/// of `P{b}:xn`), the count keys `P{b}:n` are gone (the expiry indexes
 /// count), and a session hash keeps its last commit's id (`m`); a store of
-/// an earlier format is upgraded on open (its count keys deleted).
+/// an earlier format is upgraded on open.
 pub(crate) const REDIS_FORMAT: u32 = 5;
 
 /// Buckets of a store created without `Config::redis_buckets` on one
@@ -215,7 +216,14 @@ impl Keys {
         self.tagged(bucket, "x")
     }
 
-    pub fn sequence(&self, bucket: u32) -> String {
+    /// The bucket's events' head: `n`, the number of its last event, and
+    /// `p`, the id of its last stream entry.
+    pub fn head(&self, bucket: u32) -> String {
+        self.tagged(bucket, "xh")
+    }
+
+    /// A bucket's last event number, in stores before format 5.
+    pub fn old_sequence(&self, bucket: u32) -> String {
         self.tagged(bucket, "xn")
     }
 

@@ -861,21 +861,27 @@ mod tests {
         engine.reader.lock().unwrap().take().map(|mut r| r.stop());
         let bucket = engine.keys.bucket(&a);
         let mut raw = server.connection();
-        let _: String = redis::cmd("XADD")
+        let added: String = redis::cmd("XADD")
             .arg(engine.keys.stream(bucket))
             .arg("*")
             .arg("n")
             .arg(1)
             .arg("k")
             .arg(1)
+            .arg("p")
+            .arg("0-0")
             .arg("o")
             .arg("elsewhere")
             .arg("e")
             .arg("{}")
             .query(&mut raw)
             .unwrap();
-        let _: i64 = redis::cmd("INCR")
-            .arg(engine.keys.sequence(bucket))
+        let _: i64 = redis::cmd("HSET")
+            .arg(engine.keys.head(bucket))
+            .arg("n")
+            .arg(1)
+            .arg("p")
+            .arg(&added)
             .query(&mut raw)
             .unwrap();
         let (done, finished) = mpsc::channel();

@@ -153,6 +153,18 @@ pub(crate) struct Meta {
     pub tags: Tags,
 }
 
+/// A bucket of a store before format 5 moved on: its count key deleted,
+/// its last event number (KEYS[2]) and the stream's last entry (KEYS[3])
+/// kept in the head (KEYS[4]). Run again, it changes nothing.
+const UPGRADE_TO_5: &str = "redis.call('DEL', KEYS[1]) \
+     local n = redis.call('GET', KEYS[2]) \
+     if n then \
+       local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1] \
+       redis.call('HSET', KEYS[4], 'n', n, 'p', last and last[1] or '0-0') \
+       redis.call('DEL', KEYS[2]) \
+     end \
+     return 1";
+
 /// Creates or reads the store's meta atomically (one script: a new store
 /// gets the format, its buckets and spread tags; an existing one is left
 /// as it is), and moves an older format to the current one.
@@ -236,11 +248,19 @@ pub(crate) fn meta(nodes: &Nodes, prefix: &str, wanted: Option<u32>) -> Result<M
         })?,
     };
     if format < 5 {
-        // The count keys of formats before 5: the expiry indexes count now.
+        // Formats before 5 kept a count per bucket (the expiry indexes
+        // count now) and the last event number alone: the head takes it,
+        // with the stream's last entry.
         let keys = Keys::new(prefix, buckets, tags);
         let all: Vec<(u32, u16)> = (0..buckets).map(|b| (b, keys.slot(b))).collect();
-        nodes.across(&all, 1, "deleting the old session counts", |pipe, b| {
-            pipe.cmd("DEL").arg(keys.old_count(b));
+        nodes.across(&all, 1, "moving the event heads to format 5", |pipe, b| {
+            pipe.cmd("EVAL")
+                .arg(UPGRADE_TO_5)
+                .arg(4)
+                .arg(keys.old_count(b))
+                .arg(keys.old_sequence(b))
+                .arg(keys.stream(b))
+                .arg(keys.head(b));
         })?;
     }
     Ok(Meta {

@@ -128,9 +128,9 @@ pub(crate) fn format_id((ms, seq): EntryId) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
     pub id: EntryId,
-    /// The entry before it in the stream, in entries of store formats 3
-    /// and 4 (one event each); `None` in the others, which follow the entry
-    /// whose last event is numbered one less than their first.
+    /// The entry before it in the stream; `None` in entries written before
+    /// store format 3, which follow the entry whose last event is numbered
+    /// one less than their first.
     pub prev: Option<EntryId>,
     /// The number of its last event.
     pub sequence: u64,
@@ -162,18 +162,19 @@ impl Entry {
         self.sequence.saturating_sub(self.count.max(1) - 1)
     }
 
-    /// A channel message: `n \n k \n id \n origin \n events`.
+    /// A channel message: `n \n k \n prev \n id \n origin \n events`.
     pub fn from_message(message: &[u8]) -> Option<Entry> {
         let text = std::str::from_utf8(message).ok()?;
-        let mut parts = text.splitn(5, '\n');
+        let mut parts = text.splitn(6, '\n');
         let sequence = parts.next()?.parse().ok()?;
         let count = parts.next()?.parse().ok()?;
+        let prev = parse_id(parts.next()?)?;
         let id_text = parts.next()?;
         let id = parse_id(id_text)?;
         let origin = parts.next()?.to_owned();
         Some(Entry {
             id,
-            prev: None,
+            prev: Some(prev),
             sequence,
             count,
             origin,
@@ -195,20 +196,15 @@ impl Entry {
 }
 
 /// Where the commit script appended a plan's events: its bucket, the
-/// stream entry, the number of its last event and how many it holds.
+/// stream entry and the one before it, the number of its last event and
+/// how many it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Appended {
     pub bucket: u32,
     pub id: EntryId,
+    pub prev: EntryId,
     pub sequence: u64,
     pub count: u64,
-}
-
-impl Appended {
-    /// The number of its first event.
-    fn first(&self) -> u64 {
-        self.sequence.saturating_sub(self.count.max(1) - 1)
-    }
 }
 
 /// The last entry of a bucket's stream that was published on this node:
@@ -295,7 +291,7 @@ impl Progress {
             if at.id >= entry.id {
                 return true;
             }
-            if entry.first() == at.sequence + 1 {
+            if entry.prev == at.id {
                 hub.publish(events);
                 published.insert(
                     entry.bucket,
@@ -487,6 +483,7 @@ mod tests {
         let mine = Appended {
             bucket: 3,
             id: (12, 0),
+            prev: (11, 0),
             sequence: 3,
             count: 1,
         };
@@ -506,16 +503,18 @@ mod tests {
     #[test]
     fn messages_parse_as_the_script_writes_them() {
         let json = |n| encode(&unset(n)).unwrap().1;
-        let message = format!("7\n2\n6-0\nnode\n{}\n{}", json(1), json(2));
+        let message = format!("7\n2\n5-3\n6-0\nnode\n{}\n{}", json(1), json(2));
         let e = Entry::from_message(message.as_bytes()).unwrap();
         assert_eq!((e.sequence, e.count, e.first(), e.id), (7, 2, 6, (6, 0)));
+        assert_eq!(e.prev, Some((5, 3)));
         assert_eq!(e.origin, "node");
         assert_eq!(e.events, vec![unset(1), unset(2)]);
         assert_eq!(Entry::from_message(b"7\nnot a count"), None);
     }
 
-    /// A commit's events are one entry: it follows the entry whose last
-    /// event is numbered one less than its first, and a gap counts events.
+    /// A commit's events are one entry: it follows the entry it names (or,
+    /// naming none, the one whose last event is numbered one less than its
+    /// first), and a gap counts events.
     #[test]
     fn an_entry_of_several_events_is_published_whole_in_order() {
         let hub = EventHub::new(64);
@@ -540,6 +539,41 @@ mod tests {
         let got: Vec<Event> = rx.try_iter().collect();
         assert_eq!(got[0], Event::Lagged { missed: 3 });
         assert_eq!(got.len(), 3);
+    }
+
+    /// A failover lost the last entries and the new primary numbered its
+    /// own from where it had got: a writer's own entry numbered next to
+    /// what was heard does not follow it (it names another entry), so it
+    /// is never published ahead of the entries before it.
+    #[test]
+    fn an_entry_numbered_next_but_naming_another_does_not_follow() {
+        let hub = EventHub::new(64);
+        let rx = hub.subscribe();
+        let p = Progress::new("me".into(), Duration::from_secs(1));
+        p.start(
+            0,
+            Mark {
+                id: (10, 0),
+                sequence: 4,
+            },
+        );
+        // The new primary's entries 1 to 4 (ids 20 to 23), then this node's
+        // entry 5 (id 24), which names entry 23.
+        let mine = Appended {
+            bucket: 0,
+            id: (24, 0),
+            prev: (23, 0),
+            sequence: 5,
+            count: 1,
+        };
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(!p.publish_own(&hub, mine, &[unset(24)], soon));
+        assert_eq!(rx.try_iter().count(), 0);
+        let renumbered = Entry {
+            prev: Some((0, 0)),
+            ..entry(20, 1, "them")
+        };
+        assert_eq!(p.offer(&hub, 0, &renumbered, None), Offered::Gap);
     }
 
     /// Entries of store formats 3 and 4 name the entry before them.

@@ -120,37 +120,27 @@ impl Drop for Reader {
     }
 }
 
-/// Each bucket's last stream entry and sequence number.
+/// Each bucket's last stream entry and event number, from its head.
 fn current_ends(nodes: &Nodes, keys: &Keys) -> Result<Vec<(u32, Mark)>> {
     let buckets: Vec<(u32, u16)> = (0..keys.buckets()).map(|b| (b, keys.slot(b))).collect();
-    let replies = nodes.across(&buckets, 2, "reading the event streams' ends", |pipe, b| {
-        pipe.cmd("XREVRANGE")
-            .arg(keys.stream(b))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("GET")
-            .arg(keys.sequence(b));
+    let replies = nodes.across(&buckets, 1, "reading the event streams' ends", |pipe, b| {
+        pipe.cmd("HMGET").arg(keys.head(b)).arg("n").arg("p");
     })?;
-    let mut out = Vec::with_capacity(replies.len());
-    for (bucket, pair) in replies {
-        let mut pair = pair.into_iter();
-        let last = pair.next().map(entries).unwrap_or_default();
-        let counter: Option<u64> = pair.next().and_then(|v| redis::from_redis_value(v).ok());
-        let mark = match last.first() {
-            Some(e) => Mark {
-                id: e.id,
-                sequence: e.sequence,
-            },
-            None => Mark {
-                id: (0, 0),
-                sequence: counter.unwrap_or(0),
-            },
-        };
-        out.push((bucket, mark));
-    }
-    Ok(out)
+    Ok(replies
+        .into_iter()
+        .map(|(bucket, reply)| {
+            let (n, p): (Option<u64>, Option<String>) = reply
+                .into_iter()
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let mark = Mark {
+                id: p.as_deref().and_then(super::parse_id).unwrap_or((0, 0)),
+                sequence: n.unwrap_or(0),
+            };
+            (bucket, mark)
+        })
+        .collect())
 }
 
 /// The entries of an `XRANGE` / `XREVRANGE` reply.
