@@ -196,7 +196,15 @@ impl Keys {
     }
 
     pub fn session(&self, actor_id: &str, digest: &Digest) -> String {
-        self.tagged(self.bucket(actor_id), &format!("s:{}", digest.hex()))
+        self.session_in(self.bucket(actor_id), digest)
+    }
+
+    /// A session's key, its actor's bucket known.
+    pub fn session_in(&self, bucket: u32, digest: &Digest) -> String {
+        let mut rest = String::with_capacity(2 + 2 * DIGEST_LEN);
+        rest.push_str("s:");
+        rest.push_str(&digest.hex());
+        self.tagged(bucket, &rest)
     }
 
     pub fn expiries(&self, bucket: u32) -> String {

@@ -295,15 +295,23 @@ impl RedisEngine {
         let Some((first, _)) = wanted.first() else {
             return Ok(Vec::new());
         };
+        // The hot read path: one bucket (its SHA-256 once), the keys made
+        // once whatever the retries, one command for one record.
+        let bucket = self.keys.bucket(first);
+        let keys: Vec<String> = wanted
+            .iter()
+            .map(|(_, digest)| self.keys.session_in(bucket, digest))
+            .collect();
         let replies: Vec<(Option<Vec<u8>>, Option<u64>)> =
             self.nodes
-                .run(self.slot_of(first), "reading sessions", |_, con| {
+                .run(self.keys.slot(bucket), "reading sessions", |_, con| {
+                    if let [key] = keys.as_slice() {
+                        let one = redis::cmd("HMGET").arg(key).arg("r").arg("v").query(con)?;
+                        return Ok(vec![one]);
+                    }
                     let mut pipe = redis::pipe();
-                    for (actor_id, digest) in wanted {
-                        pipe.cmd("HMGET")
-                            .arg(self.keys.session(actor_id, digest))
-                            .arg("r")
-                            .arg("v");
+                    for key in &keys {
+                        pipe.cmd("HMGET").arg(key).arg("r").arg("v");
                     }
                     pipe.query(con)
                 })?;
