@@ -99,9 +99,36 @@ while a <= n do
   end
 end
 
--- The changes and the events.
+-- The changes and the events. Deletions in a row (a reap batch) are sent
+-- as one DEL and one ZREM per index, and one SREM per actor.
+local dels, zrems, srems = {}, {}, {}
+local function flush()
+  if #dels > 0 then
+    redis.call('DEL', unpack(dels))
+    dels = {}
+  end
+  for key, members in pairs(zrems) do
+    redis.call('ZREM', key, unpack(members))
+  end
+  zrems = {}
+  for key, members in pairs(srems) do
+    redis.call('SREM', key, unpack(members))
+  end
+  srems = {}
+end
+local function add(t, key, member)
+  local list = t[key]
+  if not list then
+    list = {}
+    t[key] = list
+  end
+  list[#list + 1] = member
+end
 while a <= n do
   local op = ARGV[a]
+  if op ~= 'D' then
+    flush()
+  end
   if op == 'I' then
     redis.call('HSET', KEYS[k], 'r', ARGV[a + 5], 'v', ARGV[a + 4], 'm', id)
     redis.call('ZADD', KEYS[k + 1], ARGV[a + 3], ARGV[a + 1])
@@ -116,9 +143,9 @@ while a <= n do
     k = k + 2
     a = a + 5
   elseif op == 'D' then
-    redis.call('DEL', KEYS[k])
-    redis.call('ZREM', KEYS[k + 1], ARGV[a + 1])
-    redis.call('SREM', KEYS[k + 2], ARGV[a + 2])
+    dels[#dels + 1] = KEYS[k]
+    add(zrems, KEYS[k + 1], ARGV[a + 1])
+    add(srems, KEYS[k + 2], ARGV[a + 2])
     k = k + 3
     a = a + 3
   elseif op == 'X' then
@@ -159,6 +186,7 @@ while a <= n do
     return redis.error_reply('sessiondb: bad plan instruction ' .. tostring(op))
   end
 end
+flush()
 if mode == 'k' then
   redis.call('SET', marker, '1', 'PX', ARGV[4])
 end

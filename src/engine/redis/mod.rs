@@ -441,25 +441,40 @@ impl Engine for RedisEngine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(buckets.iter().copied());
-        let asked: Vec<(u32, u16)> = buckets.iter().map(|&b| (b, self.keys.slot(b))).collect();
-        let replies = self
-            .nodes
-            .across(&asked, 1, "scanning expiries", |pipe, b| {
-                pipe.cmd("ZRANGE")
-                    .arg(self.keys.expiries(b))
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("BYSCORE")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .arg("WITHSCORES");
-            })?;
+        // A share of what is left of the limit per bucket, so that a scan
+        // returns no more than is asked for; the buckets that filled their
+        // share are asked again for the rest, so that fewer than `limit`
+        // entries means nothing more is due.
         let mut due = Vec::new();
-        for (_, reply) in replies {
-            for value in reply {
-                let entries: Vec<(Vec<u8>, f64)> =
-                    redis::from_redis_value(value).unwrap_or_default();
+        let mut open: Vec<(u32, usize)> = buckets.iter().map(|&b| (b, 0)).collect();
+        while !open.is_empty() && due.len() < limit {
+            let share = (limit - due.len()).div_ceil(open.len()).max(1);
+            let asked: Vec<(u32, u16)> =
+                open.iter().map(|&(b, _)| (b, self.keys.slot(b))).collect();
+            let offsets: std::collections::HashMap<u32, usize> = open.iter().copied().collect();
+            let replies = self
+                .nodes
+                .across(&asked, 1, "scanning expiries", |pipe, b| {
+                    pipe.cmd("ZRANGE")
+                        .arg(self.keys.expiries(b))
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("BYSCORE")
+                        .arg("LIMIT")
+                        .arg(offsets.get(&b).copied().unwrap_or(0))
+                        .arg(share)
+                        .arg("WITHSCORES");
+                })?;
+            open.clear();
+            for (b, reply) in replies {
+                let entries: Vec<(Vec<u8>, f64)> = reply
+                    .into_iter()
+                    .next()
+                    .and_then(|v| redis::from_redis_value(v).ok())
+                    .unwrap_or_default();
+                if entries.len() == share {
+                    open.push((b, offsets.get(&b).copied().unwrap_or(0) + share));
+                }
                 due.extend(entries.into_iter().filter_map(|(member, score)| {
                     let (digest, actor_id) = parse_expiry_member(&member)?;
                     Some(Due {
@@ -468,9 +483,6 @@ impl Engine for RedisEngine {
                         actor_id,
                     })
                 }));
-            }
-            if due.len() >= limit {
-                break;
             }
         }
         due.truncate(limit);
