@@ -482,12 +482,9 @@ impl Program {
         // Where the commit's id is left for a call sent again: in the first
         // session hash the plan writes, else in a key of its own.
         let first_written = plan.changes.iter().find_map(|c| match c {
-            Change::Insert {
-                digest, actor_id, ..
+            Change::Insert { digest, .. } | Change::Update { digest, .. } => {
+                Some(k.session_in(bucket, digest))
             }
-            | Change::Update {
-                digest, actor_id, ..
-            } => Some(k.session(actor_id, digest)),
             _ => None,
         });
         let (marker, mode) = match first_written {
@@ -553,28 +550,22 @@ impl Program {
     fn precondition(&mut self, k: &Keys, c: &Precondition) {
         match c {
             Precondition::Record {
-                actor_id,
-                digest,
-                revision,
+                digest, revision, ..
             } => {
-                self.keys.push(k.session(actor_id, digest));
+                self.keys.push(k.session_in(self.bucket, digest));
                 self.push("R");
                 self.push(&revision.map(|r| r.to_string()).unwrap_or_default());
             }
             Precondition::Actor { actor_id, sessions } => {
-                self.keys.push(k.actor(actor_id));
+                self.keys.push(k.actor_in(self.bucket, actor_id));
                 self.push("A");
                 self.push(&sessions.len().to_string());
                 for d in sessions {
                     self.push(&digest_hex(d));
                 }
             }
-            Precondition::Arrival {
-                actor_id,
-                id,
-                present,
-            } => {
-                self.keys.push(k.arrival(k.bucket(actor_id), id));
+            Precondition::Arrival { id, present, .. } => {
+                self.keys.push(k.arrival(self.bucket, id));
                 self.push("T");
                 self.push(if *present { "1" } else { "0" });
             }
@@ -590,10 +581,10 @@ impl Program {
                 revision,
                 record,
             } => {
-                let b = k.bucket(actor_id);
-                self.keys.push(k.session(actor_id, digest));
+                let b = self.bucket;
+                self.keys.push(k.session_in(b, digest));
                 self.keys.push(k.expiries(b));
-                self.keys.push(k.actor(actor_id));
+                self.keys.push(k.actor_in(self.bucket, actor_id));
                 self.push("I");
                 self.push(&expiry_member(digest, actor_id));
                 self.push(&digest_hex(digest));
@@ -609,8 +600,8 @@ impl Program {
                 revision,
                 record,
             } => {
-                self.keys.push(k.session(actor_id, digest));
-                self.keys.push(k.expiries(k.bucket(actor_id)));
+                self.keys.push(k.session_in(self.bucket, digest));
+                self.keys.push(k.expiries(self.bucket));
                 self.push("U");
                 self.push(&expiry_member(digest, actor_id));
                 // An entry that stays where it is is not written again.
@@ -625,9 +616,9 @@ impl Program {
             Change::Delete {
                 digest, actor_id, ..
             } => {
-                self.keys.push(k.session(actor_id, digest));
-                self.keys.push(k.expiries(k.bucket(actor_id)));
-                self.keys.push(k.actor(actor_id));
+                self.keys.push(k.session_in(self.bucket, digest));
+                self.keys.push(k.expiries(self.bucket));
+                self.keys.push(k.actor_in(self.bucket, actor_id));
                 self.push("D");
                 self.push(&expiry_member(digest, actor_id));
                 self.push(&digest_hex(digest));
@@ -635,35 +626,27 @@ impl Program {
             Change::DropExpiry {
                 digest, actor_id, ..
             } => {
-                self.keys.push(k.expiries(k.bucket(actor_id)));
+                self.keys.push(k.expiries(self.bucket));
                 self.push("X");
                 self.push(&expiry_member(digest, actor_id));
             }
-            Change::PutIntent {
-                actor_id,
-                id,
-                value,
-            } => {
-                let b = k.bucket(actor_id);
+            Change::PutIntent { id, value, .. } => {
+                let b = self.bucket;
                 self.keys.push(k.intents(b));
                 self.push("P");
                 self.push(&k.channel(b));
                 self.push(id);
                 self.args.push(value.clone());
             }
-            Change::DropIntent { actor_id, id } => {
-                let b = k.bucket(actor_id);
+            Change::DropIntent { id, .. } => {
+                let b = self.bucket;
                 self.keys.push(k.intents(b));
                 self.push("Q");
                 self.push(&k.channel(b));
                 self.push(id);
             }
-            Change::Arrival {
-                actor_id,
-                id,
-                keep_ms,
-            } => {
-                self.keys.push(k.arrival(k.bucket(actor_id), id));
+            Change::Arrival { id, keep_ms, .. } => {
+                self.keys.push(k.arrival(self.bucket, id));
                 self.push("V");
                 self.push(&keep_ms.to_string());
             }
@@ -674,6 +657,9 @@ impl Program {
 /// The one bucket of every actor `plan` names (bucket 0 for a plan that
 /// names none).
 fn plan_bucket(k: &Keys, plan: &Plan) -> Result<u32> {
+    // An actor comes up in a precondition, a change and an event: its
+    // bucket (a SHA-256) is computed once.
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let actors = plan
         .preconditions
         .iter()
@@ -686,6 +672,9 @@ fn plan_bucket(k: &Keys, plan: &Plan) -> Result<u32> {
         );
     let mut bucket = None;
     for actor in actors {
+        if !seen.insert(actor) {
+            continue;
+        }
         let b = k.bucket(actor);
         match bucket {
             None => bucket = Some(b),

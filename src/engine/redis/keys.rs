@@ -192,7 +192,13 @@ impl Keys {
 
     fn tagged(&self, bucket: u32, rest: &str) -> String {
         let tag = self.tags.get(bucket as usize).map_or("", String::as_str);
-        format!("{}{{{tag}}}:{rest}", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + 3 + rest.len());
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(tag);
+        key.push_str("}:");
+        key.push_str(rest);
+        key
     }
 
     pub fn session(&self, actor_id: &str, digest: &Digest) -> String {
@@ -212,7 +218,15 @@ impl Keys {
     }
 
     pub fn actor(&self, actor_id: &str) -> String {
-        self.tagged(self.bucket(actor_id), &format!("a:{actor_id}"))
+        self.actor_in(self.bucket(actor_id), actor_id)
+    }
+
+    /// An actor's set, its bucket known.
+    pub fn actor_in(&self, bucket: u32, actor_id: &str) -> String {
+        let mut rest = String::with_capacity(2 + actor_id.len());
+        rest.push_str("a:");
+        rest.push_str(actor_id);
+        self.tagged(bucket, &rest)
     }
 
     /// A bucket's session count, in stores before format 5.

@@ -174,6 +174,8 @@ impl RedisEngine {
     /// wrote, and each actor's list it relied on, changed as the plan
     /// changed it (the script checked that list, so it is exact now).
     fn learn(&self, plan: &Plan) {
+        // A plan stays in one bucket.
+        let mut bucket = None;
         for p in &plan.preconditions {
             if let Precondition::Actor { actor_id, sessions } = p {
                 let mut now = sessions.clone();
@@ -215,8 +217,8 @@ impl RedisEngine {
                     self.known.wrote(*digest, *revision, record);
                     // The reaper of this node hears of its own entries at
                     // once (the other nodes' by their events and hints).
-                    let bucket = self.keys.bucket(actor_id);
-                    self.schedule.hint(bucket, reaping::Hint::Filed(*filed_at));
+                    let b = *bucket.get_or_insert_with(|| self.keys.bucket(actor_id));
+                    self.schedule.hint(b, reaping::Hint::Filed(*filed_at));
                 }
                 Change::Delete { digest, .. } => self.known.forget_record(digest),
                 _ => {}
