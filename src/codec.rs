@@ -5,6 +5,8 @@
 //! The layout is the field order of the private wire structs below, encoded
 //! with bincode; the domain types (`Record`, `RecordHead`) know nothing of it.
 
+use std::collections::BTreeMap;
+
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -193,7 +195,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Record, String> {
     let data = &body[used..];
     let data_len = data_len(data)?;
     used += data_len;
-    let mut record = wire.with_data(Data::from_stored(&data[..data_len]));
+    let mut record = wire.with_data(Data::from_stored(&data[..data_len], data_map));
     if format >= 2 {
         let (lead, n): (u64, usize) =
             bincode::decode_from_slice(&body[used..], config()).map_err(|e| e.to_string())?;
@@ -269,16 +271,25 @@ fn data_len(bytes: &[u8]) -> std::result::Result<usize, String> {
     Ok(bytes.len() - entries.rest.len())
 }
 
+/// The entries of a data encoding that passed [`data_len`] (so every one
+/// decodes), as a map: how `Data` decodes its stored encoding on first use.
+fn data_map(bytes: &[u8]) -> BTreeMap<String, String> {
+    data_entries(bytes)
+        .filter_map(std::result::Result::ok)
+        .map(|(name, json)| (name.to_owned(), json.to_owned()))
+        .collect()
+}
+
 /// The entries of a data encoding (see [`data_len`]), in stored order; an
 /// entry that cannot be read ends the iteration with its error.
-pub(crate) fn data_entries(bytes: &[u8]) -> DataEntries<'_> {
+fn data_entries(bytes: &[u8]) -> DataEntries<'_> {
     DataEntries {
         rest: bytes,
         left: None,
     }
 }
 
-pub(crate) struct DataEntries<'a> {
+struct DataEntries<'a> {
     rest: &'a [u8],
     /// Entries still to read; `None` before the count is read.
     left: Option<u64>,

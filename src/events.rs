@@ -190,6 +190,7 @@ impl EventHub {
     /// Tells every subscriber that `missed` events never reached this node
     /// (an engine's event log dropped them before they were read). Each
     /// hears it as [`Event::Lagged`], added to what it missed itself.
+    #[cfg(feature = "redis")]
     pub fn publish_gap(&self, missed: u64) {
         if missed == 0 {
             return;

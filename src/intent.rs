@@ -14,7 +14,7 @@
 //! it is live under neither: a round trip normally. A node stopped between
 //! the steps leaves its intent, which the next store to open, or any
 //! node's reaper once the intent is [`GRACE_MS`] old, rolls forward from
-//! where it stopped; every step may run twice, so a roll-forward racing
+//! where it stopped (`roll_forward.rs`); every step may run twice, so a roll-forward racing
 //! the node that began it does no harm. The arrival note is kept for
 //! [`ARRIVAL_KEPT_MS`]: an intent left longer than that (every node down
 //! for a week between steps 2 and 3) would place its session again. A
@@ -24,7 +24,6 @@
 use crate::error::{Error, Result};
 use crate::key::Digest;
 use crate::session::Record;
-use crate::shared::{About, Shared};
 
 /// How old an intent must be before a reaper rolls it forward: a node
 /// that is alive finishes its own within a few round trips.
@@ -105,48 +104,6 @@ impl Intent {
             created_at,
         })
     }
-}
-
-/// Steps 2 and 3 of a reassign whose step 1 committed: the moved session
-/// as stored under its new actor.
-pub(crate) fn roll_forward(shared: &Shared, intent: Intent, now: u64) -> Result<Record> {
-    let moving = intent.clone();
-    let record = shared.write(About::of(vec![intent.to.clone()]), move |p| {
-        p.reassign_in(&moving, now)
-    })?;
-    shared.write(About::of(vec![intent.from.clone()]), move |p| {
-        p.drop_intent(&intent);
-        Ok(())
-    })?;
-    Ok(record)
-}
-
-/// Rolls forward every intent at least `grace` ms old at `now` (every
-/// one, for `None`); returns how many.
-pub(crate) fn finish_stuck(shared: &Shared, now: u64, grace: Option<u64>) -> Result<usize> {
-    let mut done = 0;
-    for bytes in shared.engine.intents()? {
-        let intent = match Intent::decode(&bytes) {
-            Ok(intent) => intent,
-            Err(problem) => {
-                log::error!("an intent does not decode ({problem}); it is left as it is");
-                continue;
-            }
-        };
-        if grace.is_some_and(|g| intent.created_at.saturating_add(g) > now) {
-            continue;
-        }
-        log::warn!(
-            "rolling forward the reassign of {:?} to {:?} that a node left half-way",
-            intent.from,
-            intent.to,
-        );
-        match roll_forward(shared, intent, now) {
-            Ok(_) | Err(Error::Invalid(_)) => done += 1,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -36,18 +36,32 @@
 //! # }
 //! ```
 //!
+//! ## Features
+//!
+//! | feature | default | gives |
+//! | --- | --- | --- |
+//! | (none) | yes | the embedded store on sled (`Config::new`): the whole session API, events, crash recovery, export and import; no network client, no TLS stack |
+//! | `redis` | no | the same store shared through Redis or Valkey: one server (`Config::redis`), a Redis Cluster (`Config::redis_cluster`) or a primary behind Sentinel (`Config::redis_sentinel`), with redis-rs and rustls (for `rediss://`) |
+//!
+//! sled comes as `sessiondb-sled`: sled 0.34.7 with one fix (a file
+//! truncation that could deadlock sled's IO pool), the same on-disk format.
+//!
 //! ## Guarantees
-//! - Every change that touches several trees is one transaction: after any
-//!   crash each session has exactly one expiry entry and one actor entry.
 //! - Reads never return an expired session, whether or not the reaper ran.
 //! - Only a SHA-256 digest of each secret is stored.
 //! - With [`Durability::Immediate`] a call returns only once its write is on
-//!   disk; with [`Durability::Periodic`] a crash loses at most the last
+//!   disk (on Redis: fsynced, and received by a replica when one is
+//!   attached); with [`Durability::Periodic`] a crash loses at most the last
 //!   interval's writes.
+//! - After a crash the store reopens consistent: each session has its
+//!   expiry entry, no actor is over its cap, and every session the check
+//!   ends is announced.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod backoff;
 mod clock;
 mod codec;
 mod config;
@@ -63,6 +77,7 @@ mod key;
 mod plan;
 mod reaper;
 mod recovery;
+mod roll_forward;
 mod rules;
 mod session;
 mod shared;
@@ -74,9 +89,9 @@ mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::RECORD_FORMAT;
-pub use config::{
-    parse_time_code, redact_url, url_passwords, Config, Durability, MAX_KEY_LENGTH, MIN_KEY_LENGTH,
-};
+pub use config::{parse_time_code, Config, Durability, Location, MAX_KEY_LENGTH, MIN_KEY_LENGTH};
+#[cfg(feature = "redis")]
+pub use config::{redact_url, url_passwords, RedisTarget, DEFAULT_REDIS_PREFIX};
 pub use engine::sled::layout::STORE_FORMAT;
 pub use error::{Error, Reason, Result, StorageError};
 pub use events::{Event, UnsetReason, MAX_REASON_LEN};
@@ -104,6 +119,7 @@ pub mod guide_doctests {
     pub struct Events;
     #[doc = include_str!("../docs/errors.md")]
     pub struct Errors;
+    #[cfg(feature = "redis")]
     #[doc = include_str!("../docs/redis.md")]
     pub struct Redis;
 }

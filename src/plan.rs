@@ -10,7 +10,7 @@ use crate::codec;
 use crate::engine::{Change, Due, Plan, Precondition, View};
 use crate::error::{Error, Reason, Result};
 use crate::events::{Event, UnsetReason};
-use crate::intent::Intent;
+use crate::intent::{Intent, ARRIVAL_KEPT_MS};
 use crate::key::Digest;
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{ActorAddress, Data, Record};
@@ -436,6 +436,7 @@ impl<'a> Planner<'a> {
         self.plan.changes.push(Change::Arrival {
             actor_id: to.to_owned(),
             id: intent.id.clone(),
+            keep_ms: ARRIVAL_KEPT_MS,
         });
         Ok(intent.record.clone())
     }

@@ -60,8 +60,9 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
             break;
         }
     }
+    shared.engine.reaped()?;
     // Reassigns across shards that a node left half-way.
-    crate::intent::finish_stuck(shared, now, Some(crate::intent::GRACE_MS))?;
+    crate::roll_forward::stuck(shared, now, Some(crate::intent::GRACE_MS))?;
     Ok(total)
 }
 

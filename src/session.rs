@@ -36,31 +36,41 @@ pub struct Data {
     /// was not changed since: checked when the record was decoded
     /// (`codec::data_len`), decoded on first use, and written back as it
     /// is when the record is stored again.
-    stored: Option<Box<[u8]>>,
+    stored: Option<Stored>,
 }
+
+/// A stored data encoding and the codec's decoder for it, handed over
+/// together so that the domain types do not depend on the codec.
+#[derive(Clone)]
+struct Stored {
+    bytes: Box<[u8]>,
+    entries: DecodeEntries,
+}
+
+/// Decodes a data encoding that passed the codec's checks into its entries.
+pub(crate) type DecodeEntries = fn(&[u8]) -> BTreeMap<String, String>;
 
 impl Data {
     /// Data read from a record: `stored` must have passed
-    /// `codec::data_len`.
-    pub(crate) fn from_stored(stored: &[u8]) -> Data {
+    /// `codec::data_len`; `entries` decodes it on first use.
+    pub(crate) fn from_stored(stored: &[u8], entries: DecodeEntries) -> Data {
         Data {
             map: OnceLock::new(),
-            stored: Some(stored.into()),
+            stored: Some(Stored {
+                bytes: stored.into(),
+                entries,
+            }),
         }
     }
 
     /// The stored encoding, while the data is unchanged since it was read.
     pub(crate) fn stored(&self) -> Option<&[u8]> {
-        self.stored.as_deref()
+        self.stored.as_ref().map(|s| &*s.bytes)
     }
 
     fn map(&self) -> &BTreeMap<String, String> {
         self.map.get_or_init(|| match &self.stored {
-            // Checked when the record was decoded, so every entry decodes.
-            Some(bytes) => crate::codec::data_entries(bytes)
-                .filter_map(std::result::Result::ok)
-                .map(|(name, json)| (name.to_owned(), json.to_owned()))
-                .collect(),
+            Some(stored) => (stored.entries)(&stored.bytes),
             None => BTreeMap::new(),
         })
     }

@@ -15,11 +15,11 @@ use crate::config::Config;
 use crate::engine;
 use crate::error::{clip, Error, Result};
 use crate::events::{Event, EventHub, UnsetReason};
-use crate::intent;
 use crate::key::{self, Digest, FullKey};
 use crate::plan::{DataEdit, Touch};
 use crate::reaper::{self, Reaper};
 use crate::recovery::{self, CheckReport, Recovering, RecoveryReport};
+use crate::roll_forward;
 use crate::rules::{newest_live, Facts, Rules};
 use crate::session::{check_data_name, ActorAddress, Data, Record, Session};
 use crate::shared::{About, Counters, Shared};
@@ -175,7 +175,7 @@ impl SessionStore {
             clock: config.clock.clone(),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
-            reap_batch: config.reap_batch,
+            reap_batch: config.reap_batch_or_default(),
             key_length: config.key_length,
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),
@@ -216,7 +216,7 @@ impl SessionStore {
             handle.recovery.report()
         );
         // Reassigns across shards that a stopped node left half-way.
-        match intent::finish_stuck(&shared, shared.now(), None) {
+        match roll_forward::stuck(&shared, shared.now(), None) {
             Ok(0) => {}
             Ok(n) => log::warn!("finished {n} reassigns that stopped nodes left half-way"),
             Err(e) => log::warn!("half-way reassigns are left to the reaper: {e}"),
@@ -646,7 +646,7 @@ impl SessionStore {
             let intent = shared.write(about, move |p| {
                 p.reassign_out(&f, &t, &new_digest, now, &id)
             })?;
-            intent::roll_forward(shared, intent, now)?
+            roll_forward::one(shared, intent, now)?
         };
         Ok(Session {
             key: Some(key::full_key(to, &secret)),

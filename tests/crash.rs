@@ -41,6 +41,7 @@
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
 
+#[cfg(feature = "redis")]
 #[path = "common/redis.rs"]
 mod redis_server;
 
@@ -93,7 +94,9 @@ fn durability(name: &str) -> Durability {
 /// `redis`, or the cluster's seed URLs, comma-separated, in mode `cluster`.
 fn place_config(place: &str, mode: &str) -> Config {
     match mode {
+        #[cfg(feature = "redis")]
         "redis" => Config::redis(place),
+        #[cfg(feature = "redis")]
         "cluster" => Config::redis_cluster(place.split(',')),
         _ => Config::new(place),
     }
@@ -817,6 +820,29 @@ fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// With the `redis` feature, modes `redis` and `cluster` on servers of the
+/// test's own (where `redis-server` is installed): their places are added
+/// to `places`, and the servers run until the guards returned drop.
+#[cfg(feature = "redis")]
+fn redis_places(
+    places: &mut Vec<(&'static str, String)>,
+) -> (
+    Option<redis_server::RedisServer>,
+    Option<redis_server::RedisCluster>,
+) {
+    let redis = redis_server::find("redis-server", "crash_under_sigkill (mode redis)")
+        .map(|binary| redis_server::RedisServer::start(&binary, &[]));
+    if let Some(server) = &redis {
+        places.push(("redis", server.url.clone()));
+    }
+    let cluster = redis_server::find("redis-server", "crash_under_sigkill (mode cluster)")
+        .map(|binary| redis_server::RedisCluster::start(&binary));
+    if let Some(cluster) = &cluster {
+        places.push(("cluster", cluster.seeds.join(",")));
+    }
+    (redis, cluster)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -845,20 +871,13 @@ fn main() {
     let started = Instant::now();
     let mut failed = 0;
     let dirs = [tempfile::tempdir(), tempfile::tempdir()].map(|d| d.expect("temp dir"));
-    let redis = redis_server::find("redis-server", "crash_under_sigkill (mode redis)")
-        .map(|binary| redis_server::RedisServer::start(&binary, &[]));
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut places = vec![
         ("immediate", dirs[0].path().display().to_string()),
         ("periodic", dirs[1].path().display().to_string()),
     ];
-    if let Some(server) = &redis {
-        places.push(("redis", server.url.clone()));
-    }
-    let cluster = redis_server::find("redis-server", "crash_under_sigkill (mode cluster)")
-        .map(|binary| redis_server::RedisCluster::start(&binary));
-    if let Some(cluster) = &cluster {
-        places.push(("cluster", cluster.seeds.join(",")));
-    }
+    #[cfg(feature = "redis")]
+    let _servers = redis_places(&mut places);
     for (mode, place) in &places {
         reset_peak_memory();
         let mode_started = Instant::now();

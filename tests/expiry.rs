@@ -82,7 +82,7 @@ on_every_engine! {
         let Fixture {
             clock,
             store,
-            server: _server,
+            place: _place,
             ..
         } = f;
         store.close().unwrap();

@@ -8,11 +8,15 @@
 
 mod common;
 
-use std::sync::OnceLock;
+#[cfg(feature = "redis")]
+use std::sync::{Arc, OnceLock};
 
+#[cfg(feature = "redis")]
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
-use sessiondb_model::driver::{Driver, Place};
+use sessiondb_model::driver::Driver;
+#[cfg(feature = "redis")]
+use sessiondb_model::driver::Place;
 use sessiondb_model::ops::{
     Actor, Change, Key, Lang, Lifetime, Name, Op, Payload, Setup, Step, TouchInterval, Ttl, Value,
     Version, Why,
@@ -163,20 +167,29 @@ fn setup() -> impl Strategy<Value = Setup> {
 
 /// One Redis server for every Redis case of this process (each case under
 /// a key prefix of its own); stopped by its watchdog when the process ends.
+#[cfg(feature = "redis")]
 fn redis_place(test: &str) -> Option<Place> {
     static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-    SERVER
+    let url = SERVER
         .get_or_init(|| {
             common::redis::find("redis-server", test)
                 .map(|binary| RedisServer::start(&binary, &["--appendonly", "no"]))
         })
-        .as_ref()
-        .map(|server| Place::Redis(server.url.clone()))
+        .as_ref()?
+        .url
+        .clone();
+    Some(Place::Shared(Arc::new(move |prefix| {
+        sessiondb::Config::redis(url.clone()).redis_prefix(prefix)
+    })))
 }
 
 /// The cluster every cluster case of this process shares.
+#[cfg(feature = "redis")]
 fn cluster_place(test: &str) -> Option<Place> {
-    RedisCluster::shared(test).map(|c| Place::RedisCluster(c.seeds.clone()))
+    let seeds = RedisCluster::shared(test)?.seeds.clone();
+    Some(Place::Shared(Arc::new(move |prefix| {
+        sessiondb::Config::redis_cluster(seeds.clone()).redis_prefix(prefix)
+    })))
 }
 
 proptest! {
@@ -194,6 +207,7 @@ proptest! {
         }
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn redis_store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
         let Some(place) = redis_place("redis_store_agrees_with_model") else {
@@ -204,6 +218,7 @@ proptest! {
         }
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn cluster_store_agrees_with_model(setup in setup(), ops in prop::collection::vec(op(), 1..40)) {
         let Some(place) = cluster_place("cluster_store_agrees_with_model") else {
@@ -267,13 +282,17 @@ fn every_operation_agrees_on_a_scripted_tour() {
     run_everywhere("every_operation_agrees_on_a_scripted_tour", setup, &ops);
 }
 
-/// Runs `ops` on sled, then on Redis and on a Redis Cluster where servers
-/// can be started.
+/// Runs `ops` on sled, then (feature `redis`) on Redis and on a Redis
+/// Cluster where servers can be started.
 fn run_everywhere(test: &str, setup: Setup, ops: &[Op]) {
     Driver::run(setup, ops).unwrap();
+    #[cfg(not(feature = "redis"))]
+    let _ = test;
+    #[cfg(feature = "redis")]
     if let Some(place) = redis_place(test) {
         Driver::run_at(place, setup, ops).unwrap();
     }
+    #[cfg(feature = "redis")]
     if let Some(place) = cluster_place(test) {
         Driver::run_at(place, setup, ops).unwrap();
     }

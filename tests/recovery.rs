@@ -86,13 +86,7 @@ fn damage_and_reopen_with(
     store.close().unwrap();
     with_raw(dir.path(), damage);
     let store = SessionStore::open(configure(config(&dir, &clock))).unwrap();
-    Fixture {
-        dir,
-        clock,
-        store,
-        server: None,
-        prefix: None,
-    }
+    Fixture::on_sled(dir, clock, store)
 }
 
 #[test]

@@ -172,13 +172,7 @@ fn everything_survives_dropping_the_store_without_close() {
     let store = SessionStore::open(tune(config(&dir, &clock))).unwrap();
     assert!(store.recovery_report().clean_shutdown);
     assert_eq!(store.recovery_report().check, None);
-    let f = Fixture {
-        dir,
-        clock,
-        store,
-        server: None,
-        prefix: None,
-    };
+    let f = Fixture::on_sled(dir, clock, store);
     assert_world(&f, &w);
 }
 

@@ -1,11 +1,16 @@
 //! Store configuration: a plain value with documented defaults, checked when
-//! the store opens; Redis URLs in `redis_url`.
+//! the store opens; where the store is (`Location`); Redis URLs in
+//! `redis_url`.
 
+#[cfg(feature = "redis")]
 mod redis_url;
 
+#[cfg(feature = "redis")]
 pub(crate) use self::redis_url::connection_info;
+#[cfg(feature = "redis")]
 pub use self::redis_url::{redact_url, url_passwords};
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +34,11 @@ pub enum Durability {
     /// A call returns only after its write is on disk (sled flush plus an
     /// fsync of the database file; concurrent writers share one flush). On
     /// Redis: `WAITAOF` where the server has it, else a server running
-    /// `appendfsync always`; `open` refuses any other server.
+    /// `appendfsync always`; `open` refuses any other server. Whenever the
+    /// primary has a replica attached (in sync or still in its initial
+    /// sync), the call also waits until one replica has the write; a wait
+    /// that times out fails with [`Error::Unavailable`] (the change may have
+    /// committed), never acknowledged on the primary alone.
     Immediate,
 }
 
@@ -64,31 +73,74 @@ pub fn parse_time_code(code: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Where the sessions live: the storage engine and its address.
+/// The key prefix of a store on Redis unless [`Config::redis_prefix`] says
+/// otherwise.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub const DEFAULT_REDIS_PREFIX: &str = "sessiondb";
+
+/// Where the sessions live: the storage engine and its address. Made by
+/// the [`Config`] constructors ([`Config::new`], and with the `redis`
+/// feature `Config::redis`, `Config::redis_cluster` and
+/// `Config::redis_sentinel`), or directly for [`Config::at`].
+///
+/// Its `Display` is what messages show: the directory, or the Redis servers
+/// without their passwords.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Location {
+#[non_exhaustive]
+pub enum Location {
     /// The embedded sled engine in this directory.
     Directory(PathBuf),
     /// The shared Redis / Valkey engine on these servers.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     Redis(RedisTarget),
 }
 
-/// Which Redis / Valkey servers hold a shared store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RedisTarget {
+impl Location {
+    /// The engine's name, for logs and reports: `"sled"` or `"redis"`.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Location::Directory(_) => "sled",
+            #[cfg(feature = "redis")]
+            Location::Redis(_) => "redis",
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Directory(path) => write!(f, "{}", path.display()),
+            #[cfg(feature = "redis")]
+            Location::Redis(target) => fmt::Display::fmt(target, f),
+        }
+    }
+}
+
+/// Which Redis / Valkey servers hold a shared store. Its `Debug` and
+/// `Display` show the URLs without their passwords.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
     /// One server (or a managed endpoint that fails over behind one name).
     Server(String),
     /// A Redis Cluster, found through any of these seed URLs.
     Cluster(Vec<String>),
     /// The primary that the sentinels at these URLs know as `master`.
     Sentinel {
+        /// The sentinels' URLs.
         sentinels: Vec<String>,
+        /// The name under which the sentinels manage the primary.
         master: String,
     },
 }
 
+#[cfg(feature = "redis")]
 impl RedisTarget {
-    /// The URLs it names, for messages (redacted) and for checks.
+    /// The URLs it names: the server's, the cluster's seeds or the
+    /// sentinels'.
     pub fn urls(&self) -> &[String] {
         match self {
             RedisTarget::Server(url) => std::slice::from_ref(url),
@@ -96,10 +148,29 @@ impl RedisTarget {
             RedisTarget::Sentinel { sentinels, .. } => sentinels,
         }
     }
+}
 
-    /// What it is, without passwords: `redis://h:6379`, `the Redis Cluster
-    /// at redis://a, redis://b`, `the primary "m" of the sentinels at ...`.
-    pub fn describe(&self) -> String {
+#[cfg(feature = "redis")]
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls().iter().map(|u| redact_url(u)).collect();
+        match self {
+            RedisTarget::Server(_) => f.debug_tuple("Server").field(&urls[0]).finish(),
+            RedisTarget::Cluster(_) => f.debug_tuple("Cluster").field(&urls).finish(),
+            RedisTarget::Sentinel { master, .. } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &urls)
+                .field("master", master)
+                .finish(),
+        }
+    }
+}
+
+/// What it is, without passwords: `redis://h:6379`, `the Redis Cluster at
+/// redis://a, redis://b`, `the primary "m" of the sentinels at ...`.
+#[cfg(feature = "redis")]
+impl fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls = self
             .urls()
             .iter()
@@ -107,16 +178,17 @@ impl RedisTarget {
             .collect::<Vec<_>>()
             .join(", ");
         match self {
-            RedisTarget::Server(_) => urls,
-            RedisTarget::Cluster(_) => format!("the Redis Cluster at {urls}"),
+            RedisTarget::Server(_) => f.write_str(&urls),
+            RedisTarget::Cluster(_) => write!(f, "the Redis Cluster at {urls}"),
             RedisTarget::Sentinel { master, .. } => {
-                format!("the primary {master:?} of the sentinels at {urls}")
+                write!(f, "the primary {master:?} of the sentinels at {urls}")
             }
         }
     }
 }
 
 /// The Redis engine's settings (see the `redis_*` setters).
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 pub(crate) struct RedisSettings {
     pub prefix: String,
@@ -124,12 +196,14 @@ pub(crate) struct RedisSettings {
     pub buckets: Option<u32>,
     pub timeout: Duration,
     pub event_retention: u64,
+    pub min_replicas: u32,
 }
 
 /// How the store is set up. Build it with [`Config::new`] (the embedded
-/// engine in a directory) or [`Config::redis`] (a store shared through Redis
-/// or Valkey) and the chained
-/// setters; values are checked by [`SessionStore::open`](crate::SessionStore::open).
+/// engine in a directory), or with the `redis` feature `Config::redis`,
+/// `Config::redis_cluster` or `Config::redis_sentinel` (a store shared
+/// through Redis or Valkey), and the chained setters; values are checked by
+/// [`SessionStore::open`](crate::SessionStore::open).
 ///
 /// ```
 /// use std::time::Duration;
@@ -144,6 +218,7 @@ pub(crate) struct RedisSettings {
 #[must_use]
 pub struct Config {
     pub(crate) location: Location,
+    #[cfg(feature = "redis")]
     pub(crate) redis: RedisSettings,
     pub(crate) ttl: Duration,
     pub(crate) ttl_code: Option<String>,
@@ -154,7 +229,7 @@ pub struct Config {
     pub(crate) app_version: Option<String>,
     pub(crate) node_id: Option<String>,
     pub(crate) reap_interval: Duration,
-    pub(crate) reap_batch: usize,
+    pub(crate) reap_batch: Option<usize>,
     pub(crate) reaper_thread: bool,
     pub(crate) check_in_background: bool,
     pub(crate) durability: Durability,
@@ -171,6 +246,8 @@ impl Config {
         Config::at(Location::Directory(path.as_ref().to_path_buf()))
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// A configuration for a store shared through the Redis or Valkey server
     /// at `url`: `redis://[user:password@]host[:port][/db]`, `rediss://` for
     /// TLS, or `redis+unix:///path/to/socket`. Several game-server nodes open
@@ -185,6 +262,8 @@ impl Config {
         Config::at(Location::Redis(RedisTarget::Server(url.into())))
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// A configuration for a store shared through a Redis Cluster (or
     /// Valkey Cluster), found through any of `seed_urls` (`redis://` or
     /// `rediss://`, each with the user and password the nodes take; one is
@@ -210,6 +289,8 @@ impl Config {
         Config::at(Location::Redis(RedisTarget::Cluster(urls)))
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// A configuration for a store on the primary that Redis Sentinel
     /// manages as `master_name`, asked of any of `sentinel_urls`
     /// (`redis://host:26379`, with the user and password of the sentinels).
@@ -236,15 +317,26 @@ impl Config {
         }))
     }
 
-    fn at(location: Location) -> Self {
+    /// A configuration for a store at `location`, every other setting at
+    /// its default: what [`Config::new`] and the Redis constructors give,
+    /// for a location chosen at run time (from flags or a file, say).
+    ///
+    /// ```
+    /// use sessiondb::{Config, Location};
+    /// let config = Config::at(Location::Directory("./sessions".into()));
+    /// assert_eq!(config.path(), Some(std::path::Path::new("./sessions")));
+    /// ```
+    pub fn at(location: Location) -> Self {
         Config {
             location,
+            #[cfg(feature = "redis")]
             redis: RedisSettings {
-                prefix: "sessiondb".into(),
+                prefix: DEFAULT_REDIS_PREFIX.into(),
                 tls_ca: None,
                 buckets: None,
                 timeout: Duration::from_secs(2),
                 event_retention: 100_000,
+                min_replicas: 0,
             },
             ttl: Duration::from_secs(600),
             ttl_code: None,
@@ -255,7 +347,7 @@ impl Config {
             app_version: None,
             node_id: None,
             reap_interval: Duration::from_secs(1),
-            reap_batch: 64,
+            reap_batch: None,
             reaper_thread: true,
             check_in_background: true,
             durability: Durability::default(),
@@ -266,15 +358,23 @@ impl Config {
         }
     }
 
+    /// Where the store is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
     /// The store directory, for the embedded engine.
     pub fn path(&self) -> Option<&Path> {
         match &self.location {
             Location::Directory(path) => Some(path),
+            #[cfg(feature = "redis")]
             Location::Redis(_) => None,
         }
     }
 
     /// The Redis / Valkey URL of a store on one server ([`Config::redis`]).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_url(&self) -> Option<&str> {
         match &self.location {
             Location::Redis(RedisTarget::Server(url)) => Some(url),
@@ -284,6 +384,8 @@ impl Config {
 
     /// Every Redis URL the configuration names: the one server's, the
     /// cluster's seeds, or the sentinels'; empty for a directory.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_urls(&self) -> &[String] {
         match &self.location {
             Location::Redis(target) => target.urls(),
@@ -292,14 +394,23 @@ impl Config {
     }
 
     /// Where the store is, for messages: the directory, or the Redis
-    /// servers without their passwords.
-    pub(crate) fn describe(&self) -> String {
+    /// servers without their passwords and the key prefix
+    /// (`redis://h:6379/0 (prefix "sessiondb")`).
+    ///
+    /// ```
+    /// let config = sessiondb::Config::new("./sessions");
+    /// assert_eq!(config.describe(), "./sessions");
+    /// ```
+    pub fn describe(&self) -> String {
         match &self.location {
             Location::Directory(path) => path.display().to_string(),
-            Location::Redis(target) => target.describe(),
+            #[cfg(feature = "redis")]
+            Location::Redis(target) => format!("{target} (prefix {:?})", self.redis.prefix),
         }
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// Redis engine: the prefix of every key, so that several games (or
     /// environments) can share one server. Default `sessiondb`; 1..=64
     /// bytes, without `{`, `}` or whitespace.
@@ -308,6 +419,8 @@ impl Config {
         self
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// Redis engine, `rediss://` URLs: trust the server certificates signed
     /// by the CA in this PEM file (a private CA), instead of the operating
     /// system's trusted roots. Default: the system's roots.
@@ -316,6 +429,8 @@ impl Config {
         self
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// Redis engine: how many buckets (hash tags) the keys are spread over.
     /// Used when the store is created, and recorded in its meta; a later
     /// open with another explicit value is refused. Default 16 on one
@@ -325,6 +440,8 @@ impl Config {
         self
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// Redis engine: how long a connection attempt or a command may take
     /// before the call fails with [`Error::Unavailable`]. Default 2 s.
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
@@ -332,12 +449,37 @@ impl Config {
         self
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     /// Redis engine: how many events each bucket's stream keeps. A node
     /// whose event reader falls further behind than this gets
     /// [`Event::Lagged`](crate::Event::Lagged) with the exact count of what
     /// it missed. Default 100,000; at least 1.
     pub fn event_retention(mut self, events: u64) -> Self {
         self.redis.event_retention = events;
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// Redis engine: refuse writes while a primary has fewer than `replicas`
+    /// replicas attached (online, or still in their initial sync), in
+    /// either durability: such a write fails with [`Error::Unavailable`]
+    /// saying how many are attached and how many are required, and is not
+    /// written; reads go on. Default 0 (writes go on without a replica).
+    ///
+    /// The count comes from the primary's `INFO replication`: asked again
+    /// before each write while too few are attached, and trusted for up to
+    /// 5 s while enough are (a replica that left within that time is noticed
+    /// by a write with `Durability::Immediate` as a wait that times out).
+    /// With [`Durability::Immediate`] a write waits for one replica's
+    /// acknowledgement whenever any is attached, whatever this says; 1 here
+    /// adds that a write is never taken with no replica at all. On a
+    /// cluster it holds for each bucket's primary. `open` refuses a value
+    /// above 0 for a store in a directory, and logs a warning for each
+    /// primary with fewer replicas attached.
+    pub fn min_replicas(mut self, replicas: u32) -> Self {
+        self.redis.min_replicas = replicas;
         self
     }
 
@@ -406,13 +548,23 @@ impl Config {
         self
     }
 
-    /// Most sessions the reaper deletes in one transaction; foreground
-    /// writes are interleaved between batches. Default 64. sled blocks every
-    /// read while a transaction runs, so this bounds how long a resolve can
-    /// wait behind the reaper (about 1 ms at the default).
+    /// Most sessions the reaper ends in one change; foreground writes are
+    /// interleaved between batches. Default 64 on the embedded engine (a
+    /// batch's writes hold its actors' turns), 512 on Redis (one script
+    /// call per batch, which the server runs alone: about 2 ms at the
+    /// default).
     pub fn reap_batch(mut self, batch: usize) -> Self {
-        self.reap_batch = batch;
+        self.reap_batch = Some(batch);
         self
+    }
+
+    /// The reap batch in use: the one set, else the engine's default.
+    pub(crate) fn reap_batch_or_default(&self) -> usize {
+        self.reap_batch.unwrap_or(match self.location {
+            Location::Directory(_) => 64,
+            #[cfg(feature = "redis")]
+            Location::Redis(_) => 512,
+        })
     }
 
     /// Whether `open` starts the background reaper thread. Default true.
@@ -530,11 +682,8 @@ impl Config {
         if self.reap_interval.is_zero() {
             return Err(bad("reap_interval", "must be above zero".into()));
         }
-        if self.reap_batch == 0 || self.reap_batch > 100_000 {
-            return Err(bad(
-                "reap_batch",
-                format!("{} must be 1..=100000", self.reap_batch),
-            ));
+        if let Some(batch) = self.reap_batch.filter(|b| *b == 0 || *b > 100_000) {
+            return Err(bad("reap_batch", format!("{batch} must be 1..=100000")));
         }
         if let Durability::Periodic(i) = self.durability {
             if i.is_zero() || i > Duration::from_secs(3600) {
@@ -556,6 +705,23 @@ impl Config {
         if self.event_capacity == 0 {
             return Err(bad("event_capacity", "must be at least 1".into()));
         }
+        #[cfg(feature = "redis")]
+        self.validate_redis()?;
+        Ok(Settings {
+            ttl_ms: millis(ttl),
+            touch_ms: millis(touch),
+            max_lifetime_ms: self.max_lifetime.map(millis),
+            max_per_actor: self.max_sessions_per_actor,
+            app_version,
+            max_data_bytes: self.max_data_bytes,
+        })
+    }
+
+    /// Checks the Redis engine's settings.
+    #[cfg(feature = "redis")]
+    fn validate_redis(&self) -> Result<()> {
+        let bad =
+            |setting: &'static str, problem: String| Error::InvalidConfig { setting, problem };
         let prefix = &self.redis.prefix;
         if prefix.is_empty()
             || prefix.len() > 64
@@ -597,14 +763,17 @@ impl Config {
         if self.redis.event_retention == 0 {
             return Err(bad("event_retention", "must be at least 1".into()));
         }
-        Ok(Settings {
-            ttl_ms: millis(ttl),
-            touch_ms: millis(touch),
-            max_lifetime_ms: self.max_lifetime.map(millis),
-            max_per_actor: self.max_sessions_per_actor,
-            app_version,
-            max_data_bytes: self.max_data_bytes,
-        })
+        if self.redis.min_replicas > 0 && matches!(self.location, Location::Directory(_)) {
+            return Err(bad(
+                "min_replicas",
+                format!(
+                    "{} replicas required, but a store in a directory has no replicas: \
+                     min_replicas counts the replicas of a Redis / Valkey primary",
+                    self.redis.min_replicas
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -621,4 +790,50 @@ pub(crate) struct Settings {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_chosen_at_run_time_is_what_the_constructors_give() {
+        let config = Config::at(Location::Directory("/srv/sessions".into()));
+        assert_eq!(config.location(), Config::new("/srv/sessions").location());
+        assert_eq!(config.location().engine(), "sled");
+        assert_eq!(config.describe(), "/srv/sessions");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_redis_location_never_shows_its_password() {
+        let url = "redis://game:s3cret@10.0.0.1:6379/0";
+        let config =
+            Config::at(Location::Redis(RedisTarget::Server(url.into()))).redis_prefix("game1");
+        assert_eq!(config.location(), Config::redis(url).location());
+        assert_eq!(config.location().engine(), "redis");
+        assert_eq!(
+            config.describe(),
+            "redis://game:***@10.0.0.1:6379/0 (prefix \"game1\")"
+        );
+        let cluster = Config::redis_cluster([url, "redis://:pw2@10.0.0.2:6379"]);
+        let sentinel = Config::redis_sentinel([url], "sessions");
+        for shown in [
+            format!("{config:?}"),
+            format!("{cluster:?}"),
+            cluster.describe(),
+            format!("{sentinel:?}"),
+            sentinel.describe(),
+        ] {
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("pw2"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            sentinel.describe(),
+            "the primary \"sessions\" of the sentinels at redis://game:***@10.0.0.1:6379/0 \
+             (prefix \"sessiondb\")"
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! Shared set-up for the scenario tests, on every engine: a test written
-//! inside `on_every_engine! { ... }` runs on the embedded sled engine, on a
-//! real Redis server of its own, and on a Redis Cluster (three primaries,
-//! three replicas) that the test process's cluster tests share, each store
-//! under a key prefix of its own (`redis.rs`).
+//! inside `on_every_engine! { ... }` runs on the embedded sled engine and,
+//! with the crate's `redis` feature, on a real Redis server of its own and
+//! on a Redis Cluster (three primaries, three replicas) that the test
+//! process's cluster tests share, each store under a key prefix of its own
+//! (`redis.rs`).
 #![allow(dead_code, unused_macros)]
 
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::cell::Cell;
@@ -14,13 +16,16 @@ use std::time::Duration;
 use sessiondb::{Config, Event, ManualClock, Session, SessionStore, UnsetReason};
 use tempfile::TempDir;
 
+#[cfg(feature = "redis")]
 use self::redis::{RedisCluster, RedisServer};
 
 /// The engines a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sled,
+    #[cfg(feature = "redis")]
     Redis,
+    #[cfg(feature = "redis")]
     Cluster,
 }
 
@@ -39,9 +44,13 @@ pub fn engine() -> Engine {
 pub fn run_on(engine: Engine, name: &str, test: impl FnOnce()) {
     let missing = match engine {
         Engine::Sled => false,
+        #[cfg(feature = "redis")]
         Engine::Redis => redis::find("redis-server", name).is_none(),
+        #[cfg(feature = "redis")]
         Engine::Cluster => RedisCluster::shared(name).is_none(),
     };
+    #[cfg(not(feature = "redis"))]
+    let _ = name;
     if missing {
         return;
     }
@@ -49,8 +58,8 @@ pub fn run_on(engine: Engine, name: &str, test: impl FnOnce()) {
     test();
 }
 
-/// Runs each test inside once per engine, in modules `sled_engine`,
-/// `redis_engine` and `cluster_engine`.
+/// Runs each test inside once per engine, in modules `sled_engine`, and
+/// with the `redis` feature `redis_engine` and `cluster_engine`.
 macro_rules! on_every_engine {
     ($( $(#[$m:meta])* fn $name:ident() $body:block )*) => {
         mod sled_engine {
@@ -60,6 +69,7 @@ macro_rules! on_every_engine {
                 crate::common::run_on(crate::common::Engine::Sled, stringify!($name), || $body)
             } )*
         }
+        #[cfg(feature = "redis")]
         mod redis_engine {
             #[allow(unused_imports)]
             use super::*;
@@ -67,6 +77,7 @@ macro_rules! on_every_engine {
                 crate::common::run_on(crate::common::Engine::Redis, stringify!($name), || $body)
             } )*
         }
+        #[cfg(feature = "redis")]
         mod cluster_engine {
             #[allow(unused_imports)]
             use super::*;
@@ -87,10 +98,61 @@ pub struct Fixture {
     pub dir: TempDir,
     pub clock: ManualClock,
     pub store: SessionStore,
-    /// The Redis server, on the Redis engine.
-    pub server: Option<RedisServer>,
-    /// The store's key prefix, on the cluster engine.
-    pub prefix: Option<String>,
+    /// Keeps the store's server (if any) running while held.
+    pub place: Place,
+}
+
+/// Where a fixture's store is, past its directory: on the Redis engine its
+/// server, on the cluster engine its key prefix on the shared cluster.
+#[derive(Default)]
+pub struct Place {
+    #[cfg(feature = "redis")]
+    server: Option<RedisServer>,
+    #[cfg(feature = "redis")]
+    prefix: Option<String>,
+}
+
+impl Place {
+    /// A place on the current test's engine.
+    fn start() -> Place {
+        match engine() {
+            Engine::Sled => Place::default(),
+            #[cfg(feature = "redis")]
+            Engine::Redis => {
+                let binary = redis::find("redis-server", "fixture").expect("redis-server");
+                // An append-only file fsynced on every write, so that
+                // `Durability::Immediate` works on any Redis 7.
+                let server = RedisServer::start(
+                    &binary,
+                    &["--appendonly", "yes", "--appendfsync", "always"],
+                );
+                Place {
+                    server: Some(server),
+                    prefix: None,
+                }
+            }
+            #[cfg(feature = "redis")]
+            Engine::Cluster => Place {
+                server: None,
+                prefix: Some(unique_prefix()),
+            },
+        }
+    }
+
+    /// The settings of a store here (or in `dir` on sled).
+    fn config(&self, dir: &TempDir, clock: &ManualClock) -> Config {
+        #[cfg(feature = "redis")]
+        if let Some(server) = &self.server {
+            return settings(Config::redis(&server.url), clock);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(prefix) = &self.prefix {
+            let cluster = RedisCluster::shared("fixture").expect("a cluster");
+            let location = Config::redis_cluster(cluster.seeds.clone()).redis_prefix(prefix);
+            return settings(location, clock);
+        }
+        config(dir, clock)
+    }
 }
 
 /// The settings every fixture starts from, for a sled store in `dir`.
@@ -103,23 +165,6 @@ pub fn unique_prefix() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("t{}-{n}", std::process::id())
-}
-
-fn base(
-    dir: &TempDir,
-    server: Option<&RedisServer>,
-    prefix: Option<&str>,
-    clock: &ManualClock,
-) -> Config {
-    let location = match (server, prefix) {
-        (Some(server), _) => Config::redis(&server.url),
-        (None, Some(prefix)) => {
-            let cluster = RedisCluster::shared("fixture").expect("a cluster");
-            Config::redis_cluster(cluster.seeds.clone()).redis_prefix(prefix)
-        }
-        (None, None) => Config::new(dir.path()),
-    };
-    settings(location, clock)
 }
 
 fn settings(config: Config, clock: &ManualClock) -> Config {
@@ -137,39 +182,29 @@ impl Fixture {
     pub fn with(tune: impl FnOnce(Config) -> Config) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::new(T0);
-        let (server, prefix) = match engine() {
-            Engine::Sled => (None, None),
-            Engine::Redis => {
-                let binary = redis::find("redis-server", "fixture").expect("redis-server");
-                // An append-only file fsynced on every write, so that
-                // `Durability::Immediate` works on any Redis 7.
-                let server = RedisServer::start(
-                    &binary,
-                    &["--appendonly", "yes", "--appendfsync", "always"],
-                );
-                (Some(server), None)
-            }
-            Engine::Cluster => (None, Some(unique_prefix())),
-        };
-        let config = base(&dir, server.as_ref(), prefix.as_deref(), &clock);
-        let store = SessionStore::open(tune(config)).expect("open");
+        let place = Place::start();
+        let store = SessionStore::open(tune(place.config(&dir, &clock))).expect("open");
         Fixture {
             dir,
             clock,
             store,
-            server,
-            prefix,
+            place,
+        }
+    }
+
+    /// A fixture around a sled store the test opened itself in `dir`.
+    pub fn on_sled(dir: TempDir, clock: ManualClock, store: SessionStore) -> Fixture {
+        Fixture {
+            dir,
+            clock,
+            store,
+            place: Place::default(),
         }
     }
 
     /// The settings of this fixture's store (its engine, clock and defaults).
     pub fn config(&self) -> Config {
-        base(
-            &self.dir,
-            self.server.as_ref(),
-            self.prefix.as_deref(),
-            &self.clock,
-        )
+        self.place.config(&self.dir, &self.clock)
     }
 
     /// Closes the store and opens it again on the same engine and clock.
@@ -179,8 +214,7 @@ impl Fixture {
             dir,
             clock,
             store,
-            server,
-            prefix,
+            place,
         } = self;
         store.close().expect("close");
         let store = SessionStore::open(config).expect("reopen");
@@ -188,8 +222,7 @@ impl Fixture {
             dir,
             clock,
             store,
-            server,
-            prefix,
+            place,
         }
     }
 

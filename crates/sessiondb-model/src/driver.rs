@@ -20,16 +20,23 @@ use crate::{Address, Data, Error, Event, Model, Reason, Session, UnsetReason};
 pub type Mismatch = String;
 
 /// Where the driver's store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Place {
     /// The embedded engine, in a fresh temporary directory.
     Directory,
-    /// The Redis engine on the server at this URL, under a key prefix of its
-    /// own (so that many drivers can share one server).
-    Redis(String),
-    /// The Redis engine on the Redis Cluster with these seed URLs, under a
-    /// key prefix of its own.
-    RedisCluster(Vec<String>),
+    /// A store shared through servers (the Redis engine): the configuration
+    /// of the store under the key prefix given, so that many drivers can
+    /// share one server or cluster.
+    Shared(Arc<dyn Fn(&str) -> Config + Send + Sync>),
+}
+
+impl Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Directory => f.write_str("Directory"),
+            Place::Shared(_) => f.write_str("Shared"),
+        }
+    }
 }
 
 /// A store and its model, side by side.
@@ -546,7 +553,7 @@ impl Driver {
             got.sort_by_key(|e| (order(e), e.clone()));
             want.sort_by_key(|e| (order(e), e.clone()));
         }
-        if self.place == Place::Directory {
+        if matches!(self.place, Place::Directory) {
             same("events", got, want)
         } else {
             same(
@@ -573,12 +580,11 @@ fn by_actor(events: &[Event], per_actor: bool) -> BTreeMap<String, Vec<&Event>> 
     groups
 }
 
-/// Where the store is: `dir` for sled, the server and `prefix` for Redis.
+/// Where the store is: `dir` for sled, else the shared store under `prefix`.
 fn base(place: &Place, dir: &TempDir, prefix: &str) -> Config {
     match place {
         Place::Directory => Config::new(dir.path()),
-        Place::Redis(url) => Config::redis(url).redis_prefix(prefix),
-        Place::RedisCluster(seeds) => Config::redis_cluster(seeds.clone()).redis_prefix(prefix),
+        Place::Shared(config) => config(prefix),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Who may call what: the admin token rules of DESIGN.md, and the bearer
-//! credentials of requests.
+//! Who may call what: the admin token rules (the server's README, "Who may
+//! call what"), and the bearer credentials of requests.
 //!
 //! - With an admin token configured, admin routes need
 //!   `Authorization: Bearer <token>` from every client: none gives `401

@@ -1,5 +1,6 @@
-//! `sessiondb`: serves MAGE's session commands over HTTP (API v1, see
-//! `DESIGN.md`) and runs offline tools on a stopped store.
+//! `sessiondb`: serves MAGE's session commands over HTTP (API v1, see the
+//! crate's README and `docs/openapi.json`) and runs offline tools on a
+//! stopped store.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls
 //! [`execute`]. Here, `cli` holds the arguments, `settings` merges flags,
@@ -58,8 +59,10 @@ mod events;
 mod extract;
 mod location;
 mod metrics;
+mod schemas;
 mod server;
 mod session_events;
+mod session_json;
 mod settings;
 mod state;
 mod tools;

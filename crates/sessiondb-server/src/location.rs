@@ -4,25 +4,23 @@
 //! a primary behind Sentinel (`--redis-sentinel`, repeatable, with
 //! `--redis-sentinel-master`). The source of highest precedence (flags,
 //! then the environment, then the config file) that names one decides; a
-//! source naming two is refused.
+//! source naming two is refused. What it names becomes the library's
+//! [`Config`] (its `Location`), which every later step works with.
 //!
 //! Redis URLs may carry a password, so they are shown only through
 //! [`redact_url`] (the library's), and errors that may quote them go
 //! through a [`Redactor`].
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use sessiondb::redact_url;
-use sessiondb::Config;
+use sessiondb::{Config, Location, RedisTarget};
 
 use crate::cli::StoreArgs;
 use crate::error::AnyResult;
-use crate::settings::SettingsError;
 
 pub const DEFAULT_DATA_DIR: &str = "./sessiondb-data";
-/// The library's default key prefix on Redis, for messages.
-pub const DEFAULT_REDIS_PREFIX: &str = "sessiondb";
 
 /// The environment variables naming the store. clap does not read these:
 /// which one wins depends on where each came from (see [`locate`]). The
@@ -32,37 +30,17 @@ pub const ENV_REDIS_URL: &str = "SESSIONDB_REDIS_URL";
 pub const ENV_REDIS_CLUSTER: &str = "SESSIONDB_REDIS_CLUSTER";
 pub const ENV_REDIS_SENTINEL: &str = "SESSIONDB_REDIS_SENTINEL";
 
-/// Where the sessions live.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Location {
-    /// The embedded sled engine in this directory.
-    Directory(PathBuf),
-    /// The shared Redis / Valkey engine on `servers`.
-    Redis {
-        servers: RedisServers,
-        options: RedisOptions,
-    },
-}
+/// Settings that name the store in a way that cannot be used, explained.
+#[derive(Debug)]
+pub struct LocationError(String);
 
-/// Which Redis / Valkey servers hold the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisServers {
-    /// One server.
-    Url(String),
-    /// A Redis Cluster, through these seed URLs.
-    Cluster(Vec<String>),
-    /// The primary the sentinels at these URLs know as `master`.
-    Sentinel { urls: Vec<String>, master: String },
-}
-
-impl RedisServers {
-    pub fn urls(&self) -> &[String] {
-        match self {
-            RedisServers::Url(url) => std::slice::from_ref(url),
-            RedisServers::Cluster(urls) | RedisServers::Sentinel { urls, .. } => urls,
-        }
+impl fmt::Display for LocationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for LocationError {}
 
 /// How to use the Redis servers: the key prefix (the library's default
 /// when `None`), for `rediss://` a private CA to trust, and for Sentinel
@@ -72,95 +50,6 @@ pub struct RedisOptions {
     pub prefix: Option<String>,
     pub tls_ca: Option<PathBuf>,
     pub sentinel_master: Option<String>,
-}
-
-impl Location {
-    /// The library configuration for this location, every other setting
-    /// at its default.
-    pub fn config(&self) -> Config {
-        match self {
-            Location::Directory(dir) => Config::new(dir),
-            Location::Redis { servers, options } => {
-                let mut config = match servers {
-                    RedisServers::Url(url) => Config::redis(url.clone()),
-                    RedisServers::Cluster(urls) => Config::redis_cluster(urls.clone()),
-                    RedisServers::Sentinel { urls, master } => {
-                        Config::redis_sentinel(urls.clone(), master.clone())
-                    }
-                };
-                if let Some(p) = &options.prefix {
-                    config = config.redis_prefix(p.clone());
-                }
-                if let Some(ca) = &options.tls_ca {
-                    config = config.redis_tls_ca(ca);
-                }
-                config
-            }
-        }
-    }
-
-    /// The directory, for the embedded engine.
-    pub fn directory(&self) -> Option<&Path> {
-        match self {
-            Location::Directory(dir) => Some(dir),
-            Location::Redis { .. } => None,
-        }
-    }
-
-    /// `sled` or `redis`, for logs and reports.
-    pub fn engine(&self) -> &'static str {
-        match self {
-            Location::Directory(_) => "sled",
-            Location::Redis { .. } => "redis",
-        }
-    }
-
-    /// Hides this location's passwords in texts (nothing to hide for a
-    /// directory).
-    pub fn redactor(&self) -> Redactor {
-        match self {
-            Location::Directory(_) => Redactor::default(),
-            Location::Redis { servers, .. } => {
-                Redactor::for_urls(servers.urls().iter().map(String::as_str))
-            }
-        }
-    }
-}
-
-/// The directory, or the Redis servers without their passwords, and the
-/// prefix.
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Directory(dir) => write!(f, "{}", dir.display()),
-            Location::Redis { servers, options } => {
-                let urls = servers
-                    .urls()
-                    .iter()
-                    .map(|u| redact_url(u))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                match servers {
-                    RedisServers::Url(_) => write!(f, "{urls}")?,
-                    RedisServers::Cluster(_) => write!(f, "the Redis Cluster at {urls}")?,
-                    RedisServers::Sentinel { master, .. } => {
-                        write!(f, "the primary {master:?} of the sentinels at {urls}")?
-                    }
-                }
-                write!(
-                    f,
-                    " (prefix {:?})",
-                    options.prefix.as_deref().unwrap_or(DEFAULT_REDIS_PREFIX)
-                )
-            }
-        }
-    }
-}
-
-impl fmt::Debug for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}({self})", self.engine())
-    }
 }
 
 /// A source of settings, in order of precedence.
@@ -237,9 +126,10 @@ impl Named {
 }
 
 /// The store that the source of highest precedence names (a directory, a
-/// Redis URL, a cluster or sentinels), else the default directory; with
-/// `redis` options for Redis. Also returns notes on settings that are not
-/// used, for the caller to show.
+/// Redis URL, a cluster or sentinels), else the default directory, as the
+/// library's configuration with the `redis` options applied and every
+/// other setting at its default. Also returns notes on settings that are
+/// not used, for the caller to show.
 ///
 /// # Errors
 /// One source names two places, an empty URL, or sentinels without the
@@ -247,37 +137,47 @@ impl Named {
 pub fn locate(
     sources: &[Named],
     redis: RedisOptions,
-) -> Result<(Location, Vec<String>), SettingsError> {
+) -> Result<(Config, Vec<String>), LocationError> {
     let mut notes = Vec::new();
     let chosen = sources.iter().position(|s| !s.given().is_empty());
     let location = match chosen.map(|i| &sources[i]) {
         None => Location::Directory(DEFAULT_DATA_DIR.into()),
         Some(s) => place(s, &redis)?,
     };
-    // Sources of lower precedence that name another place lose.
-    let below = chosen.map_or(sources.len(), |i| i + 1);
-    for s in &sources[below..] {
-        for name in s.given() {
-            notes.push(format!(
-                "{name} is not used: the store is {location}, given with higher precedence"
-            ));
+    let on_redis = matches!(location, Location::Redis(_));
+    let mut config = Config::at(location);
+    if on_redis {
+        if let Some(prefix) = redis.prefix {
+            config = config.redis_prefix(prefix);
         }
-    }
-    if matches!(location, Location::Directory(_)) && redis != RedisOptions::default() {
+        if let Some(ca) = redis.tls_ca {
+            config = config.redis_tls_ca(ca);
+        }
+    } else if redis != RedisOptions::default() {
         notes.push(
             "the Redis settings (--redis-prefix, --redis-tls-ca, --redis-sentinel-master and \
              their environment variables and config keys) are not used with a data directory"
                 .into(),
         );
     }
-    Ok((location, notes))
+    // Sources of lower precedence that name another place lose.
+    let below = chosen.map_or(sources.len(), |i| i + 1);
+    let store = config.describe();
+    for s in &sources[below..] {
+        for name in s.given() {
+            notes.push(format!(
+                "{name} is not used: the store is {store}, given with higher precedence"
+            ));
+        }
+    }
+    Ok((config, notes))
 }
 
 /// The one place source `s` names.
-fn place(s: &Named, redis: &RedisOptions) -> Result<Location, SettingsError> {
+fn place(s: &Named, redis: &RedisOptions) -> Result<Location, LocationError> {
     let given = s.given();
     if given.len() > 1 {
-        return Err(SettingsError::Usage(format!(
+        return Err(LocationError(format!(
             "both {} are given: a store is either a data directory (the embedded engine) or one \
              Redis/Valkey server, cluster or Sentinel-managed primary (the shared engine); \
              give one",
@@ -285,45 +185,43 @@ fn place(s: &Named, redis: &RedisOptions) -> Result<Location, SettingsError> {
         )));
     }
     let [_, url_name, cluster_name, sentinel_name] = s.source.names();
-    let checked = |name: &str, urls: &[String]| -> Result<Vec<String>, SettingsError> {
+    let checked = |name: &str, urls: &[String]| -> Result<Vec<String>, LocationError> {
         let urls: Vec<String> = urls.iter().map(|u| u.trim().to_owned()).collect();
         if urls.iter().any(String::is_empty) {
-            return Err(SettingsError::Usage(format!(
+            return Err(LocationError(format!(
                 "{name} is empty; give a URL such as redis://127.0.0.1:6379/0"
             )));
         }
         Ok(urls)
     };
-    let options = redis.clone();
     if let Some(url) = &s.redis_url {
         let mut urls = checked(url_name, std::slice::from_ref(url))?;
-        let servers = RedisServers::Url(urls.remove(0));
-        return Ok(Location::Redis { servers, options });
+        return Ok(Location::Redis(RedisTarget::Server(urls.remove(0))));
     }
     if !s.redis_cluster.is_empty() {
-        let servers = RedisServers::Cluster(checked(cluster_name, &s.redis_cluster)?);
-        return Ok(Location::Redis { servers, options });
+        let urls = checked(cluster_name, &s.redis_cluster)?;
+        return Ok(Location::Redis(RedisTarget::Cluster(urls)));
     }
     if !s.redis_sentinel.is_empty() {
-        let urls = checked(sentinel_name, &s.redis_sentinel)?;
+        let sentinels = checked(sentinel_name, &s.redis_sentinel)?;
         let master = redis
             .sentinel_master
             .clone()
             .filter(|m| !m.trim().is_empty())
             .ok_or_else(|| {
-                SettingsError::Usage(format!(
+                LocationError(format!(
                     "{sentinel_name} needs the name of the primary the sentinels manage: give \
                      --redis-sentinel-master NAME (or SESSIONDB_REDIS_SENTINEL_MASTER, or \
                      redis_sentinel_master in the config file)"
                 ))
             })?;
-        let servers = RedisServers::Sentinel { urls, master };
-        return Ok(Location::Redis { servers, options });
+        return Ok(Location::Redis(RedisTarget::Sentinel { sentinels, master }));
     }
-    Ok(match &s.data_dir {
-        Some(dir) => Location::Directory(dir.clone()),
-        None => Location::Directory(DEFAULT_DATA_DIR.into()),
-    })
+    Ok(Location::Directory(
+        s.data_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+    ))
 }
 
 /// An environment variable's value; unset and empty are both `None`.
@@ -333,19 +231,19 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-pub fn env_text(name: &'static str) -> Result<Option<String>, SettingsError> {
+pub fn env_text(name: &'static str) -> Result<Option<String>, LocationError> {
     match std::env::var(name) {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(v)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => {
-            Err(SettingsError::Usage(format!("{name} is not valid UTF-8")))
+            Err(LocationError(format!("{name} is not valid UTF-8")))
         }
     }
 }
 
 /// A comma-separated list of URLs from the environment.
-fn env_list(name: &'static str) -> Result<Vec<String>, SettingsError> {
+fn env_list(name: &'static str) -> Result<Vec<String>, LocationError> {
     Ok(env_text(name)?
         .map(|v| {
             v.split(',')
@@ -358,7 +256,7 @@ fn env_list(name: &'static str) -> Result<Vec<String>, SettingsError> {
 }
 
 /// What the environment says about the store.
-pub fn from_environment() -> Result<Named, SettingsError> {
+pub fn from_environment() -> Result<Named, LocationError> {
     Ok(Named {
         data_dir: env_path(ENV_DATA_DIR),
         redis_url: env_text(ENV_REDIS_URL)?,
@@ -400,7 +298,7 @@ pub fn named_urls(args: &StoreArgs) -> Vec<String> {
 ///
 /// # Errors
 /// As [`locate`].
-pub fn tool_store(args: &StoreArgs) -> Result<(Location, Vec<String>), SettingsError> {
+pub fn tool_store(args: &StoreArgs) -> Result<(Config, Vec<String>), LocationError> {
     locate(
         &[from_flags(args), from_environment()?],
         RedisOptions {
@@ -421,6 +319,11 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// Hides the passwords of the store's Redis URLs.
+    pub fn for_store(config: &Config) -> Redactor {
+        Redactor::for_urls(config.redis_urls().iter().map(String::as_str))
+    }
+
     pub fn for_urls<'a>(urls: impl IntoIterator<Item = &'a str>) -> Redactor {
         let mut replacements = Vec::new();
         for url in urls {
@@ -504,25 +407,27 @@ impl std::error::Error for Redacted {
 /// Explains a failed open: unreachable Redis servers are named (without
 /// their passwords); other errors pass through.
 pub fn open_error(
-    location: &Location,
+    config: &Config,
     error: sessiondb::Error,
 ) -> Box<dyn std::error::Error + Send + Sync> {
     match error {
-        sessiondb::Error::Unavailable { source } => match location {
-            Location::Redis {
-                servers: RedisServers::Url(_),
-                ..
-            } => format!("cannot reach the Redis/Valkey server at {location}: {source}").into(),
-            _ => format!("cannot reach {location}: {source}").into(),
-        },
+        sessiondb::Error::Unavailable { source } => {
+            let store = config.describe();
+            match config.location() {
+                Location::Redis(RedisTarget::Server(_)) => {
+                    format!("cannot reach the Redis/Valkey server at {store}: {source}").into()
+                }
+                _ => format!("cannot reach {store}: {source}").into(),
+            }
+        }
         other => other.into(),
     }
 }
 
-/// Opens the store at `config`'s location, explaining failures as
-/// [`open_error`] does.
-pub fn open_store(location: &Location, config: Config) -> AnyResult<sessiondb::SessionStore> {
-    sessiondb::SessionStore::open(config).map_err(|e| open_error(location, e))
+/// Opens the store `config` names, explaining failures as [`open_error`]
+/// does.
+pub fn open_store(config: Config) -> AnyResult<sessiondb::SessionStore> {
+    sessiondb::SessionStore::open(config.clone()).map_err(|e| open_error(&config, e))
 }
 
 #[cfg(test)]
@@ -578,10 +483,7 @@ mod tests {
 
     #[test]
     fn the_store_comes_from_the_source_of_highest_precedence() {
-        let redis = |url: &str| Location::Redis {
-            servers: RedisServers::Url(url.into()),
-            options: RedisOptions::default(),
-        };
+        let redis = |url: &str| Location::Redis(RedisTarget::Server(url.into()));
         let (l, notes) = locate(
             &[
                 named(Source::Flags, None, None),
@@ -591,7 +493,7 @@ mod tests {
             RedisOptions::default(),
         )
         .unwrap();
-        assert_eq!(l, redis("redis://e"));
+        assert_eq!(l.location(), &redis("redis://e"));
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("data_dir (config file) is not used"));
 
@@ -606,11 +508,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(l, Location::Directory("/flag".into()));
+        assert_eq!(l.location(), &Location::Directory("/flag".into()));
         assert_eq!(notes.len(), 2, "{notes:?}");
 
         let (l, _) = locate(&[named(Source::Flags, None, None)], RedisOptions::default()).unwrap();
-        assert_eq!(l, Location::Directory(DEFAULT_DATA_DIR.into()));
+        assert_eq!(l.location(), &Location::Directory(DEFAULT_DATA_DIR.into()));
 
         let e = locate(
             &[named(Source::Environment, Some("/d"), Some("redis://e"))],
@@ -631,6 +533,28 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_options_become_the_librarys_settings() {
+        let options = RedisOptions {
+            prefix: Some("game1".into()),
+            ..RedisOptions::default()
+        };
+        let (config, notes) = locate(
+            &[named(Source::Flags, None, Some("redis://u:pw@h:6379/0"))],
+            options,
+        )
+        .unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            config.describe(),
+            "redis://u:***@h:6379/0 (prefix \"game1\")"
+        );
+        assert_eq!(
+            Redactor::for_store(&config).text("auth pw@h failed for redis://u:pw@h:6379/0"),
+            "auth pw@h failed for redis://u:***@h:6379/0"
+        );
+    }
+
+    #[test]
     fn a_cluster_or_sentinels_are_a_place_of_their_own() {
         let cluster = Named {
             redis_cluster: vec!["redis://a:7000".into(), "redis://b:7000".into()],
@@ -638,18 +562,16 @@ mod tests {
         };
         let (l, _) = locate(std::slice::from_ref(&cluster), RedisOptions::default()).unwrap();
         assert_eq!(
-            l,
-            Location::Redis {
-                servers: RedisServers::Cluster(vec![
-                    "redis://a:7000".into(),
-                    "redis://b:7000".into()
-                ]),
-                options: RedisOptions::default(),
-            }
+            l.location(),
+            &Location::Redis(RedisTarget::Cluster(vec![
+                "redis://a:7000".into(),
+                "redis://b:7000".into()
+            ]))
         );
-        assert!(l
-            .to_string()
-            .starts_with("the Redis Cluster at redis://a:7000"));
+        assert_eq!(
+            l.describe(),
+            "the Redis Cluster at redis://a:7000, redis://b:7000 (prefix \"sessiondb\")"
+        );
 
         let both = Named {
             redis_url: Some("redis://c".into()),
@@ -677,8 +599,8 @@ mod tests {
         };
         let (l, _) = locate(&[sentinels], options).unwrap();
         assert!(matches!(
-            &l,
-            Location::Redis { servers: RedisServers::Sentinel { master, .. }, .. } if master == "sessions"
+            l.location(),
+            Location::Redis(RedisTarget::Sentinel { master, .. }) if master == "sessions"
         ));
     }
 }

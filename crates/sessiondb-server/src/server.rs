@@ -265,7 +265,7 @@ fn init_logging(filter: &str, redactor: Redactor) -> AnyResult<()> {
 pub fn main(args: ServeArgs) -> AnyResult<ExitCode> {
     let settings = Settings::resolve(args)?;
     // A Redis URL may carry a password: no message shows it.
-    let redactor = settings.store.redactor();
+    let redactor = Redactor::for_store(&settings.store);
     serve(settings, redactor.clone()).map_err(|e| redactor.error(e))
 }
 
@@ -295,13 +295,12 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
     // From here on a signal stops the server gracefully, even one that
     // arrives while the store is still opening.
     let signalled = shutdown_signal()?;
-    let config = settings.store_config();
-    let location = settings.store.clone();
-    let store = tokio::task::spawn_blocking(move || open_store(&location, config)).await??;
+    let config = settings.store.clone();
+    let store = tokio::task::spawn_blocking(move || open_store(config)).await??;
     let report = store.recovery_report();
     tracing::info!(
-        engine = settings.store.engine(),
-        store = %settings.store,
+        engine = settings.store.location().engine(),
+        store = settings.store.describe(),
         created = report.created,
         clean_shutdown = report.clean_shutdown,
         recovered = ?report.check,
@@ -327,7 +326,7 @@ async fn serve_until_signal(settings: Settings) -> AnyResult<()> {
         use std::io::Write as _;
         std::io::stdout().flush()?;
     }
-    tracing::info!(%address, durability = ?settings.durability, ttl = settings.ttl, "listening");
+    tracing::info!(%address, "listening");
 
     let options = Options::new(AdminPolicy::new(settings.admin_token.as_deref()))
         .cors(settings.cors.clone())

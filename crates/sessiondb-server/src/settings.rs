@@ -1,6 +1,7 @@
 //! The serve settings, merged from flags, environment variables (both read
 //! by clap, except the store's location), an optional TOML config file, and
-//! defaults, in that order. Where the store is: `location`.
+//! defaults, in that order, into the library's [`Config`] (the store's
+//! settings) and the server's own. Where the store is: `location`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::cli::{DurabilityArg, ServeArgs};
 use crate::connections::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use crate::cors::CorsPolicy;
 use crate::location::{
-    from_environment, from_flags, locate, Location, Named, RedisOptions, Source,
+    from_environment, from_flags, locate, LocationError, Named, RedisOptions, Source,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -38,6 +39,7 @@ struct FileSettings {
     app_version: Option<String>,
     node_id: Option<String>,
     max_sessions_per_actor: Option<usize>,
+    min_replicas: Option<u32>,
     reaper: Option<bool>,
     cors_origin: Option<Vec<String>>,
     header_timeout: Option<String>,
@@ -49,16 +51,11 @@ struct FileSettings {
 /// The resolved settings of `sessiondb serve`.
 #[derive(Clone)]
 pub struct Settings {
-    pub store: Location,
+    /// The store's: where it is, and how it runs.
+    pub store: Config,
     pub listen: String,
-    pub ttl: String,
-    pub durability: DurabilityArg,
     pub admin_token: Option<String>,
     pub log_level: String,
-    pub app_version: Option<String>,
-    pub node_id: Option<String>,
-    pub max_sessions_per_actor: Option<usize>,
-    pub reaper: bool,
     /// The browser origins allowed to call the session routes.
     pub cors: CorsPolicy,
     /// What a connection may hold.
@@ -71,16 +68,10 @@ pub struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("store", &self.store)
+            .field("store", &self.store.describe())
             .field("listen", &self.listen)
-            .field("ttl", &self.ttl)
-            .field("durability", &self.durability)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("log_level", &self.log_level)
-            .field("app_version", &self.app_version)
-            .field("node_id", &self.node_id)
-            .field("max_sessions_per_actor", &self.max_sessions_per_actor)
-            .field("reaper", &self.reaper)
             .field("cors_origins", &self.cors.origins())
             .field("header_timeout", &self.header_timeout)
             .field("max_connections", &self.max_connections)
@@ -101,6 +92,12 @@ pub enum SettingsError {
     },
     /// Settings that do not go together, explained.
     Usage(String),
+}
+
+impl From<LocationError> for SettingsError {
+    fn from(e: LocationError) -> Self {
+        SettingsError::Usage(e.to_string())
+    }
 }
 
 impl std::error::Error for SettingsError {}
@@ -189,7 +186,44 @@ impl Settings {
                 problem: "must be at least 1".into(),
             });
         }
-        let settings = Settings {
+        let ttl = args.ttl.or(file.ttl).unwrap_or_else(|| DEFAULT_TTL.into());
+        sessiondb::parse_time_code(&ttl).map_err(|e| SettingsError::Invalid {
+            setting: "ttl",
+            problem: e.to_string(),
+        })?;
+        let durability = match args
+            .durability
+            .or(file.durability)
+            .unwrap_or(DurabilityArg::Periodic)
+        {
+            DurabilityArg::Periodic => Durability::default(),
+            DurabilityArg::Immediate => Durability::Immediate,
+        };
+        let mut store = store
+            .ttl_code(ttl)
+            .durability(durability)
+            .reaper_thread(!args.no_reaper && file.reaper.unwrap_or(true));
+        if let Some(v) = args.app_version.or(file.app_version) {
+            store = store.app_version(v);
+        }
+        if let Some(n) = args.node_id.or(file.node_id) {
+            store = store.node_id(n);
+        }
+        if let Some(m) = args.max_sessions_per_actor.or(file.max_sessions_per_actor) {
+            store = store.max_sessions_per_actor(m);
+        }
+        // Checked when the store opens: a data directory has no replicas.
+        if let Some(n) = args.min_replicas.or(file.min_replicas) {
+            store = store.min_replicas(n);
+        }
+        let admin_token = args.admin_token.or(file.admin_token);
+        if admin_token.as_deref() == Some("") {
+            return Err(SettingsError::Invalid {
+                setting: "admin-token",
+                problem: "must not be empty (leave it unset to serve admin routes to loopback clients only)".into(),
+            });
+        }
+        Ok(Settings {
             store,
             notes,
             cors,
@@ -199,54 +233,11 @@ impl Settings {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            ttl: args.ttl.or(file.ttl).unwrap_or_else(|| DEFAULT_TTL.into()),
-            durability: args
-                .durability
-                .or(file.durability)
-                .unwrap_or(DurabilityArg::Periodic),
-            admin_token: args.admin_token.or(file.admin_token),
+            admin_token,
             log_level: args
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
-            app_version: args.app_version.or(file.app_version),
-            node_id: args.node_id.or(file.node_id),
-            max_sessions_per_actor: args.max_sessions_per_actor.or(file.max_sessions_per_actor),
-            reaper: !args.no_reaper && file.reaper.unwrap_or(true),
-        };
-        sessiondb::parse_time_code(&settings.ttl).map_err(|e| SettingsError::Invalid {
-            setting: "ttl",
-            problem: e.to_string(),
-        })?;
-        if settings.admin_token.as_deref() == Some("") {
-            return Err(SettingsError::Invalid {
-                setting: "admin-token",
-                problem: "must not be empty (leave it unset to serve admin routes to loopback clients only)".into(),
-            });
-        }
-        Ok(settings)
-    }
-
-    /// The library configuration these settings describe.
-    pub fn store_config(&self) -> Config {
-        let mut config = self
-            .store
-            .config()
-            .ttl_code(self.ttl.clone())
-            .durability(match self.durability {
-                DurabilityArg::Periodic => Durability::default(),
-                DurabilityArg::Immediate => Durability::Immediate,
-            })
-            .reaper_thread(self.reaper);
-        if let Some(v) = &self.app_version {
-            config = config.app_version(v.clone());
-        }
-        if let Some(n) = &self.node_id {
-            config = config.node_id(n.clone());
-        }
-        if let Some(m) = self.max_sessions_per_actor {
-            config = config.max_sessions_per_actor(m);
-        }
-        config
+        })
     }
 }

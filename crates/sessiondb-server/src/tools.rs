@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use sessiondb::{CheckReport, Error, Session, SessionStore, UnsetReason};
+use sessiondb::{CheckReport, Config, Error, Session, SessionStore, UnsetReason};
 
-use crate::api::session_body;
 use crate::cli::{
     CheckArgs, CompactArgs, ExpireArgs, ExportArgs, ImportArgs, ListArgs, ShowArgs, StatsArgs,
     StoreArgs,
 };
 use crate::clock::now_ms;
 use crate::error::AnyResult;
-use crate::location::{open_error, tool_store, Location};
+use crate::location::{open_error, tool_store};
+use crate::session_json::session_body;
 
 /// `check` found problems it did not (or could not) repair.
 pub const EXIT_PROBLEMS: u8 = 1;
@@ -34,7 +34,7 @@ const PROGRESS_FROM: u64 = 10_000;
 
 /// The store the tool's flags and environment name; notes on settings
 /// that are not used go to stderr.
-fn locate(args: &StoreArgs) -> AnyResult<Location> {
+fn locate(args: &StoreArgs) -> AnyResult<Config> {
     let (location, notes) = tool_store(args)?;
     for note in notes {
         eprintln!("warning: {note}");
@@ -42,9 +42,9 @@ fn locate(args: &StoreArgs) -> AnyResult<Location> {
     Ok(location)
 }
 
-fn open(location: &Location) -> AnyResult<SessionStore> {
+fn open(location: &Config) -> AnyResult<SessionStore> {
     // No reaper: a tool sees and writes exactly what is stored.
-    let config = location.config().reaper_thread(false);
+    let config = location.clone().reaper_thread(false);
     SessionStore::open(config).map_err(|e| match e {
         Error::InUse { path, .. } => format!(
             "the store at {} is in use: a running `sessiondb serve` (or another tool) holds it. \
@@ -59,8 +59,8 @@ fn open(location: &Location) -> AnyResult<SessionStore> {
 /// Opens a store that must already exist. A directory without a store is
 /// an error (and is not created); on Redis, opening an unused prefix makes
 /// an empty store, which is said on stderr.
-fn open_existing(location: &Location) -> AnyResult<SessionStore> {
-    if let Some(dir) = location.directory() {
+fn open_existing(location: &Config) -> AnyResult<SessionStore> {
+    if let Some(dir) = location.path() {
         if !dir.join("db").is_file() {
             return Err(format!(
                 "no store at {} (give its directory with --data-dir or SESSIONDB_DATA_DIR, \
@@ -71,10 +71,11 @@ fn open_existing(location: &Location) -> AnyResult<SessionStore> {
         }
     }
     let store = open(location)?;
-    if store.recovery_report().created && location.directory().is_none() {
+    if store.recovery_report().created && location.path().is_none() {
         eprintln!(
-            "warning: there was no store at {location}; it is empty now \
-             (check --redis-url and --redis-prefix)"
+            "warning: there was no store at {}; it is empty now \
+             (check --redis-url and --redis-prefix)",
+            location.describe()
         );
     }
     Ok(store)
@@ -171,8 +172,8 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
     let store = open_existing(&location)?;
     let now = now_ms();
     let mut report = StatsReport {
-        store: location.to_string(),
-        engine: location.engine(),
+        store: location.describe(),
+        engine: location.location().engine(),
         last_shutdown_clean: store.recovery_report().clean_shutdown,
         ..StatsReport::default()
     };
@@ -198,13 +199,13 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
     report.quarantined = store.quarantined()?;
     report.earliest_expiry = store.earliest_expiry()?;
     close(store)?;
-    report.size_bytes = location.directory().map(dir_size);
+    report.size_bytes = location.path().map(dir_size);
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("store            {location}");
+    println!("store            {}", location.describe());
     println!(
         "sessions         {} ({} live, {} expired awaiting the reaper)",
         report.sessions, report.live, report.expired
@@ -233,7 +234,7 @@ pub fn stats(args: &StatsArgs) -> AnyResult<ExitCode> {
 // ----- list / show -----
 
 fn session_json(s: &Session) -> AnyResult<String> {
-    let body = session_body(s).map_err(|e| e.message)?;
+    let body = session_body(s)?;
     Ok(serde_json::to_string(&body)?)
 }
 
@@ -386,7 +387,7 @@ fn print_report(r: &CheckReport) {
 pub fn check(args: &CheckArgs) -> AnyResult<ExitCode> {
     let location = locate(&args.store)?;
     let store = open_existing(&location)?;
-    if location.directory().is_none() {
+    if location.path().is_none() {
         eprintln!(
             "note: on Redis, running servers keep writing during the check; stop them for an \
              exact report{}",
@@ -420,7 +421,7 @@ pub fn check(args: &CheckArgs) -> AnyResult<ExitCode> {
     println!(
         "{} {}:",
         if args.repair { "Repair of" } else { "Check of" },
-        location
+        location.describe()
     );
     print_report(&found);
     println!("  quarantined       {}", quarantined?);
@@ -542,7 +543,9 @@ pub fn import(args: &ImportArgs) -> AnyResult<ExitCode> {
     let summary = summary?;
     eprintln!(
         "imported {} session(s) into {} ({} replaced a stored session)",
-        summary.imported, location, summary.replaced
+        summary.imported,
+        location.describe(),
+        summary.replaced
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -592,7 +595,7 @@ impl Read for PipeReader {
 
 pub fn compact(args: &CompactArgs) -> AnyResult<ExitCode> {
     let location = locate(&args.store)?;
-    let Some(from) = location.directory() else {
+    let Some(from) = location.path() else {
         return Err(
             "compact rewrites a data directory (--data-dir); a Redis store has nothing to \
                     compact, the server manages its own memory. To copy a Redis store, use \
@@ -616,7 +619,7 @@ pub fn compact(args: &CompactArgs) -> AnyResult<ExitCode> {
     let source = open_existing(&location)?;
     let quarantined = source.quarantined()?;
     let total = source.stats()?.sessions;
-    let target = match open(&Location::Directory(into.clone())) {
+    let target = match open(&Config::new(into)) {
         Ok(t) => t,
         Err(e) => {
             close(source)?;

@@ -176,13 +176,7 @@ fn check_reports_problems_and_repair_fixes_them() {
     assert!(text(&out.stdout).contains("healthy"));
 
     // Break an invariant behind the store's back: a stale expiry entry.
-    {
-        let db = sled::open(p.data_dir()).unwrap();
-        let mut key = u64::MAX.to_be_bytes().to_vec();
-        key.extend_from_slice(&[9u8; 32]);
-        db.open_tree("expiries").unwrap().insert(key, &[]).unwrap();
-        db.flush().unwrap();
-    }
+    sessiondb::test_hooks::file_stale_expiry(&p.data_dir()).unwrap();
     let out = tool(&["check", "--data-dir", &dir]);
     let report = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");

@@ -232,7 +232,7 @@ impl Steps {
         self.left = self.left.saturating_sub(1);
         #[cfg(feature = "test-hooks")]
         if self.left > 0 {
-            crate::test_hooks::step(what);
+            super::hooks::step(what);
         }
         #[cfg(not(feature = "test-hooks"))]
         let _ = what;

@@ -20,7 +20,7 @@
 use crate::key::{Digest, DIGEST_LEN, MAX_ACTOR_ID_LEN};
 
 /// The on-disk layout version of the whole store (trees and keys), kept in
-/// the `meta` tree under [`META_FORMAT`]. Format 3: records keyed by actor
+/// the `meta` tree under the key `format`. Format 3: records keyed by actor
 /// and digest, expiry entries naming their record, no actor index. Formats 1
 /// and 2 are moved to it on open (`migrate`).
 pub const STORE_FORMAT: u32 = 3;

@@ -20,6 +20,8 @@
 
 mod commit;
 mod files;
+#[cfg(feature = "test-hooks")]
+pub(crate) mod hooks;
 pub(crate) mod layout;
 mod migrate;
 mod trees;
@@ -237,7 +239,7 @@ impl Engine for SledEngine {
 
     fn wait(&self, ticket: Ticket) -> Result<Commit> {
         match &self.group {
-            Some(group) => group.wait(&ticket),
+            Some(group) => group.wait(ticket),
             None => ticket.take().unwrap_or_else(|| Err(writer_failed())),
         }
     }

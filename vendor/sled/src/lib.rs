@@ -80,6 +80,11 @@
 //! ).unwrap();
 //! # let _ = std::fs::remove_dir_all("my_db");
 //! ```
+// sessiondb patch: built as a path dependency, this crate's lints are not
+// capped as a registry crate's are, and newer compilers and clippy warn
+// where 0.34.7 did not; silence them as cargo does for crates from the
+// registry. First, so that it also covers the lint names below.
+#![allow(warnings, clippy::all)]
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/spacejam/sled/master/art/tree_face_anti-transphobia.png"
 )]
@@ -155,10 +160,6 @@
     clippy::wrong_pub_self_convention,
 )]
 #![warn(clippy::multiple_crate_versions)]
-// sessiondb patch: built as a path dependency, this crate's lints are not
-// capped as a registry crate's are, and newer compilers warn where 0.34.7
-// denied; silence them as cargo does for crates from the registry.
-#![allow(warnings)]
 #![allow(clippy::mem_replace_with_default)] // Not using std::mem::take() due to MSRV of 1.37 (intro'd in 1.40)
 #![allow(clippy::match_like_matches_macro)] // Not using std::matches! due to MSRV of 1.37 (intro'd in 1.42)
 

@@ -14,13 +14,14 @@ use sessiondb::{Data, Reason, Session, SessionStore, UnsetReason};
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, NotAdmin, NotAdminOrKeyRefused, StoreFailed};
-use super::schemas::{ActorId, Language, SessionData, UnsetReasonName};
-use super::wire::{no_content, session_response, SessionBody};
+use super::wire::{no_content, session_response};
 use crate::auth::Admin;
 use crate::blocking::{blocking, outcome, run};
 use crate::error::{json_response, ApiError, ErrorBody, ErrorCode};
 use crate::events::stream as event_stream;
 use crate::extract::{Body, Param};
+use crate::schemas::{ActorId, Language, SessionData, UnsetReasonName};
+use crate::session_json::SessionBody;
 use crate::state::AppState;
 
 /// A new session for an actor.

@@ -11,12 +11,13 @@ use sessiondb::Reason;
 use utoipa::ToSchema;
 
 use super::doc::{BodyRefused, KeyRefused, StoreFailed};
-use super::schemas::DataName;
-use super::wire::{no_content, raw, session_response, KeyRequest, SessionBody};
+use super::wire::{no_content, raw, session_response, KeyRequest};
 use crate::auth::bearer;
 use crate::blocking::{blocking, outcome};
 use crate::error::{json_response, ApiError, ErrorBody, ErrorCode};
 use crate::extract::{Body, Param, SessionKey};
+use crate::schemas::DataName;
+use crate::session_json::SessionBody;
 use crate::state::AppState;
 
 /// The key of `isValid`/`restore`: `sessionKey` in the body, else the

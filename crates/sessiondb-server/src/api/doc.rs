@@ -8,9 +8,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{IntoResponses, Modify, OpenApi};
 
-use super::schemas::DataName;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{LaggedEvent, SetEvent, UnsetEvent};
+use crate::schemas::DataName;
 
 // The routes' tags ("game client", "game server", "service") and scheme
 // names are literals in their `#[utoipa::path]`s: the macro takes no
@@ -141,9 +141,10 @@ pub enum NotAdminOrKeyRefused {
 #[allow(dead_code)] // Described, never built: handlers answer with ApiError.
 pub enum StoreFailed {
     /// `unavailable` (the store's Redis / Valkey server cannot be reached
-    /// or did not answer in time, or the store is shutting down; retry
-    /// after `Retry-After`) or `contention` (other writers kept changing
-    /// the same sessions; retry).
+    /// or did not answer in time, a write could not be confirmed on a
+    /// replica, or the primary has fewer replicas than `--min-replicas`;
+    /// or the store is shutting down; retry after `Retry-After`) or
+    /// `contention` (other writers kept changing the same sessions; retry).
     #[response(
         status = 503,
         headers(("Retry-After" = String, description = "Seconds to wait, when the store's server is unreachable"))

@@ -1,4 +1,4 @@
-//! The routes of HTTP API v1 (DESIGN.md) and their OpenAPI document, both
+//! The routes of HTTP API v1 (the crate's README) and their OpenAPI document, both
 //! from one list: [`routes`] registers each handler with its
 //! `#[utoipa::path]`, so the router and the document cannot differ.
 //!
@@ -12,7 +12,6 @@
 mod admin;
 mod client;
 mod doc;
-mod schemas;
 mod service;
 mod wire;
 
@@ -30,8 +29,6 @@ use utoipa_axum::routes;
 use crate::cors;
 use crate::error::{ApiError, EngineUnavailable};
 use crate::state::AppState;
-
-pub use wire::session_body;
 
 /// Every route, each with its part of the document.
 fn routes() -> OpenApiRouter<AppState> {

@@ -1,81 +1,25 @@
-//! The JSON shapes of HTTP API v1 that several routes (and `sessiondb
-//! list --json`) share, each with its OpenAPI schema.
-
-use std::collections::BTreeMap;
+//! The JSON shapes that several routes of HTTP API v1 share, each with its
+//! OpenAPI schema (a session's own: `session_json`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use sessiondb::{Data, Session};
+use sessiondb::Session;
 use utoipa::ToSchema;
 
-use super::schemas::{ActorId, Language, SessionData};
 use crate::error::{json_response, ApiError};
-
-/// A session. `key` appears only where the caller may see it (register,
-/// restore, resolve, extend, reassign); `deadline`, `nodeId` and `version`
-/// only when set. Time values are Unix milliseconds.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Session)]
-pub struct SessionBody {
-    /// The full session key `actorId:secret`: the client's credentials.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(example = "player-7:3q2-7wEm1cJXyKQ0a9u5Hn8rTsYbZvPd")]
-    key: Option<String>,
-    /// The public session id: not a secret, safe to log and to show.
-    #[schema(example = "lPTFmL4-A96CT41N")]
-    id: String,
-    #[schema(value_type = ActorId)]
-    actor_id: String,
-    #[schema(value_type = Language)]
-    language: String,
-    created_at: i64,
-    /// When the session expires unless used (sliding), as stored.
-    expires_at: u64,
-    /// The absolute deadline (`--max-lifetime`), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deadline: Option<i64>,
-    /// The node that made the session (MAGE's cluster id), if configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node_id: Option<String>,
-    /// The game version that made the session, if configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<String>,
-    /// Bumped on every write.
-    revision: u64,
-    /// The values go out exactly as stored.
-    #[schema(value_type = SessionData)]
-    data: BTreeMap<String, Box<RawValue>>,
-}
+use crate::session_json::{session_body, StoredJsonError};
 
 /// A stored JSON text as a JSON value, exactly as stored.
 pub fn raw(json: &str) -> Result<Box<RawValue>, ApiError> {
-    RawValue::from_string(json.to_owned())
-        .map_err(|e| ApiError::internal(format!("a stored data value is not JSON: {e}")))
+    crate::session_json::raw(json).map_err(ApiError::from)
 }
 
-pub fn data_json(data: &Data) -> Result<BTreeMap<String, Box<RawValue>>, ApiError> {
-    data.iter()
-        .map(|(name, json)| Ok((name.to_owned(), raw(json)?)))
-        .collect()
-}
-
-pub fn session_body(s: &Session) -> Result<SessionBody, ApiError> {
-    Ok(SessionBody {
-        key: s.key().map(str::to_owned),
-        id: s.id().to_owned(),
-        actor_id: s.actor_id().to_owned(),
-        language: s.language().to_owned(),
-        created_at: s.created_at().timestamp_millis(),
-        expires_at: s.expires_at_ms(),
-        deadline: s.deadline().map(|d| d.timestamp_millis()),
-        node_id: s.node_id().map(str::to_owned),
-        version: s.version().map(str::to_owned),
-        revision: s.revision(),
-        data: data_json(s.data())?,
-    })
+impl From<StoredJsonError> for ApiError {
+    fn from(e: StoredJsonError) -> Self {
+        ApiError::internal(e.to_string())
+    }
 }
 
 /// `status` with the session as its JSON body.
