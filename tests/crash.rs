@@ -24,20 +24,19 @@
 //!   the oldest lost one is reported (the loss window).
 //!
 //! With the `redis` feature, the same runs on the Redis engine (mode
-//! `redis`, a server of the test's own, and mode `cluster`, a Redis Cluster of three primaries and three
-//! replicas): there the killed process is a game-server node, and since the
-//! servers outlive it, every acknowledged operation must be present (a
-//! reassign across buckets that a kill cut short is finished by the next
-//! store to open).
+//! `redis`, a server of the test's own, and mode `cluster`, a Redis Cluster
+//! of three primaries and three replicas): there the killed process is a
+//! game-server node, and since the servers outlive it, every acknowledged
+//! operation must be present (a reassign across buckets that a kill cut
+//! short is finished by the next store to open).
 //!
 //! The parent's bookkeeping does not grow with the kills or with the
 //! operations a child makes before its kill (tens of thousands per thread in
 //! periodic mode): it writes each child's lines to a file and replays them
-//! one at a time,
-//! keeping per child thread only the state after the operations replayed so
-//! far and after the longest prefix that explains the store, and of earlier
-//! rounds only the sessions still live. Each mode's summary line gives the
-//! parent's peak resident memory.
+//! one at a time, keeping per child thread only the state after the
+//! operations replayed so far and after the longest prefix that explains
+//! the store, and of earlier rounds only the sessions still live. Each
+//! mode's summary line gives the parent's peak resident memory.
 //!
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
