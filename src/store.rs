@@ -146,9 +146,11 @@ impl SessionStore {
         Self::start(config, false).map(|(store, _)| store)
     }
 
-    /// As [`SessionStore::open`], with a subscription made before the reaper
-    /// starts. The reaper's first pass ends the sessions that expired while
-    /// the store was closed; only a subscription made this way hears their
+    /// As [`SessionStore::open`], with a subscription made before the check
+    /// after an unclean shutdown and the reaper start. The check ends the
+    /// sessions a crash left over their actor's cap (`replaced`), and the
+    /// reaper's first pass the sessions that expired while the store was
+    /// closed; only a subscription made this way hears all their
     /// `session.unset` events.
     ///
     /// # Errors
@@ -178,6 +180,9 @@ impl SessionStore {
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),
         });
+        // Before the check starts: the sessions it ends are announced once,
+        // when it ends them, and a subscription made later misses them.
+        let events = subscribe.then(|| shared.events.subscribe());
         // Built before the reaper starts, so that a failure to start it
         // still closes the engine (through Drop).
         let checking = recovery.checking;
@@ -210,7 +215,6 @@ impl SessionStore {
             config.describe(),
             handle.recovery.report()
         );
-        let events = subscribe.then(|| shared.events.subscribe());
         // Reassigns across shards that a stopped node left half-way.
         match roll_forward::stuck(&shared, shared.now(), None) {
             Ok(0) => {}
