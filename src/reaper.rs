@@ -60,6 +60,7 @@ pub(crate) fn pass(shared: &Shared) -> Result<usize> {
             break;
         }
     }
+    shared.engine.reaped()?;
     // Reassigns across shards that a node left half-way.
     crate::roll_forward::stuck(shared, now, Some(crate::intent::GRACE_MS))?;
     Ok(total)

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::codec;
 use crate::engine::{Commit, Engine, Plan, Task, Ticket, View};
@@ -22,18 +23,11 @@ use crate::worker::Poison;
 /// so each retry means another writer made progress.
 pub(crate) const MAX_ATTEMPTS: u32 = 32;
 
-/// The longest pause before planning a conflicted change again.
-const MAX_BACKOFF: Duration = Duration::from_millis(5);
-
-/// A random pause before attempt `attempt` (2, 3, ...): up to 50 µs doubled
-/// per attempt, at most `MAX_BACKOFF`, so that writers racing for the same
-/// sessions stop colliding in lock step.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = Duration::from_micros(50)
-        .saturating_mul(1 << attempt.min(16))
-        .min(MAX_BACKOFF);
-    ceiling.mul_f64(crate::key::unit_random())
-}
+/// The pause before planning a conflicted change again: random below a
+/// bound of 200 µs doubled per attempt, at most 5 ms, so that writers
+/// racing for the same sessions stop colliding in lock step.
+const CONFLICT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_micros(200), Duration::from_millis(5)).jittered();
 
 /// Counters of the store's own (engine-neutral) work.
 #[derive(Debug, Default)]
@@ -105,8 +99,10 @@ where
             // Fails the batch; the engine reports it to every caller.
             Err(Error::Storage(_)) => return outcome.map(|_| Plan::default()),
             Ok(_) => planner.into_plan(),
-            // The operation's own failure: nothing to commit.
-            Err(_) => Plan::default(),
+            // The operation's own failure: nothing to commit, but the
+            // failure rests on what planning read as much as a change
+            // would (an engine that planned from what it knew checks it).
+            Err(_) => planner.into_plan().preconditions_only(),
         };
         *self.slot() = Some(outcome);
         Ok(plan)
@@ -133,7 +129,8 @@ fn settle(
             Commit::Done => return Ok(()),
             Commit::Conflict if attempts < MAX_ATTEMPTS => {
                 attempts += 1;
-                std::thread::sleep(backoff(attempts));
+                // Attempt 2 is the first retry.
+                std::thread::sleep(CONFLICT_BACKOFF.pause(attempts - 1));
                 ticket = resubmit()?;
             }
             Commit::Conflict => return Err(Error::Contention { attempts }),
@@ -336,14 +333,6 @@ mod tests {
             Err(Error::Contention { attempts }) if attempts == MAX_ATTEMPTS
         ));
         assert_eq!(resubmitted, MAX_ATTEMPTS - 1);
-    }
-
-    #[test]
-    fn backoff_grows_and_stays_bounded() {
-        for attempt in 2..40 {
-            assert!(backoff(attempt) <= MAX_BACKOFF);
-        }
-        assert!(backoff(2) <= Duration::from_micros(200));
     }
 
     #[test]

@@ -148,10 +148,11 @@ impl SessionStore {
     }
 
     /// As [`SessionStore::open`], with a subscription made before the check
-    /// after an unclean shutdown and the reaper start. The reaper's first
-    /// pass ends the sessions that expired while the store was closed, and
-    /// the check the sessions a crash left over their actor's cap; only a
-    /// subscription made this way surely hears their `session.unset` events.
+    /// after an unclean shutdown and the reaper start. The check ends the
+    /// sessions a crash left over their actor's cap (`replaced`), and the
+    /// reaper's first pass the sessions that expired while the store was
+    /// closed; only a subscription made this way hears all their
+    /// `session.unset` events.
     ///
     /// # Errors
     /// As [`SessionStore::open`].
@@ -175,11 +176,14 @@ impl SessionStore {
             clock: config.clock.clone(),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
-            reap_batch: config.reap_batch,
+            reap_batch: config.reap_batch_or_default(),
             key_length: config.key_length,
             node_id: config.node_id.clone(),
             app_version: config.app_version.clone(),
         });
+        // Before the check starts: the sessions it ends are announced once,
+        // when it ends them, and a subscription made later misses them.
+        let events = subscribe.then(|| shared.events.subscribe());
         // Built before the reaper starts, so that a failure to start it
         // still closes the engine (through Drop).
         let checking = recovery.checking;
@@ -190,11 +194,6 @@ impl SessionStore {
             closing: AtomicBool::new(false),
             recovery: Arc::new(Recovering::new(recovery)),
         });
-        // Subscribed before the check starts: the sessions it ends over
-        // their actor's cap are announced, and a subscriber made by
-        // `open_subscribed` must hear them (the check may end them before
-        // `start` returns).
-        let events = subscribe.then(|| shared.events.subscribe());
         if checking && config.check_in_background {
             let (recovery, shared) = (handle.recovery.clone(), shared.clone());
             let checker = worker::spawn("checker", shared.poison.clone(), move || {

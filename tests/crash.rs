@@ -17,7 +17,8 @@
 //!   announced each session it ended over a cap (`replaced`); then
 //!   `check()` is healthy;
 //! - per child thread, the store holds exactly the effect of a prefix of
-//!   that thread's operations (plus sessions the reaper legitimately ended);
+//!   that thread's operations (plus sessions the reaper legitimately ended),
+//!   and no session that no operation explains (the session count);
 //! - immediate durability: that prefix covers every acknowledged operation;
 //! - periodic durability: the operations lost are a suffix, and the age of
 //!   the oldest lost one is reported (the loss window).
@@ -27,12 +28,20 @@
 //! on sled (one transaction): a kill leaves the session under its old key
 //! or its new one, never both, so an actor is never seen over its cap.
 //!
-//! The same runs on the Redis engine (mode `redis`, a server of the test's
-//! own, and mode `cluster`, a Redis Cluster of three primaries and three
-//! replicas): there the killed process is a game-server node, and since the
-//! servers outlive it, every acknowledged operation must be present (a
-//! reassign across buckets that a kill cut short is finished by the next
-//! store to open).
+//! With the `redis` feature, the same runs on the Redis engine (mode
+//! `redis`, a server of the test's own, and mode `cluster`, a Redis Cluster
+//! of three primaries and three replicas): there the killed process is a
+//! game-server node, and since the servers outlive it, every acknowledged
+//! operation must be present (a reassign across buckets that a kill cut
+//! short is finished by the next store to open).
+//!
+//! The parent's bookkeeping does not grow with the kills or with the
+//! operations a child makes before its kill (tens of thousands per thread in
+//! periodic mode): it writes each child's lines to a file and replays them
+//! one at a time, keeping per child thread only the state after the
+//! operations replayed so far and after the longest prefix that explains
+//! the store, and of earlier rounds only the sessions still live. Each
+//! mode's summary line gives the parent's peak resident memory.
 //!
 //! `SESSIONDB_CRASH_CYCLES` sets the kills per durability mode (default 150);
 //! `SESSIONDB_CRASH_SEED` the random seed.
@@ -42,7 +51,9 @@
 mod redis_server;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,6 +190,12 @@ fn say(out: &Mutex<std::io::Stdout>, line: &str) {
     let _ = out.flush();
 }
 
+/// The `i`th actor of child thread `t` in run `run`: no two runs or threads
+/// share an actor.
+fn actor_name(run: impl std::fmt::Display, t: usize, i: usize) -> String {
+    format!("r{run}t{t}a{i}")
+}
+
 fn child_thread(
     store: &SessionStore,
     out: &Mutex<std::io::Stdout>,
@@ -187,7 +204,7 @@ fn child_thread(
     seed: u64,
 ) {
     let mut rng = Rng(seed);
-    let actor = |i: usize| format!("r{run}t{t}a{i}");
+    let actor = |i: usize| actor_name(run, t, i);
     let mut keys: Vec<Option<String>> = vec![None; ACTORS_PER_THREAD];
     for seq in 0u64.. {
         let a = rng.below(ACTORS_PER_THREAD as u64) as usize;
@@ -200,7 +217,7 @@ fn child_thread(
             (9, Some(_)) => "rotate",
             _ => "reassign",
         };
-        say(out, &format!("B {t} {seq} {op} {} {}", actor(a), actor(b)));
+        say(out, &format!("B {t} {seq} {op} {a} {b}"));
         let key = keys[a].clone().unwrap_or_default();
         let result = match op {
             "register" => store.register(&actor(a), "en", Data::new()).map(Some),
@@ -264,17 +281,20 @@ struct Found {
 #[derive(Debug, Clone)]
 struct Step {
     op: String,
-    a: String,
-    b: String,
+    /// The thread's actors it names (by index): `a`, and `b` for a reassign.
+    a: usize,
+    b: usize,
     seq: u64,
     /// `Some(true)` ok, `Some(false)` failed, None: no answer before the kill.
     ok: Option<bool>,
     id: Option<String>,
     expires_at: Option<u64>,
-    acked_at: Option<Instant>,
+    /// When the parent read the answer, in microseconds since the child started.
+    acked_at: Option<u64>,
 }
 
-type State = HashMap<String, Option<Expect>>;
+/// What each actor of one child thread holds, by the actor's index.
+type State = Vec<Option<Expect>>;
 
 fn apply(state: &mut State, step: &Step) {
     if step.ok == Some(false) {
@@ -282,34 +302,28 @@ fn apply(state: &mut State, step: &Step) {
     }
     match step.op.as_str() {
         "register" => {
-            state.insert(
-                step.a.clone(),
-                Some(Expect {
-                    id: step.id.clone(),
-                    data: None,
-                    expires_at: step.expires_at,
-                }),
-            );
+            state[step.a] = Some(Expect {
+                id: step.id.clone(),
+                data: None,
+                expires_at: step.expires_at,
+            });
         }
         "set" => {
-            if let Some(Some(e)) = state.get_mut(&step.a) {
+            if let Some(e) = &mut state[step.a] {
                 e.data = Some(step.seq);
             }
         }
-        "logout" | "expire" => {
-            state.insert(step.a.clone(), None);
-        }
+        "logout" | "expire" => state[step.a] = None,
         // The same session under a new key: its id, data and expiry kept,
         // whether the kill came before or after the rotation.
         "rotate" => {}
         _ => {
-            let moved = state.insert(step.a.clone(), None).flatten();
-            if let Some(mut m) = moved {
-                m.expires_at = step.expires_at;
-                state.insert(step.b.clone(), Some(m));
+            if let Some(mut moved) = state[step.a].take() {
+                moved.expires_at = step.expires_at;
+                state[step.b] = Some(moved);
             } else if step.ok.is_none() {
                 // In flight and unknown: the parent cannot say what moved.
-                state.insert(step.b.clone(), None);
+                state[step.b] = None;
             }
         }
     }
@@ -327,6 +341,7 @@ fn agrees(expected: &Option<Expect>, got: &Option<Found>, killed_at: u64) -> boo
 }
 
 struct RunLog {
+    run: usize,
     opened: bool,
     /// The check after an unclean shutdown ran in the background.
     checking: bool,
@@ -334,7 +349,11 @@ struct RunLog {
     check_result: Option<String>,
     /// The step after which a write stopped to be killed (`P` line).
     paused: Option<String>,
-    threads: Vec<Vec<Step>>,
+    /// The child's `B` and `A` lines, each after the microseconds since
+    /// `started` at which the parent read it: on disk, not in memory, as a
+    /// child may make hundreds of thousands of operations before its kill.
+    ops: PathBuf,
+    started: Instant,
     killed: Instant,
 }
 
@@ -361,7 +380,7 @@ enum Kill {
     Later,
 }
 
-fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64) {
+fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng, scratch: &Path) -> (RunLog, u64) {
     let kill = match rng.below(4) {
         0 => Kill::Early,
         1 => Kill::Opened,
@@ -392,55 +411,48 @@ fn run_child(place: &str, mode: &str, run: usize, rng: &mut Rng) -> (RunLog, u64
     let stdout = child.stdout.take().expect("child stdout");
     let (opened_tx, opened) = std::sync::mpsc::channel();
     let (paused_tx, paused) = std::sync::mpsc::channel();
+    let ops = scratch.join(format!("{run}.ops"));
+    let mut ops_file = BufWriter::new(File::create(&ops).expect("operations file"));
+    let started = Instant::now();
     let reader = std::thread::spawn(move || {
         let mut log = RunLog {
+            run,
             opened: false,
             checking: false,
             check_result: None,
             paused: None,
-            threads: vec![Vec::new(); THREADS],
+            ops,
+            started,
             killed: Instant::now(),
         };
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let f: Vec<&str> = line.split(' ').collect();
+        let mut lines = BufReader::new(stdout);
+        let mut line = String::new();
+        // A line without its end was cut by the kill.
+        while lines
+            .read_line(&mut line)
+            .is_ok_and(|_| line.ends_with('\n'))
+        {
+            let f: Vec<&str> = line.trim_end().splitn(2, ' ').collect();
             match f.as_slice() {
                 ["O", checking] => {
                     log.opened = true;
                     log.checking = *checking == "1";
                     let _ = opened_tx.send(());
                 }
-                ["C", found @ ..] => log.check_result = Some(found.join(" ")),
+                ["C", found] => log.check_result = Some((*found).to_owned()),
                 ["P", step] => {
                     log.paused = Some((*step).to_owned());
                     let _ = paused_tx.send(());
                 }
-                ["B", t, seq, op, a, b] => {
-                    let t: usize = t.parse().expect("thread");
-                    log.threads[t].push(Step {
-                        op: (*op).into(),
-                        a: (*a).into(),
-                        b: (*b).into(),
-                        seq: seq.parse().expect("seq"),
-                        ok: None,
-                        id: None,
-                        expires_at: None,
-                        acked_at: None,
-                    });
+                ["B" | "A", _] => {
+                    let at = started.elapsed().as_micros();
+                    write!(ops_file, "{at} {line}").expect("write the operations file");
                 }
-                ["A", t, _seq, result, rest @ ..] => {
-                    let t: usize = t.parse().expect("thread");
-                    if let Some(step) = log.threads[t].last_mut() {
-                        step.ok = Some(*result == "ok");
-                        step.acked_at = Some(Instant::now());
-                        if let (true, [id, at]) = (*result == "ok", rest) {
-                            step.id = Some((*id).into());
-                            step.expires_at = at.parse().ok();
-                        }
-                    }
-                }
-                _ => {} // a line cut by the kill
+                _ => {}
             }
+            line.clear();
         }
+        ops_file.flush().expect("write the operations file");
         log
     });
     match kill {
@@ -477,19 +489,22 @@ struct Tally {
     acked: usize,
     lost: usize,
     worst_loss: Duration,
+    /// The most operations one child thread made before its kill.
+    most_ops: usize,
 }
 
 /// Kills `kills` children in rounds and verifies after each round.
 fn crash_mode(mode: &str, place: &str, kills: usize, seed: u64) -> Result<Tally, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?;
     let mut rng = Rng(seed | 1);
-    let mut known: State = HashMap::new();
+    let mut known = HashMap::new();
     let mut tally = Tally::default();
     let mut run = 0;
     while tally.kills < kills {
         let mut logs = Vec::new();
         let mut killed_at = 0;
         for _ in 0..KILLS_PER_ROUND {
-            let (log, at) = run_child(place, mode, run, &mut rng);
+            let (log, at) = run_child(place, mode, run, &mut rng, scratch.path());
             run += 1;
             tally.kills += 1;
             killed_at = at;
@@ -522,8 +537,152 @@ fn crash_mode(mode: &str, place: &str, kills: usize, seed: u64) -> Result<Tally,
         }
         verify(place, mode, &logs, killed_at, &mut known, &mut tally)
             .map_err(|e| format!("{mode}, round ending at run {}: {e}", run - 1))?;
+        for log in &logs {
+            let _ = std::fs::remove_file(&log.ops);
+        }
     }
     Ok(tally)
+}
+
+/// One child thread's operations replayed, one at a time, against what the
+/// store holds for the thread's actors after the kill. Only the state after
+/// the operations replayed so far is kept, and a copy of it for the longest
+/// prefix that explained the store, so memory does not grow with the
+/// number of operations.
+struct Replay {
+    actors: Vec<String>,
+    found: Vec<Option<Found>>,
+    state: State,
+    /// Operations replayed so far.
+    replayed: usize,
+    /// An operation begun and not yet answered.
+    pending: Option<Step>,
+    /// The longest prefix so far after which every actor agrees with the store.
+    matched: Option<Matched>,
+}
+
+struct Matched {
+    ops: usize,
+    state: State,
+    /// When the parent read the answer to the operation after the prefix
+    /// (the first one the store lost, if acknowledged).
+    next_acked_at: Option<u64>,
+}
+
+impl Replay {
+    fn new(actors: Vec<String>, found: Vec<Option<Found>>, killed_at: u64) -> Replay {
+        let mut replay = Replay {
+            state: vec![None; actors.len()],
+            actors,
+            found,
+            replayed: 0,
+            pending: None,
+            matched: None,
+        };
+        replay.compare(killed_at);
+        replay
+    }
+
+    /// Notes the current prefix if it explains the store.
+    fn compare(&mut self, killed_at: u64) {
+        let agree = (self.state.iter().zip(&self.found)).all(|(e, f)| agrees(e, f, killed_at));
+        if agree {
+            self.matched = Some(Matched {
+                ops: self.replayed,
+                state: self.state.clone(),
+                next_acked_at: None,
+            });
+        }
+    }
+
+    fn replay(&mut self, step: &Step, killed_at: u64) {
+        if let Some(m) = &mut self.matched {
+            if m.ops == self.replayed {
+                m.next_acked_at = step.acked_at;
+            }
+        }
+        apply(&mut self.state, step);
+        self.replayed += 1;
+        self.compare(killed_at);
+    }
+
+    /// Pairs for a failure's message: each actor with its state.
+    fn named<'a, T>(&'a self, of: &'a [T]) -> Vec<(&'a str, &'a T)> {
+        self.actors.iter().map(String::as_str).zip(of).collect()
+    }
+}
+
+/// Replays a child's operations file against the stored state of every
+/// one of its threads' actors.
+fn replay_log(
+    log: &RunLog,
+    mut stored: impl FnMut(&str) -> Result<Option<Found>, String>,
+    killed_at: u64,
+) -> Result<Vec<Replay>, String> {
+    let mut replays = Vec::new();
+    for t in 0..THREADS {
+        let actors: Vec<String> = (0..ACTORS_PER_THREAD)
+            .map(|i| actor_name(log.run, t, i))
+            .collect();
+        let found = actors.iter().map(|a| stored(a)).collect::<Result<_, _>>()?;
+        replays.push(Replay::new(actors, found, killed_at));
+    }
+    let file = File::open(&log.ops).map_err(|e| format!("{}: {e}", log.ops.display()))?;
+    let mut lines = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: {e}", log.ops.display())),
+        }
+        let bad = || format!("run {}: unexpected line {line:?}", log.run);
+        let f: Vec<&str> = line.trim_end().split(' ').collect();
+        let (at, thread) = match f.as_slice() {
+            [at, _, t, ..] => (at.parse::<u64>(), t.parse::<usize>()),
+            _ => return Err(bad()),
+        };
+        let (Ok(at), Ok(t)) = (at, thread) else {
+            return Err(bad());
+        };
+        let replay = replays.get_mut(t).ok_or_else(bad)?;
+        match f.as_slice() {
+            [_, "B", _, seq, op, a, b] if replay.pending.is_none() => {
+                let index = |s: &str| s.parse().ok().filter(|&i| i < ACTORS_PER_THREAD);
+                let (Ok(seq), Some(a), Some(b)) = (seq.parse(), index(a), index(b)) else {
+                    return Err(bad());
+                };
+                replay.pending = Some(Step {
+                    op: (*op).into(),
+                    a,
+                    b,
+                    seq,
+                    ok: None,
+                    id: None,
+                    expires_at: None,
+                    acked_at: None,
+                });
+            }
+            [_, "A", _, seq, result, rest @ ..] => {
+                let Some(mut step) = replay.pending.take() else {
+                    return Err(bad());
+                };
+                if seq.parse() != Ok(step.seq) {
+                    return Err(bad());
+                }
+                step.ok = Some(*result == "ok");
+                step.acked_at = Some(at);
+                if let (true, [id, expires_at]) = (*result == "ok", rest) {
+                    step.id = Some((*id).into());
+                    step.expires_at = expires_at.parse().ok();
+                }
+                replay.replay(&step, killed_at);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(replays)
 }
 
 fn verify(
@@ -531,7 +690,7 @@ fn verify(
     mode: &str,
     logs: &[RunLog],
     killed_at: u64,
-    known: &mut State,
+    known: &mut HashMap<String, Expect>,
     tally: &mut Tally,
 ) -> Result<(), String> {
     // A clock at the epoch: every stored session reads as live, so the
@@ -584,68 +743,63 @@ fn verify(
         })
         .transpose()
     };
-    // Sessions of earlier rounds: unchanged, or reaped once due.
+    // Sessions of earlier rounds: unchanged, or reaped once due. One seen
+    // gone is gone for good (its actor belongs to an earlier run, and this
+    // store closes cleanly), so `known` holds only live sessions; the
+    // session count below says that no ended one came back.
+    let mut gone = Vec::new();
     for (actor, expected) in known.iter() {
+        let expected = Some(expected.clone());
         let got = stored(actor)?;
-        if !agrees(expected, &got, killed_at) {
+        if !agrees(&expected, &got, killed_at) {
             return Err(format!(
                 "{actor} of an earlier round: expected {expected:?}, found {got:?}"
             ));
         }
+        if got.is_none() {
+            gone.push(actor.clone());
+        }
+    }
+    for actor in gone {
+        known.remove(&actor);
     }
     for log in logs {
-        for steps in &log.threads {
-            let acked = steps.iter().take_while(|s| s.ok.is_some()).count();
-            let in_flight = usize::from(steps.len() > acked);
-            let actors: Vec<String> = steps
-                .iter()
-                .flat_map(|s| [s.a.clone(), s.b.clone()])
-                .collect();
-            // The states after each prefix of this thread's operations.
-            let mut state: State = actors.iter().map(|a| (a.clone(), None)).collect();
-            let mut prefixes = vec![state.clone()];
-            for step in steps {
-                apply(&mut state, step);
-                prefixes.push(state.clone());
+        for mut replay in replay_log(log, &stored, killed_at)? {
+            let acked = replay.replayed;
+            let after_acked = replay.state.clone();
+            if let Some(step) = replay.pending.take() {
+                replay.replay(&step, killed_at);
             }
-            let mut found = HashMap::new();
-            for a in &actors {
-                found.insert(a.clone(), stored(a)?);
-            }
+            tally.most_ops = tally.most_ops.max(replay.replayed);
             // Only sled's periodic mode may lose acknowledged operations.
             let lowest = if mode == "periodic" { 0 } else { acked };
-            let matched = (lowest..=acked + in_flight).rev().find(|&k| {
-                prefixes[k]
-                    .iter()
-                    .all(|(a, e)| agrees(e, &found[a], killed_at))
-            });
-            let Some(k) = matched else {
+            let Some(matched) = replay.matched.take().filter(|m| m.ops >= lowest) else {
                 return Err(format!(
-                    "no prefix of {} ops ({} acknowledged) explains the store: found {found:?}, \
-                     expected after all acknowledged: {:?}",
-                    steps.len(),
-                    acked,
-                    prefixes[acked]
+                    "no prefix of {} ops ({acked} acknowledged) explains the store: found \
+                     {:?}, expected after all acknowledged: {:?}",
+                    replay.replayed,
+                    replay.named(&replay.found),
+                    replay.named(&after_acked),
                 ));
             };
             tally.acked += acked;
-            if k < acked {
-                tally.lost += acked - k;
-                if let Some(at) = steps[k].acked_at {
-                    tally.worst_loss = tally.worst_loss.max(log.killed.duration_since(at));
+            if matched.ops < acked {
+                tally.lost += acked - matched.ops;
+                if let Some(at) = matched.next_acked_at {
+                    let acked_at = log.started + Duration::from_micros(at);
+                    tally.worst_loss = tally.worst_loss.max(log.killed.duration_since(acked_at));
                 }
             }
-            for (a, e) in &prefixes[k] {
+            for ((actor, e), f) in replay.actors.iter().zip(matched.state).zip(&replay.found) {
                 // What the store holds is the truth from here on.
-                let e = e.clone().and_then(|e| {
-                    let f = found[a].as_ref()?;
-                    Some(Expect {
+                if let (Some(e), Some(f)) = (e, f) {
+                    let e = Expect {
                         id: Some(f.id.clone()),
                         data: e.data,
                         expires_at: Some(f.expires_at),
-                    })
-                });
-                known.insert(a.clone(), e);
+                    };
+                    known.insert(actor.clone(), e);
+                }
             }
         }
     }
@@ -653,7 +807,29 @@ fn verify(
     if !check.is_healthy() {
         return Err(format!("check after recovery is not healthy: {check:?}"));
     }
+    if check.sessions != known.len() as u64 {
+        return Err(format!(
+            "the store holds {} sessions, but {} are expected to live",
+            check.sessions,
+            known.len()
+        ));
+    }
     store.close().map_err(|e| e.to_string())
+}
+
+/// The test process's peak resident memory, in bytes, since the last
+/// `reset_peak_memory` (Linux; None elsewhere).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Starts measuring the peak resident memory afresh (Linux); where that
+/// fails, `peak_memory` is the peak since the process started.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// With the `redis` feature, modes `redis` and `cluster` on servers of the
@@ -715,7 +891,15 @@ fn main() {
     #[cfg(feature = "redis")]
     let _servers = redis_places(&mut places);
     for (mode, place) in &places {
-        match crash_mode(mode, place, kills, seed) {
+        reset_peak_memory();
+        let mode_started = Instant::now();
+        let outcome = crash_mode(mode, place, kills, seed);
+        let took = format!(
+            "{:.0} s, peak memory of the test process {}",
+            mode_started.elapsed().as_secs_f64(),
+            peak_memory().map_or("unknown".into(), |b| format!("{} MiB", b >> 20))
+        );
+        match outcome {
             Ok(t) if on_sled(mode) && t.kills_between_steps.is_empty() => {
                 println!(
                     "{mode}: FAILED: no kill landed between the steps of a write (seed {seed})"
@@ -727,14 +911,16 @@ fn main() {
                 steps.sort();
                 println!(
                     "{mode}: {} kills ({} before open finished, {} during the background check, \
-                     {} between the steps of a write: {steps:?}), {} acknowledged ops checked, \
-                     {} lost (oldest lost acknowledged {:?} before its kill); the checks after \
-                     them dropped {} stale expiry entries and ended {} sessions over their cap",
+                     {} between the steps of a write: {steps:?}), {} acknowledged ops checked \
+                     (up to {} made by one child thread before its kill), {} lost (oldest lost \
+                     acknowledged {:?} before its kill); the checks after them dropped {} stale \
+                     expiry entries and ended {} sessions over their cap; {took}",
                     t.kills,
                     t.kills_before_open,
                     t.kills_during_check,
                     t.kills_between_steps.values().sum::<usize>(),
                     t.acked,
+                    t.most_ops,
                     t.lost,
                     t.worst_loss,
                     t.stale_entries,
@@ -742,7 +928,7 @@ fn main() {
                 );
             }
             Err(e) => {
-                println!("{mode}: FAILED: {e} (seed {seed})");
+                println!("{mode}: FAILED: {e} (seed {seed}; {took})");
                 failed += 1;
             }
         }

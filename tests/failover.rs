@@ -1,7 +1,9 @@
 //! Redis servers failing over under the store: a cluster primary killed
 //! with SIGKILL or handed over with `CLUSTER FAILOVER`, and a primary
-//! behind Sentinel killed, while game-server nodes (stores in this
-//! process) write. Each test starts servers of its own (`common::redis`);
+//! behind Sentinel killed (with its replica in sync, or still in its
+//! initial sync), while game-server nodes (stores in this process) write;
+//! and the copies a write is taken with: a replica that just attached, and
+//! `min_replicas`. Each test starts servers of its own (`common::redis`);
 //! without `redis-server` they say so and pass, unless `CI=true`.
 
 mod common;
@@ -12,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::redis::{find, RedisCluster, RedisSentinel, SENTINEL_MASTER};
+use common::redis::{
+    find, free_ports, replica_state, RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER,
+};
 use common::T0;
 use sessiondb::{Config, Data, Durability, Error, Event, ManualClock, SessionStore, UnsetReason};
 
@@ -374,4 +378,253 @@ fn a_killed_primary_behind_sentinel_is_followed_by_itself() {
     });
     once_each(&heard.sets, &acked, "session.set");
     assert!(stores[0].check().unwrap().is_healthy());
+}
+
+/// The primary behind Sentinel has a replica attached but still in its
+/// initial sync (the primary delays it, as Redis delays a diskless sync by
+/// 5 s by default), and a node writes with `Durability::Immediate`. The
+/// replica holds none of those writes yet, so none may be acknowledged on
+/// the primary alone: when the primary is killed with SIGKILL and the
+/// sentinels promote the replica (with nothing in it), every acknowledged
+/// write is still there, and the node writes again on the new primary.
+#[test]
+fn immediate_writes_while_the_replica_syncs_survive_its_promotion() {
+    let Some(binary) = find("redis-server", "immediate_writes_while_the_replica_syncs") else {
+        return;
+    };
+    let sentinel = RedisSentinel::start_syncing(&binary);
+    let clock = ManualClock::new(T0);
+    let config = Config::redis_sentinel(sentinel.urls.clone(), SENTINEL_MASTER)
+        .clock(Arc::new(clock.clone()))
+        .reaper_thread(false)
+        .durability(Durability::Immediate)
+        .redis_timeout(Duration::from_secs(1))
+        .event_capacity(EVENTS_KEPT);
+    let stores = [SessionStore::open(config).unwrap()];
+    let listener = stores[0].subscribe();
+    let old = sentinel.primary().expect("a primary");
+    let load = Load::start(&stores, 4);
+    std::thread::sleep(Duration::from_secs(2));
+    let state = sentinel.replica_state(old);
+    assert_eq!(
+        state.as_deref(),
+        Some("wait_bgsave"),
+        "the replica should still be in its initial sync when the primary is killed"
+    );
+    let before_kill = load.log.lock().unwrap().clone();
+    let killed = Instant::now();
+    sentinel.kill(old);
+    let new = loop {
+        match sentinel.primary() {
+            Some(p) if p != old => break p,
+            _ => {}
+        }
+        assert!(
+            killed.elapsed() < BACK_WITHIN,
+            "the sentinels promoted no replica"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let promoted = killed.elapsed();
+    let outage = load.all_back(killed);
+    assert!(outage < BACK_WITHIN, "writes failed for {outage:?}");
+    let acked = load.finish();
+    let ok = before_kill.iter().filter(|(_, _, ok)| *ok).count();
+    println!(
+        "while the replica synced: {ok} of {} writes acknowledged; killed primary {old}: {new} \
+         promoted after {promoted:?}; the last failed write {outage:?} after the kill; {} \
+         acknowledged in all",
+        before_kill.len(),
+        acked.len()
+    );
+    all_present(&stores, &acked);
+    let heard = listen(&listener, |h| {
+        acked.iter().all(|(_, id)| h.sets.contains_key(id))
+    });
+    println!(
+        "heard {} session.set, {} lagged",
+        heard.sets.len(),
+        heard.lagged
+    );
+    once_each(&heard.sets, &acked, "session.set");
+}
+
+/// A replica attaches to a primary that had none, and stays in its initial
+/// sync: the very next `Durability::Immediate` write waits for it (however
+/// recently the store counted none) and, as the replica acknowledges
+/// nothing until its sync is done, fails as unavailable saying the change
+/// may have committed. Once the replica is in sync, writes are
+/// acknowledged again.
+#[test]
+fn an_immediate_write_right_after_a_replica_attaches_waits_for_it() {
+    let Some(binary) = find(
+        "redis-server",
+        "an_immediate_write_right_after_a_replica_attaches",
+    ) else {
+        return;
+    };
+    let port = free_ports(1)[0].to_string();
+    let primary = RedisServer::start(
+        &binary,
+        &[
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "120",
+        ],
+    );
+    let store = SessionStore::open(
+        Config::redis(&primary.url)
+            .reaper_thread(false)
+            .durability(Durability::Immediate)
+            .redis_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
+    // No replica: the write is on the primary's disk, and acknowledged.
+    store.register("alone", "en", Data::new()).unwrap();
+
+    // With its own append-only file: WAITAOF counts no replica without one.
+    let _replica = RedisServer::start(
+        &binary,
+        &["--appendonly", "yes", "--replicaof", "127.0.0.1", &port],
+    );
+    let mut raw = primary.connection();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica_state(&mut raw).as_deref() != Some("wait_bgsave") {
+        assert!(Instant::now() < deadline, "the replica did not attach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    let err = store
+        .register("synced", "en", Data::new())
+        .expect_err("a write taken on the primary alone while a replica syncs");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("may have committed") && message.contains("initial sync"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{started:?}");
+
+    // The primary starts the sync now; once the replica is in sync (and,
+    // with WAITAOF, has its own append-only file), writes go through.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg(0)
+        .query(&mut raw)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.register("later", "en", Data::new()) {
+            Ok(_) => break,
+            Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("no write went through once the replica synced: {e}"),
+        }
+    }
+    assert_eq!(replica_state(&mut raw).as_deref(), Some("online"));
+}
+
+/// `min_replicas`: while fewer replicas are attached to the primary, writes
+/// are refused (unavailable, saying how many are attached and how many are
+/// required), reads go on and the health check fails; a replica still in
+/// its initial sync counts as attached. It holds in `Durability::Periodic`
+/// too: it is about copies, not fsync. A store in a directory refuses it.
+#[test]
+fn min_replicas_refuses_writes_until_enough_replicas_are_attached() {
+    let Some(binary) = find("redis-server", "min_replicas_refuses_writes") else {
+        return;
+    };
+    let port = free_ports(1)[0].to_string();
+    let primary = RedisServer::start(
+        &binary,
+        &[
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "120",
+        ],
+    );
+    let config = Config::redis(&primary.url).reaper_thread(false);
+    let plain = SessionStore::open(config.clone()).unwrap();
+    let kept = plain.register("kept", "en", Data::new()).unwrap();
+    let store = SessionStore::open(config.clone().min_replicas(1)).unwrap();
+
+    let err = store.register("p1", "en", Data::new()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("has no replica attached and min_replicas requires 1"),
+        "{message}"
+    );
+    assert!(
+        plain.actor_session("p1").unwrap().is_none(),
+        "nothing written"
+    );
+    // Reads go on; the health check says writes cannot.
+    assert_eq!(
+        store
+            .actor_session("kept")
+            .unwrap()
+            .map(|s| s.id().to_owned()),
+        Some(kept.id().to_owned())
+    );
+    assert!(matches!(store.ping(), Err(Error::Unavailable { .. })));
+
+    let dir = tempfile::tempdir().unwrap();
+    let refused = SessionStore::open(Config::new(dir.path()).min_replicas(1)).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Error::InvalidConfig {
+                setting: "min_replicas",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // A replica attaches: still in its initial sync, it counts.
+    let _replica = RedisServer::start(&binary, &["--replicaof", "127.0.0.1", &port]);
+    let mut raw = primary.connection();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica_state(&mut raw).as_deref() != Some("wait_bgsave") {
+        assert!(Instant::now() < deadline, "the replica did not attach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let session = store.register("p1", "en", Data::new()).unwrap();
+    assert!(store.ping().is_ok());
+    assert_eq!(
+        plain
+            .actor_session("p1")
+            .unwrap()
+            .map(|s| s.id().to_owned()),
+        Some(session.id().to_owned())
+    );
+
+    // Two required, one attached.
+    let two = SessionStore::open(config.min_replicas(2)).unwrap();
+    let message = two
+        .register("p2", "en", Data::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("has 1 replica attached and min_replicas requires 2"),
+        "{message}"
+    );
+    assert!(two.actor_session("p1").unwrap().is_some());
 }

@@ -267,9 +267,16 @@ fn a_record_filed_under_another_actors_key_is_quarantined() {
 /// A register stopped by a crash after it stored its session and before it
 /// ended the actor's older one leaves the actor over its cap; the check
 /// after the crash ends the older one, as the register would have, and
-/// announces it.
+/// announces it to a subscription made by `open_subscribed`, whether the
+/// check runs in the background or before `open` returns.
 #[test]
 fn the_check_after_a_crash_ends_sessions_over_the_actors_cap_and_announces_them() {
+    for in_background in [true, false] {
+        over_cap_after_a_crash(in_background);
+    }
+}
+
+fn over_cap_after_a_crash(in_background: bool) {
     // Two sessions of one actor, as such a crash leaves them (made here
     // with a cap of 2).
     let f = Fixture::with(|c| c.max_sessions_per_actor(2));
@@ -282,7 +289,8 @@ fn the_check_after_a_crash_ends_sessions_over_the_actors_cap_and_announces_them(
     } = f;
     store.close().unwrap();
     with_raw(dir.path(), mark_unclean);
-    let (store, events) = SessionStore::open_subscribed(config(&dir, &clock)).unwrap();
+    let config = config(&dir, &clock).check_in_background(in_background);
+    let (store, events) = SessionStore::open_subscribed(config).unwrap();
     let check = store.wait_for_recovery().check.unwrap();
     assert_eq!(check.over_cap, 1, "{check:?}");
     assert_eq!(check.problems(), 1, "{check:?}");
@@ -292,7 +300,8 @@ fn the_check_after_a_crash_ends_sessions_over_the_actors_cap_and_announces_them(
             id: old.id().to_owned(),
             actor_id: "a".into(),
             reason: UnsetReason::Replaced,
-        }]
+        }],
+        "in the background: {in_background}"
     );
     assert_eq!(rejected(store.resolve(&key_of(&old))), Reason::KeyMismatch);
     assert_eq!(store.resolve(&key_of(&new)).unwrap().id(), new.id());

@@ -166,6 +166,7 @@ fn reapers_on_two_nodes_end_each_session_exactly_once() {
         .map(|_| SessionStore::open(config(&server, &clock).reap_batch(7)).unwrap())
         .collect();
     let heard = nodes[0].subscribe();
+    let heard_1 = nodes[1].subscribe();
     let ids: BTreeSet<String> = (0..150)
         .map(|i| {
             nodes[i % 2]
@@ -175,6 +176,8 @@ fn reapers_on_two_nodes_end_each_session_exactly_once() {
                 .to_owned()
         })
         .collect();
+    // Each node learns of the other's sessions from their events.
+    hear(&heard_1, |h| h.len() == 150);
     clock.advance(Duration::from_secs(3600));
     let reaped: usize = std::thread::scope(|scope| {
         let passes: Vec<_> = nodes
@@ -207,6 +210,87 @@ fn reapers_on_two_nodes_end_each_session_exactly_once() {
     assert!(nodes[1].check().unwrap().is_healthy());
 }
 
+/// The commands a server ran between two readings, the readings excluded.
+fn commands_run(raw: &mut redis::Connection) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Each bucket is reaped by one node: every node reaps some of the due
+/// sessions, none twice, and a node with nothing due sends the server
+/// nothing however often its reaper looks.
+#[test]
+fn nodes_share_the_buckets_and_an_idle_reaper_costs_nothing() {
+    let Some(server) = server("nodes_share_the_buckets", &[]) else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let nodes: Vec<SessionStore> = (0..3)
+        .map(|_| SessionStore::open(config(&server, &clock)).unwrap())
+        .collect();
+    let heard: Vec<_> = nodes.iter().map(SessionStore::subscribe).collect();
+    for i in 0..120 {
+        nodes[0]
+            .register(&format!("p{i}"), "en", Data::new())
+            .unwrap();
+    }
+    for rx in &heard[1..] {
+        hear(rx, |h| h.len() == 120);
+    }
+    let mut raw = server.connection();
+    // A node's first pass reads its buckets' intents (as after a lost
+    // subscription); after it, nothing due costs nothing.
+    for n in &nodes {
+        assert_eq!(n.reap_expired().unwrap(), 0);
+    }
+    let before = commands_run(&mut raw);
+    for _ in 0..5 {
+        for n in &nodes {
+            assert_eq!(n.reap_expired().unwrap(), 0);
+        }
+    }
+    assert_eq!(commands_run(&mut raw), before, "idle reapers sent commands");
+    clock.advance(Duration::from_secs(3600));
+    let reaped: Vec<usize> = nodes.iter().map(|n| n.reap_expired().unwrap()).collect();
+    assert_eq!(reaped.iter().sum::<usize>(), 120, "{reaped:?}");
+    assert!(
+        reaped.iter().all(|&r| r > 0),
+        "each node reaps its own buckets: {reaped:?}"
+    );
+    let ended = hear(&heard[0], |h| {
+        h.iter()
+            .filter(|e| matches!(e, Event::Unset { .. }))
+            .count()
+            == 120
+    });
+    let ids: Vec<&str> = ended
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unset { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no expiry announced twice");
+    // Nothing due any more: idle again.
+    let before = commands_run(&mut raw);
+    for n in &nodes {
+        assert_eq!(n.reap_expired().unwrap(), 0);
+    }
+    assert_eq!(commands_run(&mut raw), before, "idle reapers sent commands");
+}
+
 #[test]
 fn a_reader_behind_the_stream_retention_hears_lagged_with_the_exact_count() {
     let Some(server) = server("lagged_with_the_exact_count", &[]) else {
@@ -219,42 +303,44 @@ fn a_reader_behind_the_stream_retention_hears_lagged_with_the_exact_count() {
     let first = store.register("p0", "en", Data::new()).unwrap();
     hear(&rx, |h| h.len() == 1);
     // 40 more events are appended to the bucket's stream, as a writer
-    // elsewhere appends them, but their messages never reach this node (as
-    // while its subscription was down): by the time it reads the stream,
-    // only the last 5 are left.
+    // elsewhere appends them (one entry each), but their messages never
+    // reach this node (as while its subscription was down): by the time it
+    // reads the stream, only the last 5 are left.
     let mut raw = server.connection();
-    let (stream, counter) = (
+    let (stream, head) = (
         only_key(&mut raw, "sessiondb{*}:x"),
-        only_key(&mut raw, "sessiondb{*}:xn"),
+        only_key(&mut raw, "sessiondb{*}:xh"),
     );
     let burst = r#"
-        local prev = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
         for i = 1, 40 do
-          local n = redis.call('INCR', KEYS[2])
+          local h = redis.call('HMGET', KEYS[2], 'n', 'p')
+          local n = tonumber(h[1]) + 1
           local e = '{"t":"unset","id":"burst' .. i .. '","actorId":"p0","reason":"expired"}'
-          prev = redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*', 'n', n, 'p', prev, 'o', 'elsewhere', 'e', e)
+          local id = redis.call('XADD', KEYS[1], 'MAXLEN', 5, '*',
+            'n', n, 'k', 1, 'p', h[2], 'o', 'elsewhere', 'e', e)
+          redis.call('HSET', KEYS[2], 'n', n, 'p', id)
         end
         return 1"#;
     let _: i64 = redis::cmd("EVAL")
         .arg(burst)
         .arg(2)
         .arg(&stream)
-        .arg(&counter)
+        .arg(&head)
         .query(&mut raw)
         .unwrap();
     // The next change's message does not follow what this node heard: it
     // reads the stream, and reports what the stream no longer holds (the
-    // change's own entry trimmed one more: 4 of the 40 are left).
+    // change's own entry trims only whole blocks of entries, so the 5 stay).
     store.logout(&key_of(&first)).unwrap();
-    let events = hear(&rx, |h| h.len() == 6);
-    assert_eq!(events[0], Event::Lagged { missed: 36 });
-    for (i, e) in events[1..5].iter().enumerate() {
-        let want = format!("burst{}", 37 + i);
+    let events = hear(&rx, |h| h.len() == 7);
+    assert_eq!(events[0], Event::Lagged { missed: 35 });
+    for (i, e) in events[1..6].iter().enumerate() {
+        let want = format!("burst{}", 36 + i);
         assert!(matches!(e, Event::Unset { id, .. } if *id == want), "{e:?}");
     }
     assert!(
         matches!(
-            &events[5],
+            &events[6],
             Event::Unset {
                 reason: UnsetReason::LoggedOut,
                 ..
@@ -558,10 +644,11 @@ fn check_finds_and_repair_fixes_broken_redis_indexes() {
     }
     let mut raw = server.connection();
     // The one bucket's keys: `sessiondb{<tag>}:...`.
-    let count_key = only_key(&mut raw, "sessiondb{*}:n");
-    let bucket = count_key.trim_end_matches(":n");
-    // A dangling expiry entry, a missing actor entry, a corrupt record and
-    // a wrong count, made behind the store's back.
+    let expiries = only_key(&mut raw, "sessiondb{*}:e");
+    let bucket = expiries.trim_end_matches(":e");
+    // A dangling expiry entry (so a count one too high: a bucket's count
+    // is its expiry index's size), a missing actor entry and a corrupt
+    // record, made behind the store's back.
     let member = format!("{}:ghost", "ab".repeat(32));
     let _: i64 = redis::cmd("ZADD")
         .arg(format!("{bucket}:e"))
@@ -584,11 +671,6 @@ fn check_finds_and_repair_fixes_broken_redis_indexes() {
         .arg("garbage")
         .query(&mut raw)
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&count_key)
-        .arg(42)
-        .query(&mut raw)
-        .unwrap();
 
     let report = store.check().unwrap();
     // The ghost's expiry entry, and the corrupt record's two entries.
@@ -602,7 +684,7 @@ fn check_finds_and_repair_fixes_broken_redis_indexes() {
         (1, 1),
         "{report:?}"
     );
-    assert_eq!(report.count_was, Some(42), "{report:?}");
+    assert_eq!(report.count_was, Some(6), "{report:?}");
     let repaired = store.repair().unwrap();
     assert!(repaired.repaired);
     assert!(store.check().unwrap().is_healthy());
@@ -978,11 +1060,11 @@ fn entries_a_failover_lost_are_reported_as_lagged() {
     }
     hear(&heard, |h| h.len() == 5);
     // The failover, as the nodes see it: the new primary's stream ends two
-    // entries earlier, and its counter with it.
+    // entries earlier, and its head with it.
     let mut raw = server.connection();
-    let (stream, counter) = (
+    let (stream, head) = (
         only_key(&mut raw, "sessiondb{*}:x"),
-        only_key(&mut raw, "sessiondb{*}:xn"),
+        only_key(&mut raw, "sessiondb{*}:xh"),
     );
     let lost: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&stream)
@@ -999,9 +1081,20 @@ fn entries_a_failover_lost_are_reported_as_lagged() {
             .query(&mut raw)
             .unwrap();
     }
-    let _: () = redis::cmd("SET")
-        .arg(&counter)
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut raw)
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&head)
+        .arg("n")
         .arg(3)
+        .arg("p")
+        .arg(&last.ids[0].id)
         .query(&mut raw)
         .unwrap();
     let next = a.register("p5", "en", Data::new()).unwrap();

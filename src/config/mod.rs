@@ -34,7 +34,11 @@ pub enum Durability {
     /// A call returns only after its write is on disk (sled flush plus an
     /// fsync of the database file; concurrent writers share one flush). On
     /// Redis: `WAITAOF` where the server has it, else a server running
-    /// `appendfsync always`; `open` refuses any other server.
+    /// `appendfsync always`; `open` refuses any other server. Whenever the
+    /// primary has a replica attached (in sync or still in its initial
+    /// sync), the call also waits until one replica has the write; a wait
+    /// that times out fails with [`Error::Unavailable`] (the change may have
+    /// committed), never acknowledged on the primary alone.
     Immediate,
 }
 
@@ -192,6 +196,7 @@ pub(crate) struct RedisSettings {
     pub buckets: Option<u32>,
     pub timeout: Duration,
     pub event_retention: u64,
+    pub min_replicas: u32,
 }
 
 /// How the store is set up. Build it with [`Config::new`] (the embedded
@@ -224,7 +229,7 @@ pub struct Config {
     pub(crate) app_version: Option<String>,
     pub(crate) node_id: Option<String>,
     pub(crate) reap_interval: Duration,
-    pub(crate) reap_batch: usize,
+    pub(crate) reap_batch: Option<usize>,
     pub(crate) reaper_thread: bool,
     pub(crate) check_in_background: bool,
     pub(crate) durability: Durability,
@@ -331,6 +336,7 @@ impl Config {
                 buckets: None,
                 timeout: Duration::from_secs(2),
                 event_retention: 100_000,
+                min_replicas: 0,
             },
             ttl: Duration::from_secs(600),
             ttl_code: None,
@@ -341,7 +347,7 @@ impl Config {
             app_version: None,
             node_id: None,
             reap_interval: Duration::from_secs(1),
-            reap_batch: 64,
+            reap_batch: None,
             reaper_thread: true,
             check_in_background: true,
             durability: Durability::default(),
@@ -454,6 +460,29 @@ impl Config {
         self
     }
 
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    /// Redis engine: refuse writes while a primary has fewer than `replicas`
+    /// replicas attached (online, or still in their initial sync), in
+    /// either durability: such a write fails with [`Error::Unavailable`]
+    /// saying how many are attached and how many are required, and is not
+    /// written; reads go on. Default 0 (writes go on without a replica).
+    ///
+    /// The count comes from the primary's `INFO replication`: asked again
+    /// before each write while too few are attached, and trusted for up to
+    /// 5 s while enough are (a replica that left within that time is noticed
+    /// by a write with `Durability::Immediate` as a wait that times out).
+    /// With [`Durability::Immediate`] a write waits for one replica's
+    /// acknowledgement whenever any is attached, whatever this says; 1 here
+    /// adds that a write is never taken with no replica at all. On a
+    /// cluster it holds for each bucket's primary. `open` refuses a value
+    /// above 0 for a store in a directory, and logs a warning for each
+    /// primary with fewer replicas attached.
+    pub fn min_replicas(mut self, replicas: u32) -> Self {
+        self.redis.min_replicas = replicas;
+        self
+    }
+
     /// Idle time after which a session expires; every resolve slides it
     /// forward. Default 10 minutes. Under 60 s a warning is logged, as MAGE did.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -519,13 +548,23 @@ impl Config {
         self
     }
 
-    /// Most sessions the reaper deletes in one transaction; foreground
-    /// writes are interleaved between batches. Default 64. sled blocks every
-    /// read while a transaction runs, so this bounds how long a resolve can
-    /// wait behind the reaper (about 1 ms at the default).
+    /// Most sessions the reaper ends in one change; foreground writes are
+    /// interleaved between batches. Default 64 on the embedded engine (a
+    /// batch's writes hold its actors' turns), 512 on Redis (one script
+    /// call per batch, which the server runs alone: about 2 ms at the
+    /// default).
     pub fn reap_batch(mut self, batch: usize) -> Self {
-        self.reap_batch = batch;
+        self.reap_batch = Some(batch);
         self
+    }
+
+    /// The reap batch in use: the one set, else the engine's default.
+    pub(crate) fn reap_batch_or_default(&self) -> usize {
+        self.reap_batch.unwrap_or(match self.location {
+            Location::Directory(_) => 64,
+            #[cfg(feature = "redis")]
+            Location::Redis(_) => 512,
+        })
     }
 
     /// Whether `open` starts the background reaper thread. Default true.
@@ -643,11 +682,8 @@ impl Config {
         if self.reap_interval.is_zero() {
             return Err(bad("reap_interval", "must be above zero".into()));
         }
-        if self.reap_batch == 0 || self.reap_batch > 100_000 {
-            return Err(bad(
-                "reap_batch",
-                format!("{} must be 1..=100000", self.reap_batch),
-            ));
+        if let Some(batch) = self.reap_batch.filter(|b| *b == 0 || *b > 100_000) {
+            return Err(bad("reap_batch", format!("{batch} must be 1..=100000")));
         }
         if let Durability::Periodic(i) = self.durability {
             if i.is_zero() || i > Duration::from_secs(3600) {
@@ -726,6 +762,16 @@ impl Config {
         }
         if self.redis.event_retention == 0 {
             return Err(bad("event_retention", "must be at least 1".into()));
+        }
+        if self.redis.min_replicas > 0 && matches!(self.location, Location::Directory(_)) {
+            return Err(bad(
+                "min_replicas",
+                format!(
+                    "{} replicas required, but a store in a directory has no replicas: \
+                     min_replicas counts the replicas of a Redis / Valkey primary",
+                    self.redis.min_replicas
+                ),
+            ));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ pub(crate) mod sled;
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{Config, Location};
 use crate::error::Result;
@@ -126,6 +126,17 @@ pub(crate) enum Change {
     },
 }
 
+impl Plan {
+    /// The plan's preconditions alone: what an operation that failed
+    /// relied on.
+    pub fn preconditions_only(self) -> Plan {
+        Plan {
+            preconditions: self.preconditions,
+            ..Plan::default()
+        }
+    }
+}
+
 impl Change {
     /// The actor whose shard it changes (for engines with shards).
     #[cfg(feature = "redis")]
@@ -209,54 +220,37 @@ pub(crate) enum Commit {
     Conflict,
 }
 
-/// A submitted task; [`Engine::wait`] gives its outcome. The engine
-/// answers it through the [`Answer`] made with it.
-pub(crate) struct Ticket(Receiver<Result<Commit>>);
+/// A submitted task; [`Engine::wait`] gives its outcome: answered on
+/// submission (an engine that commits on the caller's thread), or later
+/// through the [`Answer`] made with it (the sled write group).
+pub(crate) enum Ticket {
+    Answered(Result<Commit>),
+    Pending(Receiver<Result<Commit>>),
+}
 
 /// Where an engine gives a submitted task's outcome. Dropped unanswered (a
-/// panic in the engine), its ticket reads as [`Polled::Abandoned`].
+/// panic in the engine), its ticket's channel is disconnected.
 pub(crate) struct Answer(Sender<Result<Commit>>);
-
-/// What a ticket holds so far.
-pub(crate) enum Polled {
-    Pending,
-    Ready(Result<Commit>),
-    /// The engine dropped the task unanswered.
-    Abandoned,
-}
 
 impl Ticket {
     /// A ticket still to be answered, and where to answer it.
     pub fn pending() -> (Answer, Ticket) {
         let (answer, ticket) = crossbeam_channel::bounded(1);
-        (Answer(answer), Ticket(ticket))
+        (Answer(answer), Ticket::Pending(ticket))
     }
 
     /// A ticket answered already: the task was committed on submission.
     pub fn answered(outcome: Result<Commit>) -> Ticket {
-        let (answer, ticket) = Ticket::pending();
-        answer.give(outcome);
-        ticket
-    }
-
-    /// The outcome, if the engine has given it, without waiting.
-    pub fn poll(&self) -> Polled {
-        match self.0.try_recv() {
-            Ok(outcome) => Polled::Ready(outcome),
-            Err(TryRecvError::Empty) => Polled::Pending,
-            Err(TryRecvError::Disconnected) => Polled::Abandoned,
-        }
-    }
-
-    /// Whether the outcome is there to take.
-    pub fn is_answered(&self) -> bool {
-        !self.0.is_empty()
+        Ticket::Answered(outcome)
     }
 
     /// Waits for the outcome; `None` if the engine dropped the task
     /// unanswered.
     pub fn take(self) -> Option<Result<Commit>> {
-        self.0.recv().ok()
+        match self {
+            Ticket::Answered(outcome) => Some(outcome),
+            Ticket::Pending(rx) => rx.recv().ok(),
+        }
     }
 }
 
@@ -375,11 +369,20 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     ) -> Result<bool>;
     /// The digests the actor's index lists.
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>>;
-    /// Up to `limit` expiry entries at or before `now`; an actor's entries
-    /// earliest first (sled: all entries earliest first).
+    /// Up to `limit` expiry entries at or before `now` that this process is
+    /// to reap (an engine shared by several processes divides its shards
+    /// between them); an actor's entries earliest first (sled: all entries
+    /// earliest first).
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>>;
-    /// The earliest expiry entry's time.
+    /// When this process's reaper should look again: the earliest expiry
+    /// entry it is to reap.
     fn next_expiry(&self) -> Result<Option<u64>>;
+    /// Told after each reaper pass, once its batches are committed (an
+    /// engine shared by several processes tells the others what is due
+    /// next). Nothing by default.
+    fn reaped(&self) -> Result<()> {
+        Ok(())
+    }
     /// How many sessions are stored.
     fn session_count(&self) -> Result<Count>;
     /// The shard an actor's sessions live in. A plan commits within one
@@ -388,8 +391,10 @@ pub(crate) trait Engine: Upkeep + Send + Sync {
     fn shard(&self, _actor_id: &str) -> u32 {
         0
     }
-    /// Every intent stored (a change across shards under way), encoded.
-    /// An engine with one shard stores none.
+    /// The intents (changes across shards under way, encoded) this process
+    /// is to look at: every one stored, or on an engine shared by several
+    /// processes those of its shards it has not yet seen finished. An
+    /// engine with one shard stores none.
     fn intents(&self) -> Result<Vec<Vec<u8>>> {
         Ok(Vec::new())
     }

@@ -517,6 +517,8 @@ impl Drop for RedisCluster {
 
 /// A primary, its replica and three sentinels on loopback TCP ports, the
 /// primary named `sessions`; sentinels fail over after one second down.
+/// `start` returns once the replica is in sync; `start_syncing` keeps the
+/// replica in its initial sync.
 pub struct RedisSentinel {
     binary: PathBuf,
     dir: TempDir,
@@ -532,8 +534,53 @@ use std::collections::HashMap;
 
 pub const SENTINEL_MASTER: &str = "sessions";
 
+/// How long a primary of `RedisSentinel::start_syncing` delays its
+/// replica's initial sync: longer than any test runs.
+const SYNC_DELAY: &str = "120";
+
 impl RedisSentinel {
+    /// Starts the set; returns once the replica is in sync.
     pub fn start(binary: &Path) -> RedisSentinel {
+        let set = RedisSentinel::launch(binary, false);
+        set.wait_replicated(Duration::from_secs(30));
+        set
+    }
+
+    /// Starts the set with the replica attached but held in its initial
+    /// sync (`state=wait_bgsave`: the primary delays its diskless sync by
+    /// two minutes, as Redis delays one by 5 s by default), so it holds
+    /// none of the primary's data; returns once every sentinel knows the
+    /// replica and the other two sentinels, so that killing the primary
+    /// gets the replica promoted.
+    pub fn start_syncing(binary: &Path) -> RedisSentinel {
+        let set = RedisSentinel::launch(binary, true);
+        let limit = Duration::from_secs(30);
+        let replica = set.servers[1].to_string();
+        wait_until(
+            limit,
+            || {
+                set.sentinels.iter().all(|&s| {
+                    connect(s).is_some_and(|mut con| {
+                        let mut names = |what: &str| {
+                            redis::cmd("SENTINEL")
+                                .arg(what)
+                                .arg(SENTINEL_MASTER)
+                                .query::<Vec<HashMap<String, String>>>(&mut con)
+                                .unwrap_or_default()
+                        };
+                        names("REPLICAS")
+                            .iter()
+                            .any(|r| r.get("port") == Some(&replica))
+                            && names("SENTINELS").len() == 2
+                    })
+                })
+            },
+            || format!("the sentinels did not learn the replica and each other within {limit:?}"),
+        );
+        set
+    }
+
+    fn launch(binary: &Path, syncing: bool) -> RedisSentinel {
         let ports = free_ports(5);
         let set = RedisSentinel {
             binary: binary.to_path_buf(),
@@ -547,8 +594,27 @@ impl RedisSentinel {
                 .collect(),
         };
         let (primary, replica) = (set.servers[0], set.servers[1]);
-        set.launch_server(primary, None);
-        set.launch_server(replica, Some(primary));
+        let delay: &[&str] = if syncing {
+            &[
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                SYNC_DELAY,
+            ]
+        } else {
+            &[]
+        };
+        set.launch_server(primary, None, delay);
+        set.launch_server(replica, Some(primary), &[]);
+        if syncing {
+            // Attached before the sentinels start: their first look at the
+            // primary finds it.
+            wait_until(
+                Duration::from_secs(20),
+                || set.replica_state(primary).as_deref() == Some("wait_bgsave"),
+                || "the replica did not attach".into(),
+            );
+        }
         for &p in &set.sentinels {
             let dir = set.dir.path().join(p.to_string());
             std::fs::create_dir_all(&dir).expect("sentinel dir");
@@ -572,7 +638,6 @@ impl RedisSentinel {
             ];
             set.watch(p, &cmd, &dir);
         }
-        set.wait_replicated(Duration::from_secs(30));
         set
     }
 
@@ -586,10 +651,11 @@ impl RedisSentinel {
         );
     }
 
-    fn launch_server(&self, port: u16, replica_of: Option<u16>) {
+    fn launch_server(&self, port: u16, replica_of: Option<u16>, extra: &[&str]) {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir).expect("server dir");
         let mut cmd = loopback_server_args(&self.binary, port, &dir);
+        cmd.extend(extra.iter().map(|a| a.to_string()));
         if let Some(primary) = replica_of {
             cmd.extend([
                 "--replicaof".into(),
@@ -611,6 +677,12 @@ impl RedisSentinel {
                 .ok()?;
             Some(port)
         })
+    }
+
+    /// The state of the first replica attached to the data server at
+    /// `port` (`online`, `wait_bgsave`, `send_bulk`), as it says.
+    pub fn replica_state(&self, port: u16) -> Option<String> {
+        replica_state(&mut connect(port)?)
     }
 
     /// Kills the data server at `port` with SIGKILL.
@@ -650,6 +722,17 @@ impl Drop for RedisSentinel {
             kill_watched(c);
         }
     }
+}
+
+/// The state of the first replica attached to the server on `con`
+/// (`online`, `wait_bgsave`, `send_bulk`), as its `INFO replication` says.
+pub fn replica_state(con: &mut redis::Connection) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg("replication").query(con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("slave0:"))?
+        .split(',')
+        .find_map(|f| f.strip_prefix("state="))
+        .map(str::to_owned)
 }
 
 fn connect(port: u16) -> Option<redis::Connection> {

@@ -58,11 +58,13 @@ impl ValueFormatter<f64> for Groups {
     }
 }
 
-/// Writes the chart of every row with an ops/s figure to `path`.
+/// Writes the chart of every row with an ops/s figure to `path` (not the
+/// server-cost rows, whose figure is CPU or commands: the table has them).
 pub fn write(rows: &[Row], path: &Path, title: &str) -> Result<()> {
     let rows: Vec<Row> = sorted(rows)
         .into_iter()
         .filter(|r| r.ops_per_sec.is_some_and(|o| o > 0.0))
+        .filter(|r| !r.workload.starts_with("cpu_") && r.workload != "idle_cost")
         .collect();
     if rows.is_empty() {
         return Err(anyhow!("no throughput figures to chart"));

@@ -8,7 +8,6 @@
 //! server for the receiving side of every message it sends too; over its
 //! unix socket (`sessiondb_redis_unix`) much less.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -17,6 +16,7 @@ use sessiondb::{Data, Event, SessionStore};
 use crate::clock::{unix_ms, BenchClock};
 use crate::compare::{remove_dir, Ctx};
 use crate::measure::Row;
+use crate::server_cpu::{commands_per_op, server_use};
 use crate::systems::redis::RedisServer;
 use crate::systems::sessiondb as sdb;
 
@@ -28,34 +28,6 @@ const REGISTERS: usize = 20_000;
 const QUICK_REGISTERS: usize = 2_000;
 /// The numbers of following nodes.
 pub const NODES: [usize; 4] = [1, 2, 4, 8];
-
-/// The server's CPU seconds (user + system) and calls per command.
-fn server_use(server: &RedisServer) -> Result<(f64, HashMap<String, u64>)> {
-    let mut c = server.connection()?;
-    let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut c)?;
-    let field = |name: &str| -> f64 {
-        cpu.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    let seconds = field("used_cpu_user") + field("used_cpu_sys");
-    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut c)?;
-    let calls = stats
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), n))
-        })
-        .collect();
-    Ok((seconds, calls))
-}
 
 /// The write-family system calls the process has made (`syscw` of
 /// `/proc/PID/io`): a message sent to a subscriber is one, unless the
@@ -120,23 +92,7 @@ fn measure(ctx: &Ctx, nodes: usize, unix: bool, system: &str) -> Result<Row> {
     drop(server);
     remove_dir(&dir);
     let cpu = cpu_after - cpu_before;
-    let per = |name: &str| {
-        let n = calls_after.get(name).copied().unwrap_or(0)
-            - calls_before.get(name).copied().unwrap_or(0);
-        n as f64 / registers as f64
-    };
-    let mut busiest: Vec<(String, f64)> = calls_after
-        .keys()
-        .map(|name| (name.clone(), per(name)))
-        .filter(|(_, n)| *n >= 0.01)
-        .collect();
-    busiest.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let calls = busiest
-        .iter()
-        .take(6)
-        .map(|(name, n)| format!("{name} {n:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (_, calls) = commands_per_op(&calls_before, &calls_after, registers);
     let mut row = Row::new("follow_cpu", system, Some(nodes)).note(format!(
         "server CPU per register {:.1} µs, write(2) calls {:.2}; commands per register: {calls}",
         cpu / registers as f64 * 1e6,

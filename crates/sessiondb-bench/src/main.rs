@@ -9,10 +9,12 @@ mod churn;
 mod clock;
 mod compare;
 mod follow;
+mod idle;
 mod measure;
 mod plan;
 mod report;
 mod rss;
+mod server_cpu;
 mod shape;
 mod systems;
 
@@ -213,6 +215,8 @@ fn compare(
     bulk::run(&mut ctx)?;
     churn::run(&mut ctx)?;
     follow::run(&mut ctx)?;
+    server_cpu::run(&mut ctx)?;
+    idle::run(&mut ctx)?;
 
     let table = report::table(&ctx.rows);
     let targets = report::targets_text(&report::targets(&ctx));

@@ -19,6 +19,10 @@ pub const WORKLOADS: &[&str] = &[
     "disk_churn",
     "peak_rss",
     "follow_cpu",
+    "cpu_register",
+    "cpu_set_data",
+    "cpu_extend",
+    "idle_cost",
 ];
 
 /// The systems, in the order the table shows them.

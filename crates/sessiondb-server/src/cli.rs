@@ -84,8 +84,8 @@ pub struct ServeArgs {
     /// (`data_dir`, `redis_url`, `redis_cluster`, `redis_sentinel`,
     /// `redis_sentinel_master`, `redis_prefix`, `redis_tls_ca`, `listen`, `ttl`,
     /// `durability`, `admin_token`, `log_level`, `app_version`, `node_id`,
-    /// `max_sessions_per_actor`, `reaper`, `cors_origin` as a list,
-    /// `header_timeout`, `max_connections`, `event_history`,
+    /// `max_sessions_per_actor`, `min_replicas`, `reaper`, `cors_origin` as
+    /// a list, `header_timeout`, `max_connections`, `event_history`,
     /// `event_history_age`). Flags and environment variables override it.
     #[arg(long, env = "SESSIONDB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -140,6 +140,12 @@ pub struct ServeArgs {
     /// the oldest [default: 1, as MAGE]
     #[arg(long, env = "SESSIONDB_MAX_SESSIONS_PER_ACTOR", value_name = "N")]
     pub max_sessions_per_actor: Option<usize>,
+
+    /// Redis: refuse writes (503 with Retry-After) while the primary has
+    /// fewer replicas attached, in sync or still syncing; reads go on. In
+    /// either durability; not for a data directory [default: 0]
+    #[arg(long, env = "SESSIONDB_MIN_REPLICAS", value_name = "N")]
+    pub min_replicas: Option<u32>,
 
     /// A browser origin allowed to call the session routes (CORS), as
     /// `scheme://host[:port]`, e.g. `https://game.example.com`; repeat the

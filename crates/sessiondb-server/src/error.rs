@@ -232,7 +232,7 @@ impl From<Error> for ApiError {
             Error::Unavailable { source } => {
                 tracing::warn!(error = %e, "the storage server is unavailable");
                 ApiError::engine_unavailable(format!(
-                    "the session store's server cannot be reached ({source}); retry shortly"
+                    "the session store's server is unavailable ({source}); retry shortly"
                 ))
             }
             Error::Contention { .. } => {

@@ -40,6 +40,7 @@ struct FileSettings {
     app_version: Option<String>,
     node_id: Option<String>,
     max_sessions_per_actor: Option<usize>,
+    min_replicas: Option<u32>,
     reaper: Option<bool>,
     cors_origin: Option<Vec<String>>,
     header_timeout: Option<String>,
@@ -237,6 +238,10 @@ impl Settings {
         }
         if let Some(m) = args.max_sessions_per_actor.or(file.max_sessions_per_actor) {
             store = store.max_sessions_per_actor(m);
+        }
+        // Checked when the store opens: a data directory has no replicas.
+        if let Some(n) = args.min_replicas.or(file.min_replicas) {
+            store = store.min_replicas(n);
         }
         let admin_token = args.admin_token.or(file.admin_token);
         if admin_token.as_deref() == Some("") {

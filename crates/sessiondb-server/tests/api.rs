@@ -729,6 +729,8 @@ fn help_and_version_cover_every_command_and_flag() {
         "rediss://",
         "--cors-origin",
         "SESSIONDB_CORS_ORIGIN",
+        "--min-replicas",
+        "SESSIONDB_MIN_REPLICAS",
     ] {
         assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
     }

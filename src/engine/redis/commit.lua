@@ -1,198 +1,193 @@
 -- Commits one plan of sessiondb's session logic atomically, or nothing.
 --
--- KEYS holds every key the plan touches; operands named `*key` below are
--- indexes into KEYS. ARGV[1] is the index of the plan's done-marker key,
--- ARGV[2] the marker's lifetime in ms, ARGV[3] the events streams'
--- retention (entries kept per stream), ARGV[4] the committing node's origin
--- tag (stored with its events). From ARGV[5] on comes the program,
--- one instruction after another, each an opcode and its operands. Every
+-- The program is a list of instructions in ARGV, from ARGV[5] on, each an
+-- opcode and its operands; the keys each instruction names are taken in
+-- order from KEYS, from KEYS[2] on (a key may come more than once). Every
 -- key of one program is in one bucket (one hash slot), so the script runs
--- on a cluster as on one server.
+-- on a cluster as on one server. The preconditions come first: all of them
+-- are checked before the first write (Redis has no rollback).
 --
---   R skey rev                 the session hash's revision is `rev` ('' = no session)
---   A akey n m1 .. mn          the actor set holds exactly m1 .. mn
---   I skey ekey akey nkey member digest score rev record
---                              insert a session, its expiry and actor entries, count +1
---   U skey ekey member score rev record
---                              rewrite a session's record, move its expiry entry
---   D skey ekey akey nkey member digest
---                              delete a session and its entries, count -1
---   X ekey member              drop an expiry entry
---   T akey present             the arrival note exists ('1') or not ('0')
---   P ikey id value            store intent `id` in the intent hash
---   Q ikey id                  drop intent `id`
---   V akey ms                  note an arrival, kept for ms
---   E xkey qkey channel payload
---                              append an event to a stream, numbered by counter
---                              qkey, and publish it on the shard channel
+--   R  skey           rev        the session's revision is `rev` ('' = no session)
+--   A  akey           n m1..mn   the actor's set holds exactly m1 .. mn
+--   T  akey           present    the arrival note exists ('1') or not ('0')
+--   I  skey ekey akey member digest score rev record
+--                                insert a session with its expiry and actor entries
+--   U  skey ekey      member score rev record
+--                                rewrite a session; its expiry entry moves to
+--                                `score` unless that is '' (it stays)
+--   D  skey ekey akey member digest
+--                                delete a session and its entries
+--   X  ekey           member     drop an expiry entry
+--   P  ikey           channel id value
+--                                store intent `id`, and say so on the channel
+--                                ("i\nid")
+--   Q  ikey           channel id drop intent `id`, and say so ("j\nid")
+--   F                 channel at say that an entry was filed at `at` without
+--                                an event ("f\nat")
+--   V  akey           ms         note an arrival, kept for ms
+--   E  xkey hkey      channel origin retention k events
+--                                the plan's k events (JSON lines): numbered
+--                                on from the head hkey (fields n, the last
+--                                number, and p, the last entry), appended to
+--                                stream xkey as one entry naming the one
+--                                before it, published on the shard channel
 --
--- Every precondition is checked before the first write (Redis has no
--- rollback). The done marker makes a retried call (same marker) a no-op;
--- such a call still writes (it renews the marker), so that a WAITAOF or
--- WAIT after it on the same connection covers the first call's writes.
--- Returns {'ok', xkey, prev, id, n, ...} with, for every event appended, its
--- stream, the id of the entry before it ('0-0' for none), its own id and
--- its sequence number,
--- {'conflict', key} when a precondition does not hold, or {'done'}.
+-- ARGV[1] is the commit's id. ARGV[2] is '1' when the call is sent again
+-- after its answer was lost: if the id is found where the first call left
+-- it, it had committed, and this one returns {'done'} changing nothing.
+-- ARGV[3] says where the id is left: 'h' in field `m` of the session hash
+-- KEYS[1] (the first session the plan writes: no key of its own), 'k' as
+-- key KEYS[1] kept ARGV[4] ms (a plan that writes no session hash), '-'
+-- nowhere (a plan that writes nothing).
 --
--- A stream entry holds n (sequence), p (the entry before it), o (origin)
--- and e (the event's JSON); the channel message is the same, as
--- "n\np\nid\no\ne": a node that hears a message whose p is not the last
--- entry it heard reads the stream from there (see `events.rs`).
+-- Returns {'ok', id, n, p} for a plan with events (its stream entry, the
+-- number of its last event and the entry before it), {'ok'} for one
+-- without, {'conflict'} when a precondition does not hold, or {'done'}.
+--
+-- A stream entry holds n (the number of its last event), k (how many), p
+-- (the entry before it: numbers start again after a failover lost them,
+-- entry ids do not), o (the origin node) and e (the events, one JSON per
+-- line); the channel message is the same as "n\nk\np\nid\no\ne".
 
-local marker = KEYS[tonumber(ARGV[1])]
-if redis.call('EXISTS', marker) == 1 then
-  redis.call('PEXPIRE', marker, ARGV[2])
-  return {'done'}
+local id = ARGV[1]
+local marker = KEYS[1]
+local mode = ARGV[3]
+if ARGV[2] == '1' then
+  if mode == 'h' and redis.call('HGET', marker, 'm') == id then
+    return {'done'}
+  elseif mode == 'k' and redis.call('EXISTS', marker) == 1 then
+    return {'done'}
+  end
 end
-local marker_ttl = ARGV[2]
-local retention = ARGV[3]
-local origin = ARGV[4]
+
 local n = #ARGV
+local a = 5
+local k = 2
+local out = {'ok'}
 
-local function key(i)
-  return KEYS[tonumber(ARGV[i])]
-end
-
--- Pass 1: preconditions, and the program's shape. Nothing is written.
-local i = 5
-while i <= n do
-  local op = ARGV[i]
+-- The preconditions.
+while a <= n do
+  local op = ARGV[a]
   if op == 'R' then
-    local rev = redis.call('HGET', key(i + 1), 'v')
-    if not rev then
-      rev = ''
+    local rev = redis.call('HGET', KEYS[k], 'v') or ''
+    if rev ~= ARGV[a + 1] then
+      return {'conflict'}
     end
-    if rev ~= ARGV[i + 2] then
-      return {'conflict', key(i + 1)}
-    end
-    i = i + 3
+    k = k + 1
+    a = a + 2
   elseif op == 'A' then
-    local set = key(i + 1)
-    local count = tonumber(ARGV[i + 2])
+    local set = KEYS[k]
+    local count = tonumber(ARGV[a + 1])
     if redis.call('SCARD', set) ~= count then
-      return {'conflict', set}
+      return {'conflict'}
     end
     for j = 1, count do
-      if redis.call('SISMEMBER', set, ARGV[i + 2 + j]) == 0 then
-        return {'conflict', set}
+      if redis.call('SISMEMBER', set, ARGV[a + 1 + j]) == 0 then
+        return {'conflict'}
       end
     end
-    i = i + 3 + count
-  elseif op == 'I' then
-    i = i + 10
-  elseif op == 'U' then
-    i = i + 7
-  elseif op == 'D' then
-    i = i + 7
-  elseif op == 'X' then
-    i = i + 3
+    k = k + 1
+    a = a + 2 + count
   elseif op == 'T' then
-    local present = redis.call('EXISTS', key(i + 1))
-    if tostring(present) ~= ARGV[i + 2] then
-      return {'conflict', key(i + 1)}
+    if tostring(redis.call('EXISTS', KEYS[k])) ~= ARGV[a + 1] then
+      return {'conflict'}
     end
-    i = i + 3
-  elseif op == 'P' then
-    i = i + 4
-  elseif op == 'Q' then
-    i = i + 3
-  elseif op == 'V' then
-    i = i + 3
-  elseif op == 'E' then
-    i = i + 5
+    k = k + 1
+    a = a + 2
   else
-    return redis.error_reply('sessiondb: unknown plan instruction ' .. tostring(op))
+    break
   end
-end
-if i ~= n + 1 then
-  return redis.error_reply('sessiondb: truncated plan')
 end
 
--- Pass 2: the changes and events. Counts and event sequence numbers are
--- summed in Lua and written once per key, and each stream's last entry is
--- looked up once: a reap batch changes many sessions of one bucket.
-local out = {'ok'}
-local counts, count_keys = {}, {}
-local sequences, sequence_keys = {}, {}
-local last_ids = {}
-local function count(k, delta)
-  if counts[k] == nil then
-    counts[k] = 0
-    count_keys[#count_keys + 1] = k
+-- The changes and the events. Deletions in a row (a reap batch) are sent
+-- as one DEL and one ZREM per index, and one SREM per actor.
+local dels, zrems, srems = {}, {}, {}
+local function flush()
+  if #dels > 0 then
+    redis.call('DEL', unpack(dels))
+    dels = {}
   end
-  counts[k] = counts[k] + delta
+  for key, members in pairs(zrems) do
+    redis.call('ZREM', key, unpack(members))
+  end
+  zrems = {}
+  for key, members in pairs(srems) do
+    redis.call('SREM', key, unpack(members))
+  end
+  srems = {}
 end
-i = 5
-while i <= n do
-  local op = ARGV[i]
-  if op == 'R' then
-    i = i + 3
-  elseif op == 'A' then
-    i = i + 3 + tonumber(ARGV[i + 2])
-  elseif op == 'I' then
-    redis.call('HSET', key(i + 1), 'r', ARGV[i + 9], 'v', ARGV[i + 8])
-    redis.call('ZADD', key(i + 2), ARGV[i + 7], ARGV[i + 5])
-    redis.call('SADD', key(i + 3), ARGV[i + 6])
-    count(key(i + 4), 1)
-    i = i + 10
+local function add(t, key, member)
+  local list = t[key]
+  if not list then
+    list = {}
+    t[key] = list
+  end
+  list[#list + 1] = member
+end
+while a <= n do
+  local op = ARGV[a]
+  if op ~= 'D' then
+    flush()
+  end
+  if op == 'I' then
+    redis.call('HSET', KEYS[k], 'r', ARGV[a + 5], 'v', ARGV[a + 4], 'm', id)
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 3], ARGV[a + 1])
+    redis.call('SADD', KEYS[k + 2], ARGV[a + 2])
+    k = k + 3
+    a = a + 6
   elseif op == 'U' then
-    redis.call('HSET', key(i + 1), 'r', ARGV[i + 6], 'v', ARGV[i + 5])
-    redis.call('ZADD', key(i + 2), ARGV[i + 4], ARGV[i + 3])
-    i = i + 7
+    redis.call('HSET', KEYS[k], 'r', ARGV[a + 4], 'v', ARGV[a + 3], 'm', id)
+    if ARGV[a + 2] ~= '' then
+      redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a + 1])
+    end
+    k = k + 2
+    a = a + 5
   elseif op == 'D' then
-    redis.call('DEL', key(i + 1))
-    redis.call('ZREM', key(i + 2), ARGV[i + 5])
-    redis.call('SREM', key(i + 3), ARGV[i + 6])
-    count(key(i + 4), -1)
-    i = i + 7
+    dels[#dels + 1] = KEYS[k]
+    add(zrems, KEYS[k + 1], ARGV[a + 1])
+    add(srems, KEYS[k + 2], ARGV[a + 2])
+    k = k + 3
+    a = a + 3
   elseif op == 'X' then
-    redis.call('ZREM', key(i + 1), ARGV[i + 2])
-    i = i + 3
-  elseif op == 'T' then
-    i = i + 3
+    redis.call('ZREM', KEYS[k], ARGV[a + 1])
+    k = k + 1
+    a = a + 2
   elseif op == 'P' then
-    redis.call('HSET', key(i + 1), ARGV[i + 2], ARGV[i + 3])
-    i = i + 4
+    redis.call('HSET', KEYS[k], ARGV[a + 2], ARGV[a + 3])
+    redis.call('SPUBLISH', ARGV[a + 1], 'i\n' .. ARGV[a + 2])
+    k = k + 1
+    a = a + 4
   elseif op == 'Q' then
-    redis.call('HDEL', key(i + 1), ARGV[i + 2])
-    i = i + 3
+    redis.call('HDEL', KEYS[k], ARGV[a + 2])
+    redis.call('SPUBLISH', ARGV[a + 1], 'j\n' .. ARGV[a + 2])
+    k = k + 1
+    a = a + 3
+  elseif op == 'F' then
+    redis.call('SPUBLISH', ARGV[a + 1], 'f\n' .. ARGV[a + 2])
+    a = a + 3
   elseif op == 'V' then
-    redis.call('SET', key(i + 1), '1', 'PX', ARGV[i + 2])
-    i = i + 3
+    redis.call('SET', KEYS[k], '1', 'PX', ARGV[a + 1])
+    k = k + 1
+    a = a + 2
   elseif op == 'E' then
-    local stream, qkey = key(i + 1), key(i + 2)
-    local prev = last_ids[stream]
-    if prev == nil then
-      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-      prev = '0-0'
-      if last[1] then
-        prev = last[1][1]
-      end
-    end
-    if sequences[qkey] == nil then
-      sequences[qkey] = tonumber(redis.call('GET', qkey) or '0')
-      sequence_keys[#sequence_keys + 1] = qkey
-    end
-    sequences[qkey] = sequences[qkey] + 1
-    local n = tostring(sequences[qkey])
-    local id = redis.call('XADD', stream, 'MAXLEN', retention, '*', 'n', n, 'p', prev, 'o', origin, 'e', ARGV[i + 4])
-    redis.call('SPUBLISH', ARGV[i + 3], n .. '\n' .. prev .. '\n' .. id .. '\n' .. origin .. '\n' .. ARGV[i + 4])
-    last_ids[stream] = id
-    out[#out + 1] = stream
-    out[#out + 1] = prev
-    out[#out + 1] = id
-    out[#out + 1] = n
-    i = i + 5
+    local count = ARGV[a + 4]
+    local head = redis.call('HMGET', KEYS[k + 1], 'n', 'p')
+    local last = (tonumber(head[1]) or 0) + tonumber(count)
+    local prev = head[2] or '0-0'
+    local entry = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a + 3], '*',
+      'n', last, 'k', count, 'p', prev, 'o', ARGV[a + 2], 'e', ARGV[a + 5])
+    redis.call('HSET', KEYS[k + 1], 'n', last, 'p', entry)
+    redis.call('SPUBLISH', ARGV[a + 1], last .. '\n' .. count .. '\n' .. prev .. '\n'
+      .. entry .. '\n' .. ARGV[a + 2] .. '\n' .. ARGV[a + 5])
+    out = {'ok', entry, tostring(last), prev}
+    k = k + 2
+    a = a + 6
+  else
+    return redis.error_reply('sessiondb: bad plan instruction ' .. tostring(op))
   end
 end
-for _, k in ipairs(count_keys) do
-  if counts[k] ~= 0 then
-    redis.call('INCRBY', k, counts[k])
-  end
+flush()
+if mode == 'k' then
+  redis.call('SET', marker, '1', 'PX', ARGV[4])
 end
-for _, k in ipairs(sequence_keys) do
-  redis.call('SET', k, sequences[k])
-end
-redis.call('SET', marker, '1', 'PX', marker_ttl)
 return out

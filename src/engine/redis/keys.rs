@@ -11,21 +11,24 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P:meta` | hash | `format`, `buckets`, `tags` (fixed when the store is created) |
-//! | `P{b}:s:<digest hex>` | hash | `r`: the encoded record (`codec`), `v`: its revision |
+//! | `P{b}:s:<digest hex>` | hash | `r`: the encoded record (`codec`), `v`: its revision, `m`: the id of the last commit that wrote it (a call sent again looks for it) |
 //! | `P{b}:e` | sorted set | member `<digest hex>:<actor id>`, score: expiry (ms) |
 //! | `P{b}:a:<actor id>` | set | the digests (hex) of the actor's sessions |
-//! | `P{b}:n` | string | how many sessions the bucket holds |
-//! | `P{b}:x` | stream | the bucket's events, fields `n` (sequence), `p` (the entry before), `o` (origin node), `e` (JSON) |
-//! | `P{b}:xn` | string | the bucket's last event sequence number |
-//! | `P{b}:c` | shard channel | each event as it is appended (`events`) |
+//! | `P{b}:x` | stream | the bucket's events, an entry per commit: fields `n` (the number of its last event), `k` (how many), `p` (the entry before), `o` (origin node), `e` (one JSON per line); trimmed to about `Config::event_retention` entries |
+//! | `P{b}:xh` | hash | the events' head: `n` (the last event's number), `p` (the last entry's id) |
+//! | `P{b}:c` | shard channel | each entry as it is appended (`events`) |
 //! | `P{b}:q` | hash | digest hex → bytes of records moved aside by repair |
 //! | `P{b}:i` | hash | intent id → a reassign across buckets under way (`intent`) |
 //! | `P{b}:ar:<id>` | string | the note that intent `<id>` arrived (7 days) |
-//! | `P{b}:done:<id>` | string | a committed plan's marker (60 s), for idempotent retries |
+//! | `P{b}:done:<id>` | string | the id of a commit that wrote no session hash (twice the call's timeout, plus a second), for a call sent again |
 //! | `P{b}:alive` | string | the last health probe's write (10 s) |
+//! | `P{0}:nodes` | hash | the store's nodes: origin → when it joined (`reaping`) |
+//! | `P{0}:m` | shard channel | nodes joining and leaving |
+//! | `P{0}:here:<origin>` | shard channel | a node's presence: it listens while it is alive |
 //!
 //! No key carries a Redis TTL but the done markers, the arrival notes and
-//! the probe: expiry is sessiondb's.
+//! the probe: expiry is sessiondb's. A bucket's session count is its expiry
+//! index's size (one entry per session).
 
 use sha2::{Digest as _, Sha256};
 
@@ -38,11 +41,15 @@ use crate::key::{hex, Digest, DIGEST_LEN};
 /// shard channel; new stores spread their buckets' tags over the slots
 /// (`tags` = `spread` in meta). A format 1 or 2 store is upgraded on open:
 /// its entries already hold the invariants, its tags stay numbers, and an
-/// entry without `p` is read as following the entry before it. Format 4:
+/// entry without `p` is read as following the entry before it. Format 5:
+/// a stream entry holds a commit's events (`k` of them, numbered up to
+/// `n`), the head `P{b}:xh` holds the last number and entry id (in place
+/// of `P{b}:xn`), the count keys `P{b}:n` are gone (the expiry indexes
+/// count), and a session hash keeps its last commit's id (`m`); a store of
+/// an earlier format is upgraded on open. Format 6: format 5's keys, whose
 /// records may be of record format 3 (with metadata), which builds of
-/// format 3 cannot read; the keys are format 3's, so a format 3 store is
-/// format 4 as it is.
-pub(crate) const REDIS_FORMAT: u32 = 4;
+/// format 5 cannot read; a format 5 store is format 6 as it is.
+pub(crate) const REDIS_FORMAT: u32 = 6;
 
 /// Buckets of a store created without `Config::redis_buckets` on one
 /// server (or behind Sentinel).
@@ -187,11 +194,25 @@ impl Keys {
 
     fn tagged(&self, bucket: u32, rest: &str) -> String {
         let tag = self.tags.get(bucket as usize).map_or("", String::as_str);
-        format!("{}{{{tag}}}:{rest}", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + 3 + rest.len());
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(tag);
+        key.push_str("}:");
+        key.push_str(rest);
+        key
     }
 
     pub fn session(&self, actor_id: &str, digest: &Digest) -> String {
-        self.tagged(self.bucket(actor_id), &format!("s:{}", digest.hex()))
+        self.session_in(self.bucket(actor_id), digest)
+    }
+
+    /// A session's key, its actor's bucket known.
+    pub fn session_in(&self, bucket: u32, digest: &Digest) -> String {
+        let mut rest = String::with_capacity(2 + 2 * DIGEST_LEN);
+        rest.push_str("s:");
+        rest.push_str(&digest.hex());
+        self.tagged(bucket, &rest)
     }
 
     pub fn expiries(&self, bucket: u32) -> String {
@@ -199,10 +220,19 @@ impl Keys {
     }
 
     pub fn actor(&self, actor_id: &str) -> String {
-        self.tagged(self.bucket(actor_id), &format!("a:{actor_id}"))
+        self.actor_in(self.bucket(actor_id), actor_id)
     }
 
-    pub fn count(&self, bucket: u32) -> String {
+    /// An actor's set, its bucket known.
+    pub fn actor_in(&self, bucket: u32, actor_id: &str) -> String {
+        let mut rest = String::with_capacity(2 + actor_id.len());
+        rest.push_str("a:");
+        rest.push_str(actor_id);
+        self.tagged(bucket, &rest)
+    }
+
+    /// A bucket's session count, in stores before format 5.
+    pub fn old_count(&self, bucket: u32) -> String {
         self.tagged(bucket, "n")
     }
 
@@ -210,7 +240,14 @@ impl Keys {
         self.tagged(bucket, "x")
     }
 
-    pub fn sequence(&self, bucket: u32) -> String {
+    /// The bucket's events' head: `n`, the number of its last event, and
+    /// `p`, the id of its last stream entry.
+    pub fn head(&self, bucket: u32) -> String {
+        self.tagged(bucket, "xh")
+    }
+
+    /// A bucket's last event number, in stores before format 5.
+    pub fn old_sequence(&self, bucket: u32) -> String {
         self.tagged(bucket, "xn")
     }
 
@@ -236,6 +273,22 @@ impl Keys {
 
     pub fn alive(&self, bucket: u32) -> String {
         self.tagged(bucket, "alive")
+    }
+
+    /// The nodes of the store (origin → when it joined), in bucket 0.
+    pub fn members(&self) -> String {
+        self.tagged(0, "nodes")
+    }
+
+    /// Where nodes say that they join or leave, in bucket 0's slot.
+    pub fn members_channel(&self) -> String {
+        self.tagged(0, "m")
+    }
+
+    /// The channel a node listens on while it is alive, in bucket 0's slot:
+    /// `PUBSUB SHARDNUMSUB` tells whether it still does.
+    pub fn presence(&self, origin: &str) -> String {
+        self.tagged(0, &format!("here:{origin}"))
     }
 
     /// The glob matching every session hash of every bucket.
@@ -291,7 +344,7 @@ mod tests {
             keys.session("p1", &d),
             keys.actor("p1"),
             keys.expiries(b),
-            keys.count(b),
+            keys.old_count(b),
             keys.stream(b),
         ] {
             assert!(k.starts_with(&tag), "{k}");
@@ -325,8 +378,8 @@ mod tests {
             for b in 0..buckets {
                 let want = u64::from(b) * u64::from(SLOTS) / u64::from(buckets);
                 assert_eq!(u64::from(keys.slot(b)), want);
-                let key = keys.count(b);
-                assert_eq!(keys.split(&key), Some((b, "n")));
+                let key = keys.stream(b);
+                assert_eq!(keys.split(&key), Some((b, "x")));
             }
         }
         // A three-primary cluster's default ranges each get a third of 256.
@@ -342,6 +395,6 @@ mod tests {
         assert_eq!(per_range, [86, 85, 85]);
         // Stores made before format 3 keep their numbered tags.
         let old = Keys::new("game", 16, Tags::Numbers);
-        assert_eq!(old.count(7), "game{7}:n");
+        assert_eq!(old.stream(7), "game{7}:x");
     }
 }

@@ -7,7 +7,8 @@
 //! bucket. Each plan names the sessions of one bucket and commits as one
 //! Lua script on the primary serving it (`commit`): preconditions checked,
 //! then records, indexes and events changed together, or nothing. Planning
-//! reads on the caller's side (no lock is held across nodes); the store
+//! reads on the caller's side (no lock is held across nodes), from what the
+//! node knows where it can, so that a write is one round trip; the store
 //! plans again on a conflict. Sessions carry no Redis TTL: expiry is
 //! sessiondb's.
 //!
@@ -16,6 +17,8 @@
 //! - `open`: the servers' settings and the store's meta;
 //! - `commit`: a plan as a script program, with its durability wait;
 //! - `events`: the streams and shard channels every node follows;
+//! - `known`: what this node last read or wrote, which plans start from;
+//! - `reaping`: which node reaps which bucket, and when;
 //! - `upkeep`: scans and guarded repair;
 //! - `keys`: the key layout and the buckets' hash tags.
 
@@ -23,9 +26,13 @@ mod commit;
 mod conn;
 mod events;
 mod keys;
+mod known;
 mod open;
+mod reaping;
 mod upkeep;
 
+use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,9 +41,14 @@ use self::commit::Committer;
 use self::conn::Nodes;
 use self::events::{Progress, Reader};
 use self::keys::{parse_expiry_member, Keys};
+use self::known::{Actor, Knowledge};
+use self::reaping::Schedule;
 use crate::config::{Config, RedisTarget};
 use crate::engine::gate::{Gate, Turns};
-use crate::engine::{Commit, CommitCounts, Count, Due, Engine, Opened, Task, Ticket, View};
+use crate::engine::{
+    Change, Commit, CommitCounts, Count, Due, Engine, Opened, Plan, Precondition, Task, Ticket,
+    View,
+};
 use crate::error::{Error, Result};
 use crate::events::EventHub;
 use crate::key::{random_bytes, Digest};
@@ -45,6 +57,7 @@ use crate::worker::Poison;
 pub(crate) struct RedisEngine {
     nodes: Arc<Nodes>,
     keys: Keys,
+    known: Knowledge,
     committer: Committer,
     repair_script: redis::Script,
     reader: Mutex<Option<Reader>>,
@@ -52,8 +65,10 @@ pub(crate) struct RedisEngine {
     events: Arc<EventHub>,
     gate: Arc<Gate>,
     turns: Turns,
-    /// The bucket this node's reaper starts from.
-    reap_start: u32,
+    /// Which buckets this node reaps, and when (shared with the reader).
+    schedule: Arc<Schedule>,
+    /// The buckets the reaper's current pass looked at.
+    scanned: Mutex<BTreeSet<u32>>,
     commits: AtomicU64,
     plans: AtomicU64,
     syncs: AtomicU64,
@@ -68,33 +83,55 @@ impl RedisEngine {
     ) -> Result<(RedisEngine, Opened)> {
         let settings = &config.redis;
         let nodes = Arc::new(Nodes::open(target, settings)?);
-        let sync = open::check_servers(&nodes, config.durability)?;
+        let sync = open::check_servers(&nodes, config.durability, settings.min_replicas)?;
         let meta = open::meta(&nodes, &settings.prefix, settings.buckets)?;
         let keys = Keys::new(&settings.prefix, meta.buckets, meta.tags);
         let origin = crate::key::hex(&random_bytes::<8>()?);
         let progress = Arc::new(Progress::new(origin.clone(), settings.timeout));
+        // Another node's overdue bucket is asked after once the reap
+        // interval has passed (at most a second): an expiry is announced
+        // within the interval plus a second of its time, a node's death
+        // included.
+        let grace = config.reap_interval.min(std::time::Duration::from_secs(1));
+        let schedule = Arc::new(Schedule::new(
+            origin.clone(),
+            meta.buckets,
+            crate::config::millis(grace).max(1),
+        ));
         let reader = Reader::start(
             nodes.clone(),
             keys.clone(),
             events.clone(),
             progress.clone(),
+            schedule.clone(),
             poison,
         )?;
         let engine = RedisEngine {
-            committer: Committer::new(sync, settings.event_retention, origin, settings.timeout),
+            committer: Committer::new(
+                sync,
+                settings.min_replicas,
+                settings.event_retention,
+                origin,
+                settings.timeout,
+            ),
             repair_script: redis::Script::new(include_str!("repair.lua")),
+            known: Knowledge::new(config.cache_capacity),
             reader: Mutex::new(Some(reader)),
             progress,
             events,
             nodes,
-            reap_start: u32::from_le_bytes(random_bytes::<4>()?) % meta.buckets,
             keys,
+            schedule,
+            scanned: Mutex::new(BTreeSet::new()),
             gate: Arc::new(Gate::default()),
             turns: Turns::default(),
             commits: AtomicU64::new(0),
             plans: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         };
+        let all: Vec<u32> = (0..meta.buckets).collect();
+        reaping::read_earliest(&engine.nodes, &engine.keys, &engine.schedule, &all)?;
+        reaping::join(&engine.nodes, &engine.keys, &engine.schedule)?;
         // Every change is one atomic script, so a node's crash never leaves
         // the store inconsistent: there is no unclean shutdown to recover.
         // (A reassign across buckets cut short is an intent, which the
@@ -119,20 +156,84 @@ impl RedisEngine {
         self.keys.slot(self.keys.bucket(actor_id))
     }
 
-    /// Publishes a committed change's own events, in the plan's order: each
-    /// once everything before it in its stream is published, so that
-    /// per-actor order holds across nodes. Waits at most the timeout; the
-    /// reader publishes what is left after that.
-    fn publish_own(&self, plan_events: &[crate::events::Event], appended: &[events::Appended]) {
-        let encoded = plan_events.iter().filter(|e| events::encode(e).is_some());
+    /// Publishes a committed change's own events, once everything before
+    /// them in their stream is published, so that per-actor order holds
+    /// across nodes. Waits at most the timeout; the reader publishes them
+    /// after that.
+    fn publish_own(&self, plan_events: &[crate::events::Event], appended: events::Appended) {
         let deadline = Instant::now() + self.progress.patience();
-        for (event, entry) in encoded.zip(appended) {
-            if !self
-                .progress
-                .publish_own(&self.events, *entry, event, deadline)
-            {
-                log::warn!("the events of a committed change are late; they will follow");
-                break;
+        if !self
+            .progress
+            .publish_own(&self.events, appended, plan_events, deadline)
+        {
+            log::warn!("the events of a committed change are late; they will follow");
+        }
+    }
+
+    /// Updates what this node knows after `plan` committed: the records it
+    /// wrote, and each actor's list it relied on, changed as the plan
+    /// changed it (the script checked that list, so it is exact now).
+    fn learn(&self, plan: &Plan) {
+        // A plan stays in one bucket.
+        let mut bucket = None;
+        for p in &plan.preconditions {
+            if let Precondition::Actor { actor_id, sessions } = p {
+                let mut now = sessions.clone();
+                for c in &plan.changes {
+                    match c {
+                        Change::Insert {
+                            digest,
+                            actor_id: a,
+                            ..
+                        } if a == actor_id => now.push(*digest),
+                        Change::Delete {
+                            digest,
+                            actor_id: a,
+                            ..
+                        } if a == actor_id => now.retain(|d| d != digest),
+                        _ => {}
+                    }
+                }
+                self.known.set_actor(actor_id, now);
+            }
+        }
+        for c in &plan.changes {
+            match c {
+                Change::Insert {
+                    digest,
+                    actor_id,
+                    filed_at,
+                    revision,
+                    record,
+                }
+                | Change::Update {
+                    digest,
+                    actor_id,
+                    filed_at,
+                    revision,
+                    record,
+                    ..
+                } => {
+                    self.known.wrote(*digest, *revision, record);
+                    // The reaper of this node hears of its own entries at
+                    // once (the other nodes' by their events and hints).
+                    let b = *bucket.get_or_insert_with(|| self.keys.bucket(actor_id));
+                    self.schedule.hint(b, reaping::Hint::Filed(*filed_at));
+                }
+                Change::Delete { digest, .. } => self.known.forget_record(digest),
+                _ => {}
+            }
+        }
+    }
+
+    /// Forgets what `plan` relied on: it met a conflict, so some of it is
+    /// stale, and the plan made again reads it afresh.
+    fn forget(&self, plan: &Plan) {
+        for p in &plan.preconditions {
+            match p {
+                Precondition::Record { digest, .. } => self.known.forget_record(digest),
+                Precondition::Actor { actor_id, .. } => self.known.forget_actor(actor_id),
+                Precondition::Arrival { .. } => {}
             }
         }
     }
@@ -170,52 +271,115 @@ impl RedisEngine {
     }
 }
 
-/// Planning's view of the store: plain reads, one round trip each (a batch
-/// of records in one).
-struct RedisView<'a>(&'a RedisEngine);
+/// Planning's view of the store: what this node knows, else plain reads
+/// (one round trip, a batch of records in one), which it learns. An actor
+/// it knows nothing of is taken to have no session. Notes whether any
+/// answer came from knowledge rather than the server: such a plan's
+/// preconditions must be checked even when it changes nothing.
+struct RedisView<'a> {
+    engine: &'a RedisEngine,
+    from_knowledge: Cell<bool>,
+}
 
-impl View for RedisView<'_> {
-    fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        let e = self.0;
-        let key = e.keys.session(actor_id, digest);
-        e.nodes
-            .run(e.slot_of(actor_id), "reading a session", |_, con| {
-                redis::cmd("HGET").arg(&key).arg("r").query(con)
-            })
+impl<'a> RedisView<'a> {
+    fn new(engine: &'a RedisEngine) -> Self {
+        RedisView {
+            engine,
+            from_knowledge: Cell::new(false),
+        }
     }
+}
 
-    fn records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
-        let e = self.0;
+impl RedisEngine {
+    /// Reads records of one bucket (`HMGET r v` each, pipelined), learning
+    /// each found.
+    fn read_records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
         let Some((first, _)) = wanted.first() else {
             return Ok(Vec::new());
         };
-        if wanted.len() < 2 {
-            return wanted.iter().map(|(a, d)| self.record(a, d)).collect();
-        }
-        // A plan reads within one bucket; a read of several buckets (an
-        // actors' addresses) goes bucket by bucket.
-        let bucket = e.keys.bucket(first);
-        if wanted.iter().any(|(a, _)| e.keys.bucket(a) != bucket) {
-            return wanted.iter().map(|(a, d)| self.record(a, d)).collect();
-        }
-        e.nodes
-            .run(e.keys.slot(bucket), "reading sessions", |_, con| {
-                let mut pipe = redis::pipe();
-                for (actor_id, digest) in wanted {
-                    pipe.cmd("HGET")
-                        .arg(e.keys.session(actor_id, digest))
-                        .arg("r");
+        // The hot read path: one bucket (its SHA-256 once), the keys made
+        // once whatever the retries, one command for one record.
+        let bucket = self.keys.bucket(first);
+        let keys: Vec<String> = wanted
+            .iter()
+            .map(|(_, digest)| self.keys.session_in(bucket, digest))
+            .collect();
+        let replies: Vec<(Option<Vec<u8>>, Option<u64>)> =
+            self.nodes
+                .run(self.keys.slot(bucket), "reading sessions", |_, con| {
+                    if let [key] = keys.as_slice() {
+                        let one = redis::cmd("HMGET").arg(key).arg("r").arg("v").query(con)?;
+                        return Ok(vec![one]);
+                    }
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("HMGET").arg(key).arg("r").arg("v");
+                    }
+                    pipe.query(con)
+                })?;
+        Ok(wanted
+            .iter()
+            .zip(replies)
+            .map(|((_, digest), (bytes, revision))| {
+                if let (Some(bytes), Some(revision)) = (&bytes, revision) {
+                    self.known.saw(**digest, revision, bytes);
                 }
-                pipe.query(con)
+                bytes
             })
+            .collect())
+    }
+}
+
+impl View for RedisView<'_> {
+    fn record(&self, actor_id: &str, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self.records(&[(actor_id, digest)])?.pop().flatten())
+    }
+
+    fn records(&self, wanted: &[(&str, &Digest)]) -> Result<Vec<Option<Vec<u8>>>> {
+        let e = self.engine;
+        let mut out: Vec<Option<Option<Vec<u8>>>> = wanted
+            .iter()
+            .map(|(_, d)| e.known.record(d).map(|k| Some(k.bytes.to_vec())))
+            .collect();
+        if out.iter().any(Option::is_some) {
+            self.from_knowledge.set(true);
+        }
+        // What is not known is read, bucket by bucket (a plan reads within
+        // one; an actors' addresses may read several).
+        let mut missing: Vec<usize> = (0..wanted.len()).filter(|&i| out[i].is_none()).collect();
+        while let Some(&first) = missing.first() {
+            let bucket = e.keys.bucket(wanted[first].0);
+            let (here, rest): (Vec<usize>, Vec<usize>) = missing
+                .into_iter()
+                .partition(|&i| e.keys.bucket(wanted[i].0) == bucket);
+            let asked: Vec<(&str, &Digest)> = here.iter().map(|&i| wanted[i]).collect();
+            for (i, read) in here.into_iter().zip(e.read_records(&asked)?) {
+                out[i] = Some(read);
+            }
+            missing = rest;
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn actor_sessions(&self, actor_id: &str) -> Result<Vec<Digest>> {
-        self.0.actor_sessions(actor_id)
+        // Known, or taken to be none, unless what the node knew proved
+        // wrong: the plan's precondition on the list makes the script
+        // check it.
+        match self.engine.known.actor(actor_id) {
+            Some(Actor::Stale) => self.engine.actor_sessions(actor_id),
+            Some(Actor::Sessions(list)) => {
+                self.from_knowledge.set(true);
+                Ok(list.to_vec())
+            }
+            None => {
+                self.from_knowledge.set(true);
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn arrived(&self, actor_id: &str, id: &str) -> Result<bool> {
-        let e = self.0;
+        let e = self.engine;
         let key = e.keys.arrival(e.keys.bucket(actor_id), id);
         e.nodes
             .run(e.slot_of(actor_id), "reading an arrival note", |_, con| {
@@ -231,7 +395,9 @@ impl Engine for RedisEngine {
         digest: &Digest,
         read: &mut dyn FnMut(&[u8]),
     ) -> Result<bool> {
-        match RedisView(self).record(actor_id, digest)? {
+        // The read path: always the server, never this node's knowledge
+        // (which it teaches).
+        match self.read_records(&[(actor_id, digest)])?.pop().flatten() {
             Some(bytes) => {
                 read(&bytes);
                 Ok(true)
@@ -247,34 +413,70 @@ impl Engine for RedisEngine {
             "listing an actor's sessions",
             |_, con| redis::cmd("SMEMBERS").arg(&key).query(con),
         )?;
-        Ok(members.iter().filter_map(|m| Digest::from_hex(m)).collect())
+        let sessions: Vec<Digest> = members.iter().filter_map(|m| Digest::from_hex(m)).collect();
+        self.known.set_actor(actor_id, sessions.clone());
+        Ok(sessions)
     }
 
+    /// The due entries of the buckets this node reaps (see `reaping`):
+    /// its own that are due, and another node's overdue ones when that node
+    /// stopped listening (or, listening, let them wait ten graces).
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Due>> {
-        // Bucket by bucket, from a bucket of this node's own: nodes reaping at
-        // once mostly claim different sessions instead of racing for the
-        // same earliest ones (each stays exactly-once either way).
-        let mut buckets = self.all_buckets();
-        let start = self.reap_start as usize % buckets.len().max(1);
-        buckets.rotate_left(start);
-        let replies = self
-            .nodes
-            .across(&buckets, 1, "scanning expiries", |pipe, b| {
-                pipe.cmd("ZRANGE")
-                    .arg(self.keys.expiries(b))
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("BYSCORE")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .arg("WITHSCORES");
-            })?;
+        let plan = self.schedule.due(now);
+        let mut buckets: BTreeSet<u32> = plan.owned.into_iter().collect();
+        if !plan.overdue.is_empty() {
+            let owners: BTreeSet<String> = plan.overdue.iter().map(|(_, o)| o.clone()).collect();
+            let owners: Vec<String> = owners.into_iter().collect();
+            let dead = reaping::gone(&self.nodes, &self.keys, &owners)?;
+            reaping::strike(&self.nodes, &self.keys, &self.schedule, &dead)?;
+            let me = self.schedule.me();
+            for (b, _) in &plan.overdue {
+                if self.schedule.owner(*b) == me || self.schedule.long_overdue(*b, now) {
+                    buckets.insert(*b);
+                }
+            }
+        }
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.scanned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(buckets.iter().copied());
+        // A share of what is left of the limit per bucket, so that a scan
+        // returns no more than is asked for; the buckets that filled their
+        // share are asked again for the rest, so that fewer than `limit`
+        // entries means nothing more is due.
         let mut due = Vec::new();
-        for (_, reply) in replies {
-            for value in reply {
-                let entries: Vec<(Vec<u8>, f64)> =
-                    redis::from_redis_value(value).unwrap_or_default();
+        let mut open: Vec<(u32, usize)> = buckets.iter().map(|&b| (b, 0)).collect();
+        while !open.is_empty() && due.len() < limit {
+            let share = (limit - due.len()).div_ceil(open.len()).max(1);
+            let asked: Vec<(u32, u16)> =
+                open.iter().map(|&(b, _)| (b, self.keys.slot(b))).collect();
+            let offsets: std::collections::HashMap<u32, usize> = open.iter().copied().collect();
+            let replies = self
+                .nodes
+                .across(&asked, 1, "scanning expiries", |pipe, b| {
+                    pipe.cmd("ZRANGE")
+                        .arg(self.keys.expiries(b))
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("BYSCORE")
+                        .arg("LIMIT")
+                        .arg(offsets.get(&b).copied().unwrap_or(0))
+                        .arg(share)
+                        .arg("WITHSCORES");
+                })?;
+            open.clear();
+            for (b, reply) in replies {
+                let entries: Vec<(Vec<u8>, f64)> = reply
+                    .into_iter()
+                    .next()
+                    .and_then(|v| redis::from_redis_value(v).ok())
+                    .unwrap_or_default();
+                if entries.len() == share {
+                    open.push((b, offsets.get(&b).copied().unwrap_or(0) + share));
+                }
                 due.extend(entries.into_iter().filter_map(|(member, score)| {
                     let (digest, actor_id) = parse_expiry_member(&member)?;
                     Some(Due {
@@ -284,43 +486,42 @@ impl Engine for RedisEngine {
                     })
                 }));
             }
-            if due.len() >= limit {
-                break;
-            }
         }
         due.truncate(limit);
         Ok(due)
     }
 
+    /// From what the node knows: no command.
     fn next_expiry(&self) -> Result<Option<u64>> {
-        let replies = self.nodes.across(
-            &self.all_buckets(),
-            1,
-            "reading the earliest expiry",
-            |pipe, b| {
-                pipe.cmd("ZRANGE")
-                    .arg(self.keys.expiries(b))
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES");
-            },
-        )?;
-        Ok(replies
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .filter_map(|v| redis::from_redis_value::<Vec<(Vec<u8>, f64)>>(v).ok())
-            .flatten()
-            .map(|(_, score)| score as u64)
-            .min())
+        Ok(self.schedule.next_wake())
+    }
+
+    /// Tells the other nodes what is due next in each bucket the pass
+    /// looked at.
+    fn reaped(&self) -> Result<()> {
+        let scanned: Vec<u32> = std::mem::take(
+            &mut *self
+                .scanned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if scanned.is_empty() {
+            return Ok(());
+        }
+        reaping::announce_next(&self.nodes, &self.keys, &self.schedule, &scanned)
     }
 
     fn session_count(&self) -> Result<Count> {
+        // Every session has exactly one expiry entry (each script keeps
+        // them together), so the expiry indexes count the sessions.
         let counts = self.nodes.across(
             &self.all_buckets(),
             1,
             "reading the session count",
             |pipe, b| {
-                pipe.cmd("GET").arg(self.keys.count(b));
+                pipe.cmd("ZCARD").arg(self.keys.expiries(b));
             },
         )?;
         let sessions = counts
@@ -339,12 +540,18 @@ impl Engine for RedisEngine {
         self.keys.bucket(actor_id)
     }
 
+    /// The intents of this node's buckets that were announced and not
+    /// yet dropped (every one of its buckets' at open and after a lost
+    /// subscription).
     fn intents(&self) -> Result<Vec<Vec<u8>>> {
-        let replies = self
-            .nodes
-            .across(&self.all_buckets(), 1, "reading intents", |pipe, b| {
-                pipe.cmd("HVALS").arg(self.keys.intents(b));
-            })?;
+        let buckets = self.schedule.intent_buckets();
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<(u32, u16)> = buckets.iter().map(|&b| (b, self.keys.slot(b))).collect();
+        let replies = self.nodes.across(&asked, 1, "reading intents", |pipe, b| {
+            pipe.cmd("HVALS").arg(self.keys.intents(b));
+        })?;
         Ok(replies
             .into_iter()
             .flat_map(|(_, v)| v)
@@ -359,13 +566,24 @@ impl Engine for RedisEngine {
             let committed = {
                 // This node's plans for the same actors take turns:
                 // optimistic commits of many local callers on one hot actor
-                // would otherwise keep conflicting with each other. The
-                // turn ends with the commit: publishing waits for other
-                // nodes' events, and keeps order by the streams, not by it.
+                // would otherwise keep conflicting with each other, and what
+                // the node knows of them changes in commit order. The turn
+                // ends with the commit: publishing waits for other nodes'
+                // events, and keeps order by the streams, not by it.
                 let _turn = self.turns.take(task.subjects());
-                task.plan(&RedisView(self)).and_then(|plan| {
-                    let committed = self.committer.commit(&self.nodes, &self.keys, &plan)?;
-                    Ok((plan, committed))
+                let view = RedisView::new(self);
+                task.plan(&view).and_then(|plan| {
+                    let verify = view.from_knowledge.get();
+                    let committed = self
+                        .committer
+                        .commit(&self.nodes, &self.keys, &plan, verify);
+                    match &committed {
+                        Ok(c) if c.outcome == Commit::Done => self.learn(&plan),
+                        // A conflict, or an answer lost: what the plan
+                        // relied on is read afresh next time.
+                        _ => self.forget(&plan),
+                    }
+                    Ok((plan, committed?))
                 })
             };
             committed.map(|(plan, committed)| {
@@ -375,8 +593,8 @@ impl Engine for RedisEngine {
                 {
                     self.syncs.fetch_add(1, Ordering::Relaxed);
                 }
-                if committed.outcome == Commit::Done {
-                    self.publish_own(&plan.events, &committed.appended);
+                if let Some(appended) = committed.appended {
+                    self.publish_own(&plan.events, appended);
                 }
                 committed.outcome
             })
@@ -396,20 +614,25 @@ impl Engine for RedisEngine {
 
     /// Whether every primary takes writes now: one write of a probe key on
     /// each (a replica, a server still loading, a cluster without a quorum
-    /// or out of memory fail it).
+    /// or out of memory fail it), unless it has fewer replicas attached than
+    /// `min_replicas` (then the store refuses writes).
     fn ping(&self) -> Result<()> {
         for b in self.bucket_per_primary() {
             let probe = self.keys.alive(b);
             let origin = self.progress.origin();
             self.nodes
-                .run(self.keys.slot(b), "writing to the server", |_, con| {
+                .run(self.keys.slot(b), "writing to the server", |pool, con| {
+                    if let Err(refused) = self.committer.admit(pool, con)? {
+                        return Ok(Err(refused));
+                    }
                     redis::cmd("SET")
                         .arg(&probe)
                         .arg(origin)
                         .arg("PX")
                         .arg(10_000)
                         .query::<()>(con)
-                })?;
+                        .map(Ok)
+                })??;
         }
         Ok(())
     }
@@ -424,7 +647,12 @@ impl Engine for RedisEngine {
 
     fn close(&self, _clean: bool) -> Result<()> {
         // No shutdown marker: a node's crash cannot leave the store
-        // half-changed. Stop following the streams.
+        // half-changed. Leave the nodes (the others take this one's buckets
+        // at once; a node that cannot say so is found gone when its buckets
+        // fall due), and stop following the streams.
+        if let Err(e) = reaping::leave(&self.nodes, &self.keys, &self.schedule) {
+            log::warn!("closing: could not tell the other nodes: {e}");
+        }
         let reader = self
             .reader
             .lock()
@@ -657,10 +885,12 @@ mod tests {
         engine.reader.lock().unwrap().take().map(|mut r| r.stop());
         let bucket = engine.keys.bucket(&a);
         let mut raw = server.connection();
-        let _: String = redis::cmd("XADD")
+        let added: String = redis::cmd("XADD")
             .arg(engine.keys.stream(bucket))
             .arg("*")
             .arg("n")
+            .arg(1)
+            .arg("k")
             .arg(1)
             .arg("p")
             .arg("0-0")
@@ -668,6 +898,14 @@ mod tests {
             .arg("elsewhere")
             .arg("e")
             .arg("{}")
+            .query(&mut raw)
+            .unwrap();
+        let _: i64 = redis::cmd("HSET")
+            .arg(engine.keys.head(bucket))
+            .arg("n")
+            .arg(1)
+            .arg("p")
+            .arg(&added)
             .query(&mut raw)
             .unwrap();
         let (done, finished) = mpsc::channel();

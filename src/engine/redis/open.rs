@@ -38,14 +38,31 @@ enum Fsync {
 }
 
 /// Checks that every primary offers what the store needs, and returns how
-/// commits are made durable.
-pub(crate) fn check_servers(nodes: &Nodes, durability: Durability) -> Result<Sync> {
+/// commits are made durable. A primary with fewer replicas attached than
+/// `min_replicas` is no reason to refuse the store (reads go on, and
+/// writes once a replica attaches): it is logged.
+pub(crate) fn check_servers(
+    nodes: &Nodes,
+    durability: Durability,
+    min_replicas: u32,
+) -> Result<Sync> {
     let mut found = Vec::new();
     for primary in nodes.primaries() {
         let pool = primary.pool.clone();
-        let fsync = pool
-            .with(|con| check_server(con, nodes.is_cluster(), pool.addr()))
-            .map_err(failed("reading the server's settings"))??;
+        let (fsync, attached) = pool
+            .with(|con| {
+                let fsync = check_server(con, nodes.is_cluster(), pool.addr())?;
+                Ok((fsync, pool.ask_replicas(con)?))
+            })
+            .map_err(failed("reading the server's settings"))?;
+        let fsync = fsync?;
+        if attached < min_replicas {
+            log::warn!(
+                "the primary at {} has {attached} replica(s) attached and min_replicas requires \
+                 {min_replicas}: writes are refused until enough replicas attach",
+                pool.addr()
+            );
+        }
         found.push((pool.addr().to_owned(), fsync));
     }
     if durability != Durability::Immediate {
@@ -136,6 +153,18 @@ pub(crate) struct Meta {
     pub tags: Tags,
 }
 
+/// A bucket of a store before format 5 moved on: its count key deleted,
+/// its last event number (KEYS[2]) and the stream's last entry (KEYS[3])
+/// kept in the head (KEYS[4]). Run again, it changes nothing.
+const UPGRADE_TO_5: &str = "redis.call('DEL', KEYS[1]) \
+     local n = redis.call('GET', KEYS[2]) \
+     if n then \
+       local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1] \
+       redis.call('HSET', KEYS[4], 'n', n, 'p', last and last[1] or '0-0') \
+       redis.call('DEL', KEYS[2]) \
+     end \
+     return 1";
+
 /// Creates or reads the store's meta atomically (one script: a new store
 /// gets the format, its buckets and spread tags; an existing one is left
 /// as it is), and moves an older format to the current one.
@@ -181,8 +210,9 @@ pub(crate) fn meta(nodes: &Nodes, prefix: &str, wanted: Option<u32>) -> Result<M
         });
     }
     if format < REDIS_FORMAT {
-        // Its entries hold format 3's invariants as they are. Nodes of an
-        // older build refuse the store from their next open.
+        // Its entries hold format 3's invariants as they are (and streams
+        // of one-event entries naming the one before them still read).
+        // Nodes of an older build refuse the store from their next open.
         nodes.run(
             keys::slot(key.as_bytes()),
             "upgrading the store's meta",
@@ -217,6 +247,22 @@ pub(crate) fn meta(nodes: &Nodes, prefix: &str, wanted: Option<u32>) -> Result<M
             problem: format!("{name:?} is not a tag scheme this build knows"),
         })?,
     };
+    if format < 5 {
+        // Formats before 5 kept a count per bucket (the expiry indexes
+        // count now) and the last event number alone: the head takes it,
+        // with the stream's last entry.
+        let keys = Keys::new(prefix, buckets, tags);
+        let all: Vec<(u32, u16)> = (0..buckets).map(|b| (b, keys.slot(b))).collect();
+        nodes.across(&all, 1, "moving the event heads to format 5", |pipe, b| {
+            pipe.cmd("EVAL")
+                .arg(UPGRADE_TO_5)
+                .arg(4)
+                .arg(keys.old_count(b))
+                .arg(keys.old_sequence(b))
+                .arg(keys.stream(b))
+                .arg(keys.head(b));
+        })?;
+    }
     Ok(Meta {
         created,
         buckets,

@@ -13,10 +13,6 @@
 --     decode, KEYS[2] the bucket's quarantine hash, ARGV[2] the name to
 --     keep it under. (A record that does not decode is never rewritten by
 --     a change, so it is moved aside as found.)
---   ARGV[1] = 'count': KEYS[1] the bucket's count, KEYS[2] its expiry
---     index: the count becomes the number of expiry entries (one per
---     session once the indexes are repaired, and every change keeps both
---     in step).
 --
 -- Returns 1 when applied, 0 when the store had changed.
 
@@ -47,9 +43,6 @@ elseif op == 'quarantine' then
   end
   redis.call('HSET', KEYS[2], ARGV[2], bytes)
   redis.call('DEL', KEYS[1])
-  return 1
-elseif op == 'count' then
-  redis.call('SET', KEYS[1], redis.call('ZCARD', KEYS[2]))
   return 1
 end
 return redis.error_reply('sessiondb: unknown repair ' .. tostring(op))

@@ -218,7 +218,6 @@ impl Upkeep for RedisEngine {
 
     fn repair(&self, fixes: &[Fix]) -> Result<()> {
         let k = &self.keys;
-        let mut recount = false;
         for fix in fixes {
             match fix {
                 Fix::Quarantine { id } => {
@@ -232,7 +231,6 @@ impl Upkeep for RedisEngine {
                         &[key.clone(), k.quarantine(bucket)],
                         &["quarantine".into(), name],
                     )?;
-                    recount = true;
                 }
                 Fix::AddExpiry {
                     at,
@@ -300,12 +298,9 @@ impl Upkeep for RedisEngine {
                         }
                     }
                 }
-                Fix::Count(_) => recount = true,
-            }
-        }
-        if recount {
-            for b in 0..k.buckets() {
-                self.repair_one(b, &[k.count(b), k.expiries(b)], &["count".into()])?;
+                // The count is the expiry indexes' size: the fixes above
+                // set it right.
+                Fix::Count(_) => {}
             }
         }
         self.flush_all()

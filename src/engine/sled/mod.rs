@@ -246,7 +246,7 @@ impl Engine for SledEngine {
 
     fn wait(&self, ticket: Ticket) -> Result<Commit> {
         match &self.group {
-            Some(group) => group.wait(&ticket),
+            Some(group) => group.wait(ticket),
             None => ticket.take().unwrap_or_else(|| Err(writer_failed())),
         }
     }

@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
-use crate::engine::{Answer, Commit, Polled, Ticket};
+use crossbeam_channel::TryRecvError;
+
+use crate::engine::{Answer, Commit, Ticket};
 use crate::error::{Error, Result, SharedError, StorageError};
 use crate::events::{Event, EventHub};
 use crate::worker::Poison;
@@ -113,18 +115,22 @@ impl WriteGroup {
     ///
     /// # Errors
     /// The flush's failure, shared by every write it covered.
-    pub fn wait(&self, ticket: &Ticket) -> Result<Commit> {
+    pub fn wait(&self, ticket: Ticket) -> Result<Commit> {
+        let answer = match ticket {
+            Ticket::Answered(outcome) => return outcome,
+            Ticket::Pending(answer) => answer,
+        };
         loop {
-            match ticket.poll() {
-                Polled::Ready(outcome) => return outcome,
+            match answer.try_recv() {
+                Ok(outcome) => return outcome,
                 // A leader panicked: the store is poisoned.
-                Polled::Abandoned => return Err(writer_failed()),
-                Polled::Pending => {}
+                Err(TryRecvError::Disconnected) => return Err(writer_failed()),
+                Err(TryRecvError::Empty) => {}
             }
             let mut state = self.lock();
             // Answers are given under the lock: checked again, one cannot
             // come between this check and the park below unseen.
-            if ticket.is_answered() {
+            if !answer.is_empty() {
                 continue;
             }
             if !state.leading {
@@ -289,7 +295,7 @@ mod tests {
             let group = group.clone();
             std::thread::spawn(move || {
                 let ticket = group.join(vec![event(0)]);
-                group.wait(&ticket)
+                group.wait(ticket)
             })
         };
         started.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -299,7 +305,7 @@ mod tests {
             std::thread::spawn(move || {
                 let cpu = thread_cpu();
                 let ticket = group.join(vec![event(n)]);
-                let answer = group.wait(&ticket);
+                let answer = group.wait(ticket);
                 let _ = done_tx.send((answer.is_ok(), thread_cpu() - cpu));
             });
         }
@@ -345,7 +351,7 @@ mod tests {
             let group = group.clone();
             std::thread::spawn(move || {
                 let ticket = group.join(vec![]);
-                group.wait(&ticket)
+                group.wait(ticket)
             })
         };
         started.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -355,7 +361,7 @@ mod tests {
             let group = group.clone();
             std::thread::spawn(move || {
                 let ticket = group.join(vec![event(2)]);
-                let _ = done_tx.send(group.wait(&ticket).is_ok());
+                let _ = done_tx.send(group.wait(ticket).is_ok());
             });
         }
         until_waiting(&group, 1);
@@ -364,8 +370,8 @@ mod tests {
         leader.join().unwrap().unwrap();
         assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(true));
         // The late caller's writes were covered by that flush too.
-        assert!(late.is_answered());
-        group.wait(&late).unwrap();
+        assert!(matches!(&late, Ticket::Pending(answer) if !answer.is_empty()));
+        group.wait(late).unwrap();
         assert_eq!(group.syncs(), 2);
     }
 
@@ -399,7 +405,7 @@ mod tests {
             std::thread::spawn(move || {
                 for i in 0..each {
                     let ticket = group.join(vec![event(t * each + i)]);
-                    if group.wait(&ticket).is_err() {
+                    if group.wait(ticket).is_err() {
                         break;
                     }
                 }
@@ -449,11 +455,11 @@ mod tests {
         );
         let events = group.events.subscribe();
         let ticket = group.join(vec![event(1)]);
-        let err = group.wait(&ticket).unwrap_err();
+        let err = group.wait(ticket).unwrap_err();
         assert!(matches!(err, Error::Storage(_)), "{err}");
         assert!(events.try_recv().is_err(), "no event for a failed write");
         let ticket = group.join(vec![event(2)]);
-        group.wait(&ticket).unwrap();
+        group.wait(ticket).unwrap();
         assert_eq!(events.try_iter().count(), 1);
     }
 }

@@ -119,6 +119,11 @@ impl RedisCluster {
         }
     }
 
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(p, _)| *p).collect()
+    }
+
     /// The nodes' URLs, the seeds a store is given.
     pub fn seeds(&self) -> Vec<String> {
         self.nodes

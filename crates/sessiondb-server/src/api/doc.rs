@@ -151,9 +151,10 @@ pub enum NotAdminOrKeyRefused {
 #[allow(dead_code)] // Described, never built: handlers answer with ApiError.
 pub enum StoreFailed {
     /// `unavailable` (the store's Redis / Valkey server cannot be reached
-    /// or did not answer in time, or the store is shutting down; retry
-    /// after `Retry-After`) or `contention` (other writers kept changing
-    /// the same sessions; retry).
+    /// or did not answer in time, a write could not be confirmed on a
+    /// replica, or the primary has fewer replicas than `--min-replicas`;
+    /// or the store is shutting down; retry after `Retry-After`) or
+    /// `contention` (other writers kept changing the same sessions; retry).
     #[response(
         status = 503,
         headers(("Retry-After" = String, description = "Seconds to wait, when the store's server is unreachable"))

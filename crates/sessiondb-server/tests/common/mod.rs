@@ -15,7 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 
 /// The environment variables the binary reads; cleared for every child so
 /// that the developer's environment cannot leak into a test.
-pub const ENV_NAMES: [&str; 19] = [
+pub const ENV_NAMES: [&str; 20] = [
     "SESSIONDB_CONFIG",
     "SESSIONDB_DATA_DIR",
     "SESSIONDB_REDIS_URL",
@@ -29,6 +29,7 @@ pub const ENV_NAMES: [&str; 19] = [
     "SESSIONDB_APP_VERSION",
     "SESSIONDB_NODE_ID",
     "SESSIONDB_MAX_SESSIONS_PER_ACTOR",
+    "SESSIONDB_MIN_REPLICAS",
     "SESSIONDB_NO_REAPER",
     "SESSIONDB_CORS_ORIGIN",
     "SESSIONDB_HEADER_TIMEOUT",

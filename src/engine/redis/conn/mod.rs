@@ -19,15 +19,14 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, ConnectionAddr, ConnectionInfo, RedisError};
 
+use crate::backoff::Backoff;
 use crate::config::{connection_info, RedisSettings, RedisTarget};
 use crate::error::{Error, Result, StorageError};
 
 /// How many idle connections a pool keeps.
 const IDLE: usize = 64;
-/// The first pause before a call is retried; it doubles up to
-/// [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(10);
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// The pause before a call is retried: 10 ms doubling up to 200 ms.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
 /// The topology is asked again at most this often.
 const REFRESH_EVERY: Duration = Duration::from_millis(50);
 
@@ -125,11 +124,14 @@ pub(crate) struct Pool {
     addr: String,
     timeout: Duration,
     idle: Mutex<Vec<Connection>>,
-    /// How many replicas the server had in sync, and when that was asked.
+    /// How many replicas were attached to the server, when that was asked,
+    /// if it was more than none.
     replicas: Mutex<Option<(u32, Instant)>>,
 }
 
-/// How long a server's replica count is trusted before it is asked again.
+/// How long a count of attached replicas (one or more) is trusted before
+/// it is asked again. A count of none is never kept: see
+/// [`Pool::replicas`].
 const REPLICAS_FOR: Duration = Duration::from_secs(5);
 
 impl Pool {
@@ -150,30 +152,49 @@ impl Pool {
         }
     }
 
-    /// How many replicas the server has in sync (`INFO replication`, asked
-    /// on `con` at most every [`REPLICAS_FOR`]).
-    pub fn replicas(&self, con: &mut Connection) -> redis::RedisResult<u32> {
-        let mut known = self
-            .replicas
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((n, at)) = *known {
-            if at.elapsed() < REPLICAS_FOR {
-                return Ok(n);
-            }
-        }
+    /// How many replicas are attached to the server, in sync or still in
+    /// their initial sync, as counted less than [`REPLICAS_FOR`] ago; `None`
+    /// when that is not known, or was none.
+    ///
+    /// Only a count of one or more is kept. A kept count can only be too
+    /// high (a replica left since), which makes a write wait for a replica
+    /// that is gone: it fails as unavailable, never acknowledged on the
+    /// primary alone, and the count is forgotten. A kept zero would be the
+    /// unsafe kind of stale: a write right after a replica attached would
+    /// skip the wait for it. So a count of none is asked again, after the
+    /// write, by every write that waits on it (see `Wait` in `commit`).
+    pub fn replicas(&self) -> Option<u32> {
+        let known = *self.known_replicas();
+        known
+            .filter(|(_, at)| at.elapsed() < REPLICAS_FOR)
+            .map(|(n, _)| n)
+    }
+
+    /// Asks the server on `con` how many replicas are attached, and notes
+    /// the answer.
+    pub fn ask_replicas(&self, con: &mut Connection) -> redis::RedisResult<u32> {
         let info: String = redis::cmd("INFO").arg("replication").query(con)?;
-        let n = replicas_online(&info);
-        *known = Some((n, Instant::now()));
+        let n = replicas_attached(&info);
+        self.note_replicas(n);
         Ok(n)
     }
 
-    /// Forgets the replica count: a failover changes it.
+    /// Notes a count of attached replicas the server gave (from an
+    /// `INFO replication` reply).
+    pub fn note_replicas(&self, n: u32) {
+        *self.known_replicas() = (n > 0).then(|| (n, Instant::now()));
+    }
+
+    /// Forgets the replica count: a failover changes it, and a wait for a
+    /// replica that timed out may mean it left.
     pub fn forget_replicas(&self) {
-        *self
-            .replicas
+        *self.known_replicas() = None;
+    }
+
+    fn known_replicas(&self) -> std::sync::MutexGuard<'_, Option<(u32, Instant)>> {
+        self.replicas
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn addr(&self) -> &str {
@@ -241,13 +262,26 @@ impl Pool {
     }
 }
 
-/// The replicas an `INFO replication` reply lists as online.
-fn replicas_online(info: &str) -> u32 {
-    let online = info
+/// The replicas an `INFO replication` reply says are attached, whatever
+/// their state: online, or still in their initial sync (`wait_bgsave`,
+/// `send_bulk`). The larger of `connected_slaves` and the count of
+/// `slaveN:` lines (the server leaves out a line it cannot describe).
+pub(crate) fn replicas_attached(info: &str) -> u32 {
+    let connected = info
         .lines()
-        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .find_map(|l| l.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let listed = info
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("slave").is_some_and(|rest| {
+                rest.split_once(':')
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
         .count();
-    u32::try_from(online).unwrap_or(u32::MAX)
+    connected.max(u32::try_from(listed).unwrap_or(u32::MAX))
 }
 
 /// Makes clients for the servers a topology names, with the credentials,
@@ -380,6 +414,15 @@ impl Nodes {
         matches!(self.topology, Topology::Cluster(_))
     }
 
+    /// Whether the primaries change without their clients being told (a
+    /// Sentinel failover demotes a primary that may keep its clients): the
+    /// topology must then be asked for now and then. A cluster's clients
+    /// hear of it (`MOVED`, a dropped subscription, a connection that
+    /// fails).
+    pub fn changes_silently(&self) -> bool {
+        matches!(self.topology, Topology::Sentinel(_))
+    }
+
     /// How many times the topology has changed since open.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -454,7 +497,7 @@ impl Nodes {
         mut f: impl FnMut(&Pool, &mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let mut pause = FIRST_PAUSE;
+        let mut retries = 0;
         let mut ask: Option<Arc<Pool>> = None;
         loop {
             let outcome = match ask.take() {
@@ -467,8 +510,8 @@ impl Nodes {
                     Err(e) if Instant::now() >= deadline => return Err(e),
                     Err(_) => {
                         self.refresh();
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(MAX_PAUSE);
+                        retries += 1;
+                        std::thread::sleep(RETRY.pause(retries));
                         continue;
                     }
                 },
@@ -485,10 +528,12 @@ impl Nodes {
                 Trouble::Ask(addr) if !late => ask = self.pool_at(&addr),
                 Trouble::Down if !late => {
                     self.refresh();
+                    retries += 1;
                     std::thread::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                        RETRY
+                            .pause(retries)
+                            .min(deadline.saturating_duration_since(Instant::now())),
                     );
-                    pause = (pause * 2).min(MAX_PAUSE);
                 }
                 _ => return Err(failed(context)(e)),
             }
@@ -508,7 +553,7 @@ impl Nodes {
         let mut out: Vec<Option<Vec<redis::Value>>> = vec![None; buckets.len()];
         let mut left: Vec<usize> = (0..buckets.len()).collect();
         let deadline = Instant::now() + self.timeout;
-        let mut pause = FIRST_PAUSE;
+        let mut retries = 0;
         while !left.is_empty() {
             // Group what is left by the primary that serves it now.
             let primaries = self.primaries();
@@ -570,8 +615,12 @@ impl Nodes {
                 });
             }
             self.refresh_now();
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(MAX_PAUSE);
+            retries += 1;
+            std::thread::sleep(
+                RETRY
+                    .pause(retries)
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
         Ok(buckets
             .iter()
@@ -677,11 +726,23 @@ mod tests {
     }
 
     #[test]
-    fn only_replicas_in_sync_count() {
-        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+    fn every_attached_replica_counts_whatever_its_state() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
                     slave0:ip=127.0.0.1,port=7004,state=online,offset=10,lag=0\r\n\
-                    slave1:ip=127.0.0.1,port=7005,state=wait_bgsave,offset=0,lag=0\r\n";
-        assert_eq!(replicas_online(info), 1);
-        assert_eq!(replicas_online("role:master\r\nconnected_slaves:0\r\n"), 0);
+                    slave1:ip=127.0.0.1,port=7005,state=wait_bgsave,offset=0,lag=0\r\n\
+                    slave2:ip=127.0.0.1,port=7006,state=send_bulk,offset=0,lag=0\r\n\
+                    slave_read_repl_offset:10\r\nmaster_replid:abc\r\n";
+        assert_eq!(replicas_attached(info), 3);
+        // A replica the server could not describe still counts.
+        let info = "role:master\r\nconnected_slaves:1\r\nmaster_failover_state:no-failover\r\n";
+        assert_eq!(replicas_attached(info), 1);
+        assert_eq!(
+            replicas_attached("role:master\r\nconnected_slaves:0\r\n"),
+            0
+        );
+        // A replica's own reply: its `slave_*` fields name no replica.
+        let info = "role:slave\r\nmaster_host:127.0.0.1\r\nslave_repl_offset:10\r\n\
+                    slave_priority:100\r\nslave_read_only:1\r\nconnected_slaves:0\r\n";
+        assert_eq!(replicas_attached(info), 0);
     }
 }

@@ -9,9 +9,15 @@
 //! when its connection fails, when its server drops the subscription (the
 //! slots moved: a cluster failover) or when the topology changed; the
 //! supervisor then learns the topology again and starts subscribers for the
-//! primaries it finds. The supervisor also asks for the topology every
-//! second, so a Sentinel failover (which tells subscribers nothing) is
-//! followed too.
+//! primaries it finds. Behind Sentinel the supervisor also asks the
+//! sentinels for the primary every second (a Sentinel failover tells
+//! subscribers nothing); a cluster is asked only when something failed.
+//!
+//! The subscriber of bucket 0's primary also listens on the members
+//! channel and on this node's presence channel, and every subscriber hands
+//! the reaping hints it hears to the schedule (`reaping`); after
+//! subscribing it reads its buckets' earliest expiries. A quiet
+//! subscription costs the server one PING every half minute.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +29,12 @@ use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, Value};
 
 use super::{format_id, Entry, EntryId, Mark, Offered, Progress};
+use crate::backoff::Backoff;
 use crate::engine::redis::conn::{Nodes, Pool, Primary};
 use crate::engine::redis::keys::Keys;
+use crate::engine::redis::reaping::{self, Hint, Membership, Schedule};
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::events::EventHub;
 use crate::worker::{self, Poison};
 
@@ -33,22 +42,18 @@ use crate::worker::{self, Poison};
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long it waits while an own event is left to its writer.
 const PENDING_WAIT: Duration = Duration::from_millis(1);
-/// How often a quiet subscription is pinged, and the topology asked.
+/// How often the supervisor looks at its subscribers (and asks the
+/// sentinels for the primary).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a subscription may stay quiet before it is pinged: a dead
+/// server whose connection did not close is found within this.
+const PING_AFTER: Duration = Duration::from_secs(30);
 /// Most entries one stream read returns.
 const READ_COUNT: usize = 512;
-/// The first pause before subscribing again after a failure; it doubles
-/// with each failure in a row, up to `MOST_RETRY_PAUSE`, so a server that
-/// is down (a failover takes seconds) is not asked a hundred times a second.
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(20);
-const MOST_RETRY_PAUSE: Duration = Duration::from_millis(320);
-
-/// The pause before the next attempt after `failures` failures in a row.
-fn retry_pause(failures: u32) -> Duration {
-    FIRST_RETRY_PAUSE
-        .saturating_mul(1 << failures.saturating_sub(1).min(8))
-        .min(MOST_RETRY_PAUSE)
-}
+/// The pause before subscribing again after failures in a row: 20 ms
+/// doubling up to 320 ms, so a server that is down (a failover takes
+/// seconds) is not asked a hundred times a second.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(320));
 
 /// What the reader needs of the engine.
 #[derive(Clone)]
@@ -57,6 +62,7 @@ struct Shared {
     keys: Keys,
     events: Arc<EventHub>,
     progress: Arc<Progress>,
+    schedule: Arc<Schedule>,
     poison: Arc<Poison>,
 }
 
@@ -74,6 +80,7 @@ impl Reader {
         keys: Keys,
         events: Arc<EventHub>,
         progress: Arc<Progress>,
+        schedule: Arc<Schedule>,
         poison: Arc<Poison>,
     ) -> Result<Reader> {
         for (bucket, mark) in current_ends(&nodes, &keys)? {
@@ -84,6 +91,7 @@ impl Reader {
             keys,
             events,
             progress,
+            schedule,
             poison: poison.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -112,37 +120,27 @@ impl Drop for Reader {
     }
 }
 
-/// Each bucket's last stream entry and sequence number.
+/// Each bucket's last stream entry and event number, from its head.
 fn current_ends(nodes: &Nodes, keys: &Keys) -> Result<Vec<(u32, Mark)>> {
     let buckets: Vec<(u32, u16)> = (0..keys.buckets()).map(|b| (b, keys.slot(b))).collect();
-    let replies = nodes.across(&buckets, 2, "reading the event streams' ends", |pipe, b| {
-        pipe.cmd("XREVRANGE")
-            .arg(keys.stream(b))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("GET")
-            .arg(keys.sequence(b));
+    let replies = nodes.across(&buckets, 1, "reading the event streams' ends", |pipe, b| {
+        pipe.cmd("HMGET").arg(keys.head(b)).arg("n").arg("p");
     })?;
-    let mut out = Vec::with_capacity(replies.len());
-    for (bucket, pair) in replies {
-        let mut pair = pair.into_iter();
-        let last = pair.next().map(entries).unwrap_or_default();
-        let counter: Option<u64> = pair.next().and_then(|v| redis::from_redis_value(v).ok());
-        let mark = match last.first() {
-            Some(e) => Mark {
-                id: e.id,
-                sequence: e.sequence,
-            },
-            None => Mark {
-                id: (0, 0),
-                sequence: counter.unwrap_or(0),
-            },
-        };
-        out.push((bucket, mark));
-    }
-    Ok(out)
+    Ok(replies
+        .into_iter()
+        .map(|(bucket, reply)| {
+            let (n, p): (Option<u64>, Option<String>) = reply
+                .into_iter()
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let mark = Mark {
+                id: p.as_deref().and_then(super::parse_id).unwrap_or((0, 0)),
+                sequence: n.unwrap_or(0),
+            };
+            (bucket, mark)
+        })
+        .collect())
 }
 
 /// The entries of an `XRANGE` / `XREVRANGE` reply.
@@ -202,7 +200,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
         }
         let mut last_refresh = Instant::now();
         // Until the next attempt: longer after each failure in a row.
-        let mut pause_for = FIRST_RETRY_PAUSE;
+        let mut pause_for = RETRY.pause(1);
         let started = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -220,7 +218,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
                     if *failures > 1 {
                         log::debug!("event subscriber stopped again: {why}");
                     }
-                    pause_for = retry_pause(*failures);
+                    pause_for = RETRY.pause(*failures);
                     break;
                 }
                 Err(RecvTimeoutError::Timeout) if started.elapsed() >= HEARTBEAT => {
@@ -234,7 +232,7 @@ fn supervise(shared: &Shared, stop: &AtomicBool) {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if last_refresh.elapsed() >= HEARTBEAT {
+            if shared.nodes.changes_silently() && last_refresh.elapsed() >= HEARTBEAT {
                 last_refresh = Instant::now();
                 shared.nodes.refresh();
             }
@@ -275,6 +273,9 @@ struct Subscriber {
     generation: u64,
     /// Channel name → bucket.
     channels: HashMap<String, u32>,
+    /// Whether it serves bucket 0, where the members channel and this
+    /// node's presence channel are.
+    members: bool,
     /// Messages heard but not yet published, per bucket, in order.
     pending: HashMap<u32, VecDeque<Entry>>,
     /// Buckets whose stream reading stopped at an own entry left to its
@@ -290,12 +291,14 @@ impl Subscriber {
             .iter()
             .map(|&b| (shared.keys.channel(b), b))
             .collect();
+        let members = buckets.contains(&0);
         Subscriber {
             shared,
             primary,
             buckets,
             generation,
             channels,
+            members,
             pending: HashMap::new(),
             behind: HashSet::new(),
             own_seen: HashMap::new(),
@@ -315,11 +318,15 @@ impl Subscriber {
     }
 
     fn follow(&mut self, mut con: Connection, quit: &AtomicBool) -> redis::RedisResult<Exit> {
-        let mut waiting = self.buckets.len();
-        for &b in &self.buckets {
-            let cmd = redis::cmd("SSUBSCRIBE")
-                .arg(self.shared.keys.channel(b))
-                .get_packed_command();
+        let keys = &self.shared.keys;
+        let mut channels: Vec<String> = self.buckets.iter().map(|&b| keys.channel(b)).collect();
+        if self.members {
+            channels.push(keys.members_channel());
+            channels.push(keys.presence(self.shared.schedule.me()));
+        }
+        let mut waiting = channels.len();
+        for channel in &channels {
+            let cmd = redis::cmd("SSUBSCRIBE").arg(channel).get_packed_command();
             con.send_packed_command(&cmd)?;
         }
         // The confirmations, then whatever was published meanwhile.
@@ -340,6 +347,21 @@ impl Subscriber {
         }
         for b in self.buckets.clone() {
             if self.catch_up(b, None) == CatchUp::Failed {
+                return Ok(Exit::Moved);
+            }
+        }
+        // Hints may have gone by while it was not subscribed.
+        let (nodes, schedule) = (&self.shared.nodes, &self.shared.schedule);
+        if let Err(e) = reaping::read_earliest(nodes, &self.shared.keys, schedule, &self.buckets) {
+            log::warn!("cannot read the earliest expiries: {e}");
+            return Ok(Exit::Moved);
+        }
+        schedule.read_all_intents();
+        if self.members {
+            // Members may have come or gone meanwhile; this node is among
+            // them again if it was struck off.
+            if let Err(e) = reaping::join(nodes, &self.shared.keys, schedule) {
+                log::warn!("cannot join the store's nodes: {e}");
                 return Ok(Exit::Moved);
             }
         }
@@ -368,7 +390,7 @@ impl Subscriber {
             if heard == Some(Heard::Dropped) {
                 return Ok(Exit::Moved);
             }
-            if heard.is_none() && pinged.elapsed() >= HEARTBEAT {
+            if heard.is_none() && pinged.elapsed() >= PING_AFTER {
                 // A dead server is found within a heartbeat; a live one
                 // answers with a pong among the messages.
                 pinged = Instant::now();
@@ -403,20 +425,51 @@ impl Subscriber {
             "ssubscribe" => Heard::Subscribed,
             "sunsubscribe" => Heard::Dropped,
             "smessage" => {
+                let bytes = match payload {
+                    Some(Value::BulkString(bytes)) => bytes,
+                    _ => Vec::new(),
+                };
                 let Some(&bucket) = self.channels.get(&channel) else {
+                    if channel == self.shared.keys.members_channel() {
+                        self.membership(&bytes);
+                    }
                     return Heard::Other;
                 };
-                let entry = match payload {
-                    Some(Value::BulkString(bytes)) => Entry::from_message(&bytes),
-                    _ => None,
-                };
-                match entry {
-                    Some(entry) => self.pending.entry(bucket).or_default().push_back(entry),
+                if let Some(hint) = Hint::parse(&bytes) {
+                    self.shared.schedule.hint(bucket, hint);
+                    return Heard::Other;
+                }
+                match Entry::from_message(&bytes) {
+                    Some(entry) => {
+                        // A new session's expiry entry is filed at its expiry.
+                        for e in &entry.events {
+                            if let Event::Set { expires_at, .. } = e {
+                                self.shared.schedule.hint(bucket, Hint::Filed(*expires_at));
+                            }
+                        }
+                        self.pending.entry(bucket).or_default().push_back(entry);
+                    }
                     None => log::error!("a malformed event message on {channel}; ignored"),
                 }
                 Heard::Message
             }
             _ => Heard::Other,
+        }
+    }
+
+    /// A node joined or left; this one, said to have left (its presence
+    /// was missed, say while its subscription moved), joins again.
+    fn membership(&mut self, message: &[u8]) {
+        let Some(m) = Membership::parse(message) else {
+            log::error!("a malformed message on the members channel; ignored");
+            return;
+        };
+        let (nodes, keys, schedule) =
+            (&self.shared.nodes, &self.shared.keys, &self.shared.schedule);
+        if schedule.heard(&m) {
+            if let Err(e) = reaping::join(nodes, keys, schedule) {
+                log::warn!("cannot join the store's nodes again: {e}");
+            }
         }
     }
 
@@ -569,17 +622,5 @@ fn recv(con: &mut Connection) -> redis::RedisResult<Option<Value>> {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_timeout() => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_subscriber_failing_in_a_row_waits_longer_each_time_up_to_a_bound() {
-        let pauses: Vec<u128> = (1..=8).map(|n| retry_pause(n).as_millis()).collect();
-        assert_eq!(pauses, [20, 40, 80, 160, 320, 320, 320, 320]);
-        assert_eq!(retry_pause(u32::MAX), MOST_RETRY_PAUSE);
     }
 }
