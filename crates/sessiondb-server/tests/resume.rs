@@ -253,7 +253,10 @@ fn a_session_stream_resumes_after_a_cut_with_its_events_once_in_order() {
         c.max_sessions_per_actor(2)
     });
     let relay = Relay::start(&server.addr.to_string());
+    let admin = follow(&server.url("/v1/events"), None, None);
     let (session, key) = server.register("p1");
+    // In the history before the stream opens (as in the tests below).
+    assert_eq!(admin.next(WAIT).event, "session.set");
     let stream = session_stream(&relay, &key, None);
     let first = stream.next(WAIT);
     assert_eq!(
@@ -393,14 +396,19 @@ fn a_rotation_ends_the_old_keys_stream_and_the_new_key_streams_on() {
 fn a_stream_that_missed_nothing_says_where_it_is_and_waits() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let p1 = register(&server, "p1");
-    let key = key_of(&p1);
-    let own = follow(&server.url("/v1/session/events"), Some(&key), None);
-    own.next(WAIT);
     let admin = follow(&server.url("/v1/events"), None, None);
     wait_until(WAIT, "the stream's position", || {
         admin.last_id.lock().unwrap().is_some()
     });
+    let p1 = register(&server, "p1");
+    let key = key_of(&p1);
+    // The history holds the register's event before the session stream
+    // opens: opened earlier, the stream's first event would state the
+    // session at the position before that event, and a resume from there
+    // would hear its `session.set` (docs/events.md).
+    assert_eq!(admin.next(WAIT).event, "session.set");
+    let own = follow(&server.url("/v1/session/events"), Some(&key), None);
+    own.next(WAIT);
     for (url, bearer, last) in [
         ("/v1/events", None, admin.last_id()),
         ("/v1/session/events", Some(key.as_str()), own.last_id()),

@@ -12,7 +12,12 @@
 //!    valid when the stream opened (opening it resolves the key, which
 //!    slides the expiry like any use of the key). A stream that resumes
 //!    (`Last-Event-ID`, below) hears instead an id-only message (its
-//!    position: it is connected) and the events it missed.
+//!    position: it is connected) and the events it missed. The first
+//!    event's id is the history's position when the stream opened (taken
+//!    before the key is resolved, so nothing after it is missed): a change
+//!    committed just before, not yet in the history, is in the state, and
+//!    its `session.set` may still follow, or come again on a resume from
+//!    that id.
 //! 2. A `session.set` each time this session's state changes (a `restore`
 //!    that moved the expiry; one that changed nothing is not repeated), and
 //!    at last its `session.unset` with the reason, after which the stream
